@@ -1,0 +1,1 @@
+"""Audit analyses: plain functions (examples, model, config, progress) -> findings."""

@@ -1,0 +1,23 @@
+"""Entry point of the `auditor` command: joins one Typer app per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from auditor.cli import audit, dataset, db, findings, review, schedule
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Audit ML training sets with influence functions: find mislabelled examples, explain "
+    "predictions, diagnose domain mismatch, probe training-set attacks.",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db")
+app.add_typer(dataset.app, name="dataset")
+app.add_typer(audit.app, name="audit")
+app.add_typer(findings.app, name="findings")
+app.add_typer(review.app, name="review")
+app.add_typer(schedule.app, name="schedule")
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

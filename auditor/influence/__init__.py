@@ -1,0 +1,21 @@
+"""The influence engine: pure PyTorch, no I/O, no SQL, no Celery.
+
+Typical use (fit curvature once, score many)::
+
+    fm = FunctionalModel.from_module(module, which="all", weight_decay=0.01)
+    inf = InfluenceModel(fm, make_solver("direct")).fit(x_train, y_train)
+    scores = inf.self_influence(x_train, y_train)
+"""
+
+from auditor.influence.model import FunctionalModel, select_parameters
+from auditor.influence.scores import InfluenceModel
+from auditor.influence.solvers import SOLVERS, InverseHVP, make_solver
+
+__all__ = [
+    "FunctionalModel",
+    "InfluenceModel",
+    "InverseHVP",
+    "SOLVERS",
+    "make_solver",
+    "select_parameters",
+]

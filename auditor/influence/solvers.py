@@ -1,0 +1,427 @@
+"""Inverse-HVP solvers: (H + lambda I)^-1 v for many v, behind one protocol.
+
+Each solver is fitted once on the training data (factorise, estimate spectra, build a basis)
+and then answers `solve(V)` for any number of right-hand sides, and `quadratic(G)` for the
+diagonal g_i^T (H + lambda I)^-1 g_i that self-influence needs. Solvers that can do the
+diagonal without a solve per row (direct, Arnoldi, EK-FAC) override `quadratic`.
+
+Failure is loud: a Hessian that is not positive definite without damping, CG meeting negative
+curvature, LiSSA's recursion growing or producing NaN all raise `SolverError` with a message that
+names the setting to change, so a caller never ranks examples by garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from auditor.errors import SolverError
+from auditor.influence.hvp import exact_hessian, hvp
+from auditor.influence.model import FunctionalModel
+
+log = logging.getLogger(__name__)
+
+
+class InverseHVP(ABC):
+    """Protocol: `fit(fm, x, y)` once, then `solve(V)` / `quadratic(G)` many times."""
+
+    name: str = "base"
+
+    def __init__(self, damping: float = 0.0) -> None:
+        if damping < 0 or not math.isfinite(damping):
+            raise SolverError(f"damping must be a finite number >= 0, got {damping}")
+        self.damping = float(damping)
+        self.fm: FunctionalModel | None = None
+
+    @abstractmethod
+    def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> InverseHVP: ...
+
+    @abstractmethod
+    def _solve(self, V: Tensor) -> Tensor:
+        """Solve for a block V (k, p) -> (k, p)."""
+
+    def solve(self, v: Tensor) -> Tensor:
+        """(H + lambda I)^-1 v for v (p,) or each row of V (k, p)."""
+        if self.fm is None:
+            raise SolverError(f"{self.name} solver used before fit()")
+        single = v.dim() == 1
+        V = (v.unsqueeze(0) if single else v).to(self.fm.flat_params())
+        out = self._solve(V)
+        if not torch.isfinite(out).all():
+            raise SolverError(f"{self.name} solver produced NaN/inf; increase --damping")
+        return out[0] if single else out
+
+    def quadratic(self, G: Tensor, chunk: int = 128) -> Tensor:
+        """g_i^T (H + lambda I)^-1 g_i for each row of G (B, p); never an n x n matrix."""
+        out = []
+        for start in range(0, G.shape[0], chunk):
+            Gb = G[start : start + chunk]
+            out.append((Gb * self.solve(Gb)).sum(1))
+        return torch.cat(out)
+
+    def describe(self) -> dict:
+        return {"solver": self.name, "damping": self.damping}
+
+
+def _hessian_hint(lam_min: float) -> str:
+    need = max(-lam_min, 0.0) * 1.1 + 1e-6
+    return (
+        f"smallest eigenvalue {lam_min:.3g}; set --damping above {need:.2g} (or add weight decay)"
+    )
+
+
+class DirectSolver(InverseHVP):
+    """Exact: eigendecomposition of the full Hessian. O(p^3) once, then O(p^2) per vector.
+
+    The reference every other solver is compared with; only for p up to a few thousand.
+    """
+
+    name = "direct"
+
+    def __init__(self, damping: float = 0.0, max_params: int = 6000) -> None:
+        super().__init__(damping)
+        self.max_params = max_params
+
+    def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> DirectSolver:
+        p = fm.num_params
+        if p > self.max_params:
+            raise SolverError(
+                f"the direct solver forms the {p} x {p} Hessian, too large (limit {self.max_params}); "
+                "use --solver cg, arnoldi or ekfac, or count only the last layer"
+            )
+        self.fm = fm
+        H = exact_hessian(fm, x, y)
+        evals, evecs = torch.linalg.eigh(H)
+        evals = evals + self.damping
+        lam_min, lam_max = float(evals[0]), float(evals[-1])
+        if not math.isfinite(lam_max):
+            raise SolverError("the Hessian contains NaN/inf; the model or data is not finite")
+        if lam_min <= 1e-10 * max(abs(lam_max), 1.0):
+            raise SolverError(
+                f"the Hessian (+ damping) is singular or not positive definite: {_hessian_hint(lam_min - self.damping)}"
+            )
+        self.evals, self.evecs = evals, evecs
+        self.eigenvalue_range = (lam_min, lam_max)
+        return self
+
+    def _solve(self, V: Tensor) -> Tensor:
+        return ((V @ self.evecs) / self.evals) @ self.evecs.T
+
+    def quadratic(self, G: Tensor, chunk: int = 4096) -> Tensor:
+        G = G.to(self.evecs)
+        return (((G @ self.evecs) ** 2) / self.evals).sum(1)
+
+
+class CGSolver(InverseHVP):
+    """Conjugate gradient on min_t 1/2 t^T (H + lambda I) t - v^T t, one HVP pass per iteration.
+
+    Many right-hand sides run as independent CG iterations vectorised together.
+    """
+
+    name = "cg"
+
+    def __init__(
+        self,
+        damping: float = 0.0,
+        max_iter: int = 500,
+        tol: float = 1e-8,
+        batch_size: int = 2048,
+        block: int = 64,
+    ) -> None:
+        super().__init__(damping)
+        self.max_iter, self.tol, self.batch_size, self.block = max_iter, tol, batch_size, block
+
+    def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> CGSolver:
+        self.fm, self.x, self.y = fm, x, y
+        return self
+
+    def _matvec(self, P: Tensor) -> Tensor:
+        assert self.fm is not None
+        return hvp(self.fm, self.x, self.y, P, self.batch_size) + self.damping * P
+
+    def _solve(self, V: Tensor) -> Tensor:
+        return torch.cat(
+            [self._solve_block(V[i : i + self.block]) for i in range(0, len(V), self.block)]
+        )
+
+    def _solve_block(self, V: Tensor) -> Tensor:
+        X = torch.zeros_like(V)
+        R = V.clone()
+        P = R.clone()
+        rs = (R * R).sum(1)
+        vnorm = rs.sqrt().clamp_min(1e-300)
+        active = torch.ones(len(V), dtype=torch.bool, device=V.device)
+        for _ in range(self.max_iter):
+            HP = self._matvec(P[active])
+            pHp = (P[active] * HP).sum(1)
+            if not torch.isfinite(pHp).all():
+                raise SolverError(
+                    "CG produced NaN/inf; the model or data is not finite, or increase --damping"
+                )
+            if (pHp <= 0).any():
+                raise SolverError(
+                    "CG met negative curvature: the Hessian is not positive definite at these "
+                    "weights; increase --damping (e.g. 0.01) or train longer"
+                )
+            alpha = rs[active] / pHp
+            X[active] += alpha[:, None] * P[active]
+            R[active] -= alpha[:, None] * HP
+            rs_new = (R[active] * R[active]).sum(1)
+            beta = rs_new / rs[active]
+            P[active] = R[active] + beta[:, None] * P[active]
+            rs[active] = rs_new
+            active = rs.sqrt() / vnorm > self.tol
+            if not active.any():
+                return X
+        rel = float((rs.sqrt() / vnorm).max())
+        if rel > 1e-3:
+            raise SolverError(
+                f"CG did not converge in {self.max_iter} iterations (relative residual {rel:.2g}); "
+                "raise --cg-iterations or --damping"
+            )
+        log.warning("CG stopped at max_iter with relative residual %.2g", rel)
+        return X
+
+
+def power_iteration(matvec, p: int, like: Tensor, iters: int = 50, seed: int = 0) -> float:
+    """Largest eigenvalue of a symmetric PSD operator, by power iteration."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(p, generator=gen, dtype=like.dtype).to(like.device)
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = matvec(v)
+        lam_new = float(v @ w)
+        nrm = w.norm()
+        if not torch.isfinite(nrm) or nrm == 0:
+            break
+        v = w / nrm
+        if abs(lam_new - lam) <= 1e-4 * abs(lam_new):
+            lam = lam_new
+            break
+        lam = lam_new
+    return lam
+
+
+class LissaSolver(InverseHVP):
+    """LiSSA (Agarwal et al. 2017): h_j = v + h_{j-1} - (H_j + lambda I) h_{j-1} / scale.
+
+    H_j is the Hessian on a random minibatch, and h_depth / scale -> (H + lambda I)^-1 v. The
+    recursion contracts only when scale exceeds the largest eigenvalue of every H_j + lambda I,
+    so by default `scale` is set from a power-iteration estimate (max over the full data and a
+    few minibatches, times a margin) instead of a magic constant, and `depth` from an estimate of
+    the smallest eigenvalue so that the error (1 - lambda_min/scale)^depth is below `tol`.
+    """
+
+    name = "lissa"
+
+    def __init__(
+        self,
+        damping: float = 0.0,
+        scale: float | None = None,
+        depth: int | None = None,
+        repeats: int = 1,
+        batch_size: int = 256,
+        max_depth: int = 20000,
+        tol: float = 1e-3,
+        seed: int = 0,
+        block: int = 256,
+    ) -> None:
+        super().__init__(damping)
+        self.scale, self.depth, self.repeats = scale, depth, repeats
+        self.batch_size, self.max_depth, self.tol, self.seed, self.block = (
+            batch_size,
+            max_depth,
+            tol,
+            seed,
+            block,
+        )
+
+    def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> LissaSolver:
+        self.fm, self.x, self.y = fm, x, y
+        theta = fm.flat_params()
+        p, n = theta.numel(), x.shape[0]
+        full = lambda v: hvp(fm, x, y, v) + self.damping * v  # noqa: E731
+        lam_max = power_iteration(full, p, theta, seed=self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        for k in range(3):
+            idx = torch.randperm(n, generator=gen)[: self.batch_size]
+            mb = lambda v, idx=idx: hvp(fm, x[idx], y[idx], v) + self.damping * v  # noqa: E731
+            lam_max = max(lam_max, power_iteration(mb, p, theta, iters=30, seed=self.seed + k + 1))
+        self.lam_max = lam_max
+        if self.scale is None:
+            self.scale = 1.5 * lam_max
+        elif self.scale <= lam_max:
+            log.warning(
+                "LiSSA scale %.3g <= estimated top eigenvalue %.3g: it may diverge",
+                self.scale,
+                lam_max,
+            )
+        s = self.scale
+        # smallest eigenvalue of H + lambda I = s - top eigenvalue of (s I - H - lambda I)
+        shifted = lambda v: s * v - full(v)  # noqa: E731
+        lam_min = s - power_iteration(shifted, p, theta, iters=200, seed=self.seed + 7)
+        self.lam_min = lam_min
+        if lam_min <= 0:
+            raise SolverError(
+                f"LiSSA needs a positive definite Hessian: {_hessian_hint(lam_min - self.damping)}"
+            )
+        if self.depth is None:
+            need = math.log(self.tol) / math.log1p(-min(lam_min / s, 0.5))
+            self.depth = int(min(self.max_depth, max(100, math.ceil(need))))
+            if need > self.max_depth:
+                log.warning(
+                    "LiSSA depth capped at %d (needs ~%d for tol %.0e); increase --damping for accuracy",
+                    self.max_depth,
+                    int(need),
+                    self.tol,
+                )
+        return self
+
+    def _solve(self, V: Tensor) -> Tensor:
+        return torch.cat(
+            [self._solve_block(V[i : i + self.block]) for i in range(0, len(V), self.block)]
+        )
+
+    def _solve_block(self, V: Tensor) -> Tensor:
+        assert self.fm is not None and self.scale is not None and self.depth is not None
+        n = self.x.shape[0]
+        s = self.scale
+        bound = 100.0 * s / max(self.lam_min, 1e-12) * float(V.norm(dim=1).max()) + 1.0
+        total = torch.zeros_like(V)
+        for r in range(self.repeats):
+            gen = torch.Generator().manual_seed(self.seed + 1000 + r)
+            h = V.clone()
+            for j in range(self.depth):
+                idx = torch.randint(0, n, (min(self.batch_size, n),), generator=gen)
+                Hh = hvp(self.fm, self.x[idx], self.y[idx], h) + self.damping * h
+                h = V + h - Hh / s
+                if j % 50 == 0 or j == self.depth - 1:
+                    nrm = float(h.norm(dim=1).max())
+                    if not math.isfinite(nrm) or nrm > bound:
+                        raise SolverError(
+                            f"LiSSA diverged at step {j} (norm {nrm:.3g}); raise --lissa-scale above "
+                            f"the largest Hessian eigenvalue (estimated {self.lam_max:.3g}, scale used {s:.3g}) "
+                            "or increase --damping"
+                        )
+            total += h / s
+        return total / self.repeats
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "scale": self.scale,
+            "depth": self.depth,
+            "repeats": self.repeats,
+            "estimated_eigenvalue_range": [
+                getattr(self, "lam_min", None),
+                getattr(self, "lam_max", None),
+            ],
+        }
+
+
+class ArnoldiSolver(InverseHVP):
+    """Low-rank inverse (Schioppa et al. 2022): Krylov basis from HVPs, keep the top-k Ritz pairs.
+
+    H is approximated by Q diag(e) Q^T on the span of its top eigenvectors, so
+    (H + lambda I)^-1 v ~ Q diag(1 / (e + lambda)) Q^T v. Costs `iterations` full-data HVPs once;
+    afterwards every vector costs two (k x p) products, which makes self-influence for every
+    example cheap. Lanczos (Arnoldi for a symmetric H) with full re-orthogonalisation.
+    """
+
+    name = "arnoldi"
+
+    def __init__(
+        self,
+        damping: float = 0.0,
+        rank: int = 100,
+        iterations: int | None = None,
+        batch_size: int = 2048,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(damping)
+        self.rank, self.iterations, self.batch_size, self.seed = rank, iterations, batch_size, seed
+
+    def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> ArnoldiSolver:
+        self.fm = fm
+        theta = fm.flat_params()
+        p = theta.numel()
+        m = min(p, self.iterations or max(2 * self.rank, self.rank + 20))
+        gen = torch.Generator().manual_seed(self.seed)
+        q = torch.randn(p, generator=gen, dtype=theta.dtype).to(theta.device)
+        Q = torch.zeros(m, p, dtype=theta.dtype, device=theta.device)
+        alphas, betas = [], []
+        Q[0] = q / q.norm()
+        for j in range(m):
+            w = hvp(fm, x, y, Q[j], self.batch_size)
+            a = float(Q[j] @ w)
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)  # full re-orthogonalisation
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+            alphas.append(a)
+            if j == m - 1:
+                break
+            b = float(w.norm())
+            if not math.isfinite(b):
+                raise SolverError("Arnoldi produced NaN/inf; the model or data is not finite")
+            if b < 1e-10 * max(abs(a), 1.0):  # invariant subspace found: the basis is complete
+                m = j + 1
+                break
+            betas.append(b)
+            Q[j + 1] = w / b
+        Q = Q[:m]
+        T = torch.diag(torch.tensor(alphas[:m], dtype=theta.dtype))
+        if m > 1:
+            off = torch.tensor(betas[: m - 1], dtype=theta.dtype)
+            T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(T)
+        order = torch.argsort(evals.abs(), descending=True)[: self.rank]
+        evals, evecs = evals[order], evecs[:, order]
+        evals = evals + self.damping
+        keep = evals > 1e-10 * evals.abs().max()
+        if not keep.all():
+            log.warning(
+                "Arnoldi dropped %d non-positive Ritz values; consider --damping",
+                int((~keep).sum()),
+            )
+        self.evals = evals[keep].to(theta.device)
+        self.basis = evecs[:, keep].to(theta.device).T @ Q  # (k, p) orthonormal rows
+        return self
+
+    def _solve(self, V: Tensor) -> Tensor:
+        return ((V @ self.basis.T) / self.evals) @ self.basis
+
+    def quadratic(self, G: Tensor, chunk: int = 4096) -> Tensor:
+        G = G.to(self.basis)
+        return (((G @ self.basis.T) ** 2) / self.evals).sum(1)
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "rank": int(self.evals.numel()) if hasattr(self, "evals") else self.rank,
+        }
+
+
+SOLVERS = ("direct", "cg", "lissa", "arnoldi", "ekfac")
+
+
+def make_solver(name: str, damping: float = 0.0, **options) -> InverseHVP:
+    """Build a solver by its CLI name; unknown options for that solver are an error."""
+    from auditor.influence.ekfac import EKFACSolver
+
+    classes = {
+        "direct": DirectSolver,
+        "cg": CGSolver,
+        "lissa": LissaSolver,
+        "arnoldi": ArnoldiSolver,
+        "ekfac": EKFACSolver,
+    }
+    if name not in classes:
+        raise SolverError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    try:
+        return classes[name](damping=damping, **options)
+    except TypeError as exc:
+        raise SolverError(f"bad option for solver {name}: {exc}") from None
