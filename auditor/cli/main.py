@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from auditor.cli import audit, dataset, db, findings, review, schedule
+from auditor.cli.demo import demo_command
+from auditor.cli.validate import validate_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -18,6 +20,8 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(findings.app, name="findings")
 app.add_typer(review.app, name="review")
 app.add_typer(schedule.app, name="schedule")
+app.command("validate")(validate_command)
+app.command("demo")(demo_command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,142 @@
+"""`auditor review ...`: walk the queue of unsettled findings, best-ranked first, and decide."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Annotated
+
+import typer
+
+from auditor.cli.common import err_console, out_console, print_json, user_errors
+from auditor.errors import AuditorError
+
+app = typer.Typer(no_args_is_help=True, help="Review findings: next, decide.")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _reviewer(name: str | None) -> str:
+    return name or os.environ.get("AUDITOR_REVIEWER") or getpass.getuser()
+
+
+def _decision(confirm: bool, relabel: int | None, dismiss: bool) -> tuple[str, int | None]:
+    chosen = [c for c in (confirm, relabel is not None, dismiss) if c]
+    if len(chosen) != 1:
+        raise AuditorError("choose exactly one of --confirm, --relabel L, --dismiss")
+    if confirm:
+        return "confirmed", None
+    if dismiss:
+        return "dismissed", None
+    return "relabelled", relabel
+
+
+@app.command("decide")
+@user_errors
+def decide(
+    finding_id: int,
+    confirm: Annotated[bool, typer.Option("--confirm", help="The label is wrong; the suggested label is right")] = False,
+    relabel: Annotated[int | None, typer.Option("--relabel", help="The label is wrong; this is the right one")] = None,
+    dismiss: Annotated[bool, typer.Option("--dismiss", help="The label is right; keep it")] = False,
+    note: Annotated[str | None, typer.Option(help="Free-text note")] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Reviewer name (default: $AUDITOR_REVIEWER or user)")] = None,
+    version: Annotated[int | None, typer.Option(help="Change an existing decision of this version")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Record a decision about the example behind a finding (for scripts)."""
+    from auditor.store import open_store, repo
+
+    decision, new_label = _decision(confirm, relabel, dismiss)
+    sessions = open_store()
+    with sessions() as s, s.begin():
+        r = repo.decide(s, finding_id, decision, new_label, _reviewer(reviewer), note, expected_version=version)
+        doc = {"finding_id": finding_id, "example_key": r.example_key, "decision": r.decision,
+               "new_label": r.new_label, "reviewer": r.reviewer, "version": r.version}
+    if json_output:
+        print_json(doc)
+    else:
+        out_console.print(f"finding {finding_id}: {decision}" + (f" -> {new_label}" if new_label is not None else ""))
+
+
+@app.command("next")
+@user_errors
+def next_finding(
+    audit_id: Annotated[int | None, typer.Argument(help="Audit to review (default: newest succeeded)")] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Reviewer name")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show the top unsettled finding and take a decision; repeat until you quit.
+
+    With --json, print the next unsettled finding (or null) and exit.
+    """
+    from auditor.cli.render import image_to_text
+    from auditor.errors import Conflict
+    from auditor.findings_view import dataset_examples, finding_doc, load_example
+    from auditor.store import open_store, repo
+
+    sessions = open_store()
+    examples = None
+    skipped: set[int] = set()
+    while True:
+        with sessions() as s:
+            f = repo.next_unsettled_finding(s, audit_id=audit_id)
+            while f is not None and f.id in skipped:  # skip = later, within this session only
+                f = _next_after(s, repo, audit_id or f.audit_id, skipped)
+            if f is None:
+                if json_output:
+                    print_json(None)
+                else:
+                    out_console.print("nothing left to review")
+                return
+            doc = finding_doc(f)
+            if json_output:
+                print_json(doc)
+                return
+            if examples is None:
+                examples, _ = dataset_examples(s, f.audit_id)
+            found = load_example(examples, f)
+        out_console.rule(f"finding {f.id}  rank {f.rank}  example {f.example_index}")
+        if found is not None and examples.is_image:
+            out_console.print(image_to_text(found[0]))
+        p = doc["payload"]
+        out_console.print(
+            f"label [bold]{f.label}[/]   suggested [bold]{p.get('suggested_label', '-')}[/]   "
+            f"score {f.score:.4g}   p(label) {p.get('prob_label', float('nan')):.3f}"
+        )
+        answer = typer.prompt("[c]onfirm suggested / [r]elabel / [d]ismiss / [s]kip / [q]uit", default="s")
+        answer = answer.strip().lower()[:1]
+        if answer == "q":
+            return
+        if answer == "s":
+            skipped.add(f.id)
+            continue
+        try:
+            if answer == "c":
+                decision, new_label = "confirmed", None
+            elif answer == "d":
+                decision, new_label = "dismissed", None
+            elif answer == "r":
+                decision, new_label = "relabelled", int(typer.prompt("new label"))
+            else:
+                err_console.print("type c, r, d, s or q")
+                continue
+            with sessions() as s, s.begin():
+                repo.decide(s, f.id, decision, new_label, _reviewer(reviewer))
+        except Conflict as exc:
+            err_console.print(f"[yellow]{exc}[/]")
+        except ValueError:
+            err_console.print("the new label must be an integer")
+
+
+def _next_after(s, repo, audit_id: int, skipped: set[int]):
+    from sqlalchemy import select
+
+    from auditor.store.models import Audit, Finding, Review
+
+    reviewed = select(Review.example_key).join(Audit, Audit.dataset_id == Review.dataset_id).where(Audit.id == audit_id)
+    q = (
+        select(Finding)
+        .where(Finding.audit_id == audit_id, Finding.id.not_in(skipped), Finding.example_key.not_in(reviewed))
+        .order_by(Finding.rank, Finding.id)
+        .limit(1)
+    )
+    return s.scalar(q)

@@ -1,0 +1,101 @@
+"""NPZ adapter: `x` (N, ...) uint8 images or numeric features, `y` (N,) integer labels.
+
+Optional arrays: `class_names` (C,) strings, `groups` (N,) of anything printable (e.g. the source
+site, for domain-mismatch audits). Pickled object arrays are refused: loading them would run code.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from auditor.data.base import Examples
+from auditor.data.keys import example_keys
+from auditor.errors import DataError
+
+
+def check_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels as int64, or `DataError` for floats with fractions, strings, negatives, NaN."""
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be one-dimensional, got shape {y.shape}")
+    if y.dtype == np.bool_:
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{where}: labels contain NaN or infinity")
+        if not np.all(y == np.round(y)):
+            raise DataError(f"{where}: labels must be integers, got fractional values")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    labels = y.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, found {int(labels.min())}")
+    return labels
+
+
+def check_features(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
+    """(array, is_image): uint8 with >= 2 dims per example stays images; numbers become float32."""
+    if x.dtype == np.uint8 and x.ndim >= 3:
+        return np.ascontiguousarray(x), True
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{where}: x must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{where}: x must be real-valued, got dtype {x.dtype}")
+    features = x.astype(np.float32)
+    if x.ndim == 1:
+        features = features.reshape(-1, 1)
+    if not np.all(np.isfinite(features)):
+        bad = int(np.argwhere(~np.isfinite(features.reshape(len(features), -1)))[0][0])
+        raise DataError(f"{where}: x contains NaN or infinity (first in row {bad})")
+    return np.ascontiguousarray(features), False
+
+
+def load_npz(path: str | Path) -> Examples:
+    """Read and validate an .npz file; every problem is a one-line `DataError` naming the file."""
+    path = Path(path)
+    where = str(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{where}: not a readable .npz file ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"{where}: expected an .npz archive with arrays x and y, got a single array"
+        )
+    with archive:
+        missing = [name for name in ("x", "y") if name not in archive.files]
+        if missing:
+            have = ", ".join(archive.files) or "nothing"
+            raise DataError(f"{where}: missing array {' and '.join(missing)} (file has {have})")
+        try:
+            x, y = archive["x"], archive["y"]
+            class_names = archive["class_names"] if "class_names" in archive.files else None
+            groups = archive["groups"] if "groups" in archive.files else None
+        except ValueError as exc:  # object arrays need pickle, which is refused
+            raise DataError(f"{where}: cannot read arrays without pickle ({exc})") from None
+    if len(y) == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    if x.shape[:1] != y.shape[:1]:
+        raise DataError(f"{where}: x has {x.shape[0]} rows but y has {y.shape[0]} labels")
+    labels = check_labels(y, where)
+    features, is_image = check_features(x, where)
+    if groups is not None and groups.shape != (len(labels),):
+        raise DataError(f"{where}: groups must have shape ({len(labels)},), got {groups.shape}")
+    names = [str(name) for name in class_names.tolist()] if class_names is not None else None
+    if names is not None and int(labels.max()) >= len(names):
+        raise DataError(
+            f"{where}: label {int(labels.max())} has no entry in class_names ({len(names)} names)"
+        )
+    return Examples(
+        x=features,
+        y=labels,
+        keys=example_keys(features, labels),
+        source=str(path.resolve()),
+        is_image=is_image,
+        groups=groups,
+        class_names=names,
+    )

@@ -1,0 +1,60 @@
+"""Persistence: SQLAlchemy models, engines and sessions, migrations, repository functions.
+
+Front doors (CLI, workers) start with `open_store()`, which returns a session factory for a
+database that is reachable and at the current schema:
+
+    sessions = open_store()
+    with sessions() as s, s.begin():
+        dataset = repo.get_dataset(s, "digits")
+"""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from auditor.config import get_settings
+from auditor.store.db import check_connection, make_engine
+from auditor.store.migrate import ensure_schema
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine for `url` (default: the configured database), created once.
+
+    After `os.fork()` (Celery prefork) call `dispose_engines()` in the child so that it does not
+    share the parent's connections.
+    """
+    url = url or get_settings().database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def open_store(url: str | None = None) -> sessionmaker[Session]:
+    """A session factory for a reachable database at the current schema.
+
+    Raises `ServiceError` when the database is down, or when a PostgreSQL schema is missing or
+    behind; an embedded SQLite database is created and upgraded on the spot.
+    """
+    engine = get_engine(url)
+    check_connection(engine)
+    ensure_schema(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's connections (tests, forked workers, shutdown)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+__all__ = ["dispose_engines", "get_engine", "open_store"]

@@ -1,0 +1,274 @@
+"""SQLAlchemy 2 models: one schema for SQLite (embedded) and PostgreSQL (service).
+
+Portability choices:
+- JSON columns are `JSON` everywhere and `JSONB` on PostgreSQL (indexable, compact).
+- Timestamps are timezone-aware UTC in Python on both backends (`UTCDateTime`), because SQLite
+  has no time zones and would otherwise hand back naive datetimes.
+- Status and decision columns are short strings guarded by CHECK constraints rather than native
+  enums, so adding a value is a plain migration on both backends.
+- A naming convention names every constraint, which Alembic batch mode on SQLite needs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+AUDIT_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+DECISIONS = ("confirmed", "relabelled", "dismissed")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Findings are the one table that can pass 2**31 rows over a service's life; SQLite needs plain
+# INTEGER for its rowid alias to autoincrement.
+BigIdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC (the only kind of datetime stored)."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    Naive datetimes are taken to be UTC already. SQLite stores the naive UTC value; PostgreSQL
+    stores `timestamptz`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; its metadata is Alembic's target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
+
+
+class Dataset(Base):
+    """A named data source (a file or folder) that is re-read on each scan."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source_path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(32))
+    # Reader options (label/group column, resize) so a re-scan reads the source the same way.
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    snapshots: Mapped[list[Snapshot]] = relationship(
+        back_populates="dataset", order_by="Snapshot.id", passive_deletes=True
+    )
+
+
+class Snapshot(Base):
+    """The content of a dataset at one scan: its hash and, in `snapshot_examples`, its keys.
+
+    A new snapshot is recorded only when the content hash changes, so audits can tell whether
+    their data is current and schedules can skip unchanged datasets.
+    """
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    content_hash: Mapped[str] = mapped_column(String(64))
+    n: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="snapshots")
+
+
+class SnapshotExample(Base):
+    """One example of a snapshot: row index in the source, content key and label.
+
+    A row per example (rather than one JSON blob per snapshot) keeps a 100k-example snapshot a
+    bulk insert, lets SQL answer "which row holds key K" and label counts, and never needs the
+    whole list in memory on the database side.
+    """
+
+    __tablename__ = "snapshot_examples"
+
+    snapshot_id: Mapped[int] = mapped_column(
+        ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True
+    )
+    example_index: Mapped[int] = mapped_column(primary_key=True)
+    example_key: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int | None]
+
+    __table_args__ = (Index("ix_snapshot_examples_snapshot_key", "snapshot_id", "example_key"),)
+
+
+class Audit(Base):
+    """One analysis run over one snapshot; the row is also its progress and cancel channel."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"))
+    test_dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL")
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(default=0.0, server_default="0")
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+    # What the analysis reports about the whole audit (recall, groups, success rate, solver).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name="status",
+        ),
+    )
+
+    dataset: Mapped[Dataset] = relationship(foreign_keys=[dataset_id])
+    snapshot: Mapped[Snapshot] = relationship()
+    test_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[test_dataset_id])
+
+
+class Finding(Base):
+    """One ranked result row of an audit; unique per (audit, example_key, kind) so storing is
+    idempotent when a worker retries."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(BigIdType, primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    example_index: Mapped[int]
+    example_key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(index=True)
+    rank: Mapped[int]
+    label: Mapped[int | None]
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (
+        UniqueConstraint("audit_id", "example_key", "kind"),
+        # "top N of an audit" and "next unsettled by rank" both walk this index.
+        Index("ix_findings_audit_rank", "audit_id", "rank"),
+    )
+
+    audit: Mapped[Audit] = relationship()
+
+
+class Review(Base):
+    """A reviewer's decision about one example of a dataset.
+
+    Keyed by (dataset, example_key), not by finding, so the decision still holds for the same
+    example in later audits and re-scans. `version` is SQLAlchemy's optimistic-lock counter: an
+    UPDATE that raced another reviewer's matches no row and fails instead of overwriting.
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    finding_id: Mapped[int | None] = mapped_column(
+        BigIdType, ForeignKey("findings.id", ondelete="SET NULL"), index=True
+    )
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    example_key: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))
+    new_label: Mapped[int | None]
+    reviewer: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int] = mapped_column(nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "example_key"),
+        CheckConstraint(
+            "decision IN ('confirmed', 'relabelled', 'dismissed')",
+            name="decision",
+        ),
+    )
+
+
+class Schedule(Base):
+    """A recurring audit of a dataset, every `interval_seconds` or on a `cron` expression."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    interval_seconds: Mapped[int | None]
+    cron: Mapped[str | None] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=true())
+    last_run_at: Mapped[datetime | None]
+    next_run_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Skip a due run when the dataset's content hash equals the one last audited.
+    skip_unchanged: Mapped[bool] = mapped_column(default=True, server_default=true())
+
+    __table_args__ = (
+        CheckConstraint(
+            "(interval_seconds IS NULL) <> (cron IS NULL)",
+            name="interval_xor_cron",
+        ),
+    )
+
+    dataset: Mapped[Dataset] = relationship()

@@ -1,0 +1,832 @@
+"""Repository functions: every read and write the CLI and the workers make.
+
+Each function takes the caller's `Session` and never commits: the caller owns the unit of work
+(`with factory() as s, s.begin(): ...`). Functions flush when they need database-assigned ids or
+need a constraint checked now. Missing rows raise `NotFound`, lost races raise `Conflict`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+from sqlalchemy import Table, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from auditor.analyses.base import FindingRecord
+from auditor.data.base import Examples
+from auditor.data.keys import content_hash
+from auditor.errors import AuditorError, Conflict, NotFound
+from auditor.store.db import dumps_json
+from auditor.store.migrate import ensure_schema as ensure_schema  # re-export for front doors
+from auditor.store.models import (
+    AUDIT_STATUSES,
+    DECISIONS,
+    FINISHED_STATUSES,
+    Audit,
+    Dataset,
+    Finding,
+    Review,
+    Schedule,
+    Snapshot,
+    SnapshotExample,
+    utcnow,
+)
+
+# Rows per executemany call: bounds the memory of the converted parameters. PostgreSQL (psycopg)
+# streams through COPY and is not chunked.
+EXECUTEMANY_CHUNK_ROWS = 20_000
+
+# ---------------------------------------------------------------------------------------------
+# datasets and snapshots
+
+
+def create_dataset(
+    session: Session,
+    name: str,
+    source_path: str,
+    format: str,
+    options: dict[str, Any] | None = None,
+) -> Dataset:
+    """Register a dataset; `Conflict` when the name is taken (also when another process won)."""
+    if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
+        raise Conflict(f"dataset {name!r} already exists (use --update to re-read its source)")
+    dataset = Dataset(name=name, source_path=source_path, format=format, options=options or {})
+    try:
+        with session.begin_nested():
+            session.add(dataset)
+    except IntegrityError:
+        raise Conflict(f"dataset {name!r} was just created by someone else") from None
+    return dataset
+
+
+def get_dataset(session: Session, name: str) -> Dataset:
+    """The dataset called `name`, or `NotFound`."""
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFound(f"no dataset named {name!r} (see `auditor dataset list`)")
+    return dataset
+
+
+def get_dataset_by_id(session: Session, dataset_id: int) -> Dataset:
+    """The dataset with primary key `dataset_id`, or `NotFound`."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset with id {dataset_id}")
+    return dataset
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    """All datasets by name."""
+    return list(session.scalars(select(Dataset).order_by(Dataset.name)))
+
+
+def update_dataset_source(
+    session: Session,
+    dataset: Dataset,
+    source_path: str,
+    format: str,
+    options: dict[str, Any] | None = None,
+) -> Dataset:
+    """Point an existing dataset at a (possibly new) source and reader options."""
+    dataset.source_path = source_path
+    dataset.format = format
+    dataset.options = options or {}
+    return dataset
+
+
+def latest_snapshot(session: Session, dataset_id: int) -> Snapshot | None:
+    """The dataset's newest snapshot, or None before its first scan."""
+    return session.scalar(
+        select(Snapshot)
+        .where(Snapshot.dataset_id == dataset_id)
+        .order_by(Snapshot.id.desc())
+        .limit(1)
+    )
+
+
+def list_snapshots(session: Session, dataset_id: int) -> list[Snapshot]:
+    """The dataset's snapshots, oldest first."""
+    return list(
+        session.scalars(
+            select(Snapshot).where(Snapshot.dataset_id == dataset_id).order_by(Snapshot.id)
+        )
+    )
+
+
+def snapshot_keys(session: Session, snapshot_id: int) -> list[str]:
+    """The example keys of a snapshot in source order (index i -> key of row i)."""
+    return list(
+        session.scalars(
+            select(SnapshotExample.example_key)
+            .where(SnapshotExample.snapshot_id == snapshot_id)
+            .order_by(SnapshotExample.example_index)
+        )
+    )
+
+
+def label_counts(session: Session, snapshot_id: int) -> dict[int, int]:
+    """How many examples of a snapshot carry each label."""
+    rows = session.execute(
+        select(SnapshotExample.label, func.count())
+        .where(SnapshotExample.snapshot_id == snapshot_id)
+        .group_by(SnapshotExample.label)
+        .order_by(SnapshotExample.label)
+    )
+    return {int(label) if label is not None else -1: int(count) for label, count in rows}
+
+
+@dataclass(frozen=True)
+class SnapshotDiff:
+    """How a scan differs from the dataset's previous snapshot, counted in examples.
+
+    Semantics (the three counts never overlap):
+    - changed: row i exists in both scans and holds a different key, and neither key appears
+      anywhere in the other scan, i.e. the example at that row was edited in place (new pixels
+      or a new label);
+    - added: keys of the new scan that the old one lacks, other than the changed rows;
+    - removed: keys of the old scan that the new one lacks, other than the changed rows;
+    - unchanged: keys in both scans, wherever they sit (a pure reordering changes the content
+      hash and makes a new snapshot, but counts as 0 added/changed/removed).
+    The first scan of a dataset counts every example as added.
+    """
+
+    previous_snapshot_id: int | None
+    new_snapshot: bool
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def diff_keys(old: Sequence[str], new: Sequence[str]) -> tuple[int, int, int, int]:
+    """(added, changed, removed, unchanged) between two key lists; see `SnapshotDiff`."""
+    old_set, new_set = set(old), set(new)
+    changed = sum(
+        1
+        for old_key, new_key in zip(old, new, strict=False)
+        if old_key != new_key and old_key not in new_set and new_key not in old_set
+    )
+    unchanged = len(old_set & new_set)
+    added = len(new_set - old_set) - changed
+    removed = len(old_set - new_set) - changed
+    return added, changed, removed, unchanged
+
+
+def record_snapshot(
+    session: Session, dataset: Dataset, examples: Examples
+) -> tuple[Snapshot, SnapshotDiff]:
+    """Record the examples as the dataset's newest snapshot, unless nothing changed.
+
+    When the content hash equals the latest snapshot's, that snapshot is returned and the diff
+    says `new_snapshot=False`.
+    """
+    digest = content_hash(examples.keys)
+    previous = latest_snapshot(session, dataset.id)
+    if previous is not None and previous.content_hash == digest:
+        n = previous.n
+        return previous, SnapshotDiff(previous.id, False, 0, 0, 0, n)
+
+    old_keys = snapshot_keys(session, previous.id) if previous is not None else []
+    added, changed, removed, unchanged = diff_keys(old_keys, examples.keys)
+    snapshot = Snapshot(dataset_id=dataset.id, content_hash=digest, n=len(examples))
+    session.add(snapshot)
+    session.flush()
+    labels = examples.y.tolist()
+    rows = [
+        (snapshot.id, index, key, int(label))
+        for index, (key, label) in enumerate(zip(examples.keys, labels, strict=True))
+    ]
+    _bulk_insert(session, SnapshotExample.__table__, rows)  # type: ignore[arg-type]
+    diff = SnapshotDiff(
+        previous.id if previous is not None else None, True, added, changed, removed, unchanged
+    )
+    return snapshot, diff
+
+
+def _bulk_insert(session: Session, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    """Plain bulk insert of tuples in column order: COPY on psycopg, executemany elsewhere."""
+    columns = [column.name for column in table.columns]
+    if _uses_psycopg(session):
+        cursor_conn = session.connection().connection.driver_connection
+        with cursor_conn.cursor() as cursor:  # type: ignore[union-attr]
+            sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+            with cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        placeholders = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
+        session.connection().exec_driver_sql(sql, rows)
+        return
+    statement = insert(table)
+    for start in range(0, len(rows), EXECUTEMANY_CHUNK_ROWS):
+        chunk = rows[start : start + EXECUTEMANY_CHUNK_ROWS]
+        session.execute(statement, [dict(zip(columns, row, strict=True)) for row in chunk])
+
+
+def _uses_psycopg(session: Session) -> bool:
+    dialect = session.get_bind().dialect
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
+# ---------------------------------------------------------------------------------------------
+# audits
+
+_ALLOWED_TRANSITIONS: dict[str, set[str]] = {
+    "queued": {"running", "failed", "cancelled"},
+    # running -> running/queued: a redelivered task (worker lost) starts the audit again.
+    "running": {"running", "queued", "succeeded", "failed", "cancelled"},
+    # A finished audit can only be queued again, deliberately (re-run).
+    "succeeded": {"queued"},
+    "failed": {"queued"},
+    "cancelled": {"queued"},
+}
+
+
+def create_audit(
+    session: Session,
+    kind: str,
+    dataset: Dataset,
+    *,
+    snapshot: Snapshot | None = None,
+    params: dict[str, Any] | None = None,
+    test_dataset: Dataset | None = None,
+    schedule_id: int | None = None,
+) -> Audit:
+    """A queued audit of `dataset` at `snapshot` (default: its latest snapshot)."""
+    snapshot = snapshot or latest_snapshot(session, dataset.id)
+    if snapshot is None:
+        raise NotFound(f"dataset {dataset.name!r} has no snapshot yet: run `auditor dataset scan`")
+    audit = Audit(
+        kind=kind,
+        dataset_id=dataset.id,
+        snapshot_id=snapshot.id,
+        test_dataset_id=test_dataset.id if test_dataset is not None else None,
+        params=params or {},
+        status="queued",
+        schedule_id=schedule_id,
+    )
+    session.add(audit)
+    session.flush()
+    return audit
+
+
+def get_audit(session: Session, audit_id: int) -> Audit:
+    """The audit with id `audit_id`, or `NotFound`."""
+    audit = session.get(Audit, audit_id)
+    if audit is None:
+        raise NotFound(f"no audit with id {audit_id} (see `auditor audit list`)")
+    return audit
+
+
+def list_audits(
+    session: Session,
+    dataset: Dataset | str | None = None,
+    *,
+    status: str | None = None,
+    limit: int | None = None,
+) -> list[Audit]:
+    """Audits, newest first, optionally of one dataset (object or name) and one status."""
+    query = select(Audit).order_by(Audit.id.desc())
+    if dataset is not None:
+        if isinstance(dataset, str):
+            dataset = get_dataset(session, dataset)
+        query = query.where(Audit.dataset_id == dataset.id)
+    if status is not None:
+        query = query.where(Audit.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def set_audit_status(
+    session: Session,
+    audit_id: int,
+    status: str,
+    *,
+    message: str | None = None,
+    error: str | None = None,
+    task_id: str | None = None,
+) -> Audit:
+    """Move an audit to `status`, stamping started/finished times.
+
+    Illegal moves (e.g. a cancelled audit to succeeded, when a worker finished after the user
+    cancelled) raise `Conflict`, so the first final state wins. Re-queueing resets progress, the
+    error and the cancel flag.
+    """
+    if status not in AUDIT_STATUSES:
+        raise ValueError(f"unknown audit status {status!r}")
+    audit = get_audit(session, audit_id)
+    session.refresh(audit, with_for_update=True)
+    if status not in _ALLOWED_TRANSITIONS[audit.status]:
+        raise Conflict(f"audit {audit_id} is {audit.status}; it cannot become {status}")
+    now = utcnow()
+    audit.status = status
+    if status == "queued":
+        audit.progress, audit.error, audit.cancel_requested = 0.0, None, False
+        audit.started_at = audit.finished_at = None
+    elif status == "running":
+        audit.started_at, audit.heartbeat_at, audit.finished_at = now, now, None
+    else:
+        audit.finished_at = now
+        if status == "succeeded":
+            audit.progress = 1.0
+    if message is not None:
+        audit.message = message
+    if error is not None:
+        audit.error = error
+    if task_id is not None:
+        audit.task_id = task_id
+    session.flush()
+    return audit
+
+
+def update_progress(
+    session: Session, audit_id: int, fraction: float, message: str | None = None
+) -> bool:
+    """Record progress and a heartbeat; return whether a cancel was requested.
+
+    One UPDATE ... RETURNING, so a progress callback can check for cancellation at no extra cost
+    and raise `auditor.errors.Cancelled` itself.
+    """
+    values: dict[str, Any] = {
+        "progress": min(max(float(fraction), 0.0), 1.0),
+        "heartbeat_at": utcnow(),
+    }
+    if message is not None:
+        values["message"] = message
+    cancel = session.scalar(
+        update(Audit)
+        .where(Audit.id == audit_id)
+        .values(**values)
+        .returning(Audit.cancel_requested)
+        .execution_options(synchronize_session=False)
+    )
+    if cancel is None:
+        raise NotFound(f"no audit with id {audit_id}")
+    return bool(cancel)
+
+
+def set_audit_summary(session: Session, audit_id: int, summary: dict[str, Any]) -> None:
+    """Store the analysis's summary of the whole audit (JSON)."""
+    audit = get_audit(session, audit_id)
+    audit.summary = summary
+    session.flush()
+
+
+def request_cancel(session: Session, audit_id: int) -> Audit:
+    """Ask an audit to stop.
+
+    A queued audit is cancelled at once (a worker that picks it up later skips it); a running
+    one gets `cancel_requested`, which its next progress report sees. Cancelling a cancelled audit
+    is a no-op; a succeeded or failed one raises `Conflict`.
+    """
+    audit = get_audit(session, audit_id)
+    session.refresh(audit, with_for_update=True)
+    if audit.status == "cancelled":
+        return audit
+    if audit.status in FINISHED_STATUSES:
+        raise Conflict(f"audit {audit_id} already {audit.status}; nothing to cancel")
+    audit.cancel_requested = True
+    if audit.status == "queued":
+        audit.status = "cancelled"
+        audit.finished_at = utcnow()
+        audit.message = "cancelled before it started"
+    session.flush()
+    return audit
+
+
+def is_cancel_requested(session: Session, audit_id: int) -> bool:
+    """Whether someone asked the audit to stop (read fresh from the database)."""
+    flag = session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id))
+    if flag is None:
+        raise NotFound(f"no audit with id {audit_id}")
+    return bool(flag)
+
+
+def stale_audits(session: Session, heartbeat_before: datetime) -> list[Audit]:
+    """Running audits whose last heartbeat is older than `heartbeat_before` (a lost worker)."""
+    return list(
+        session.scalars(
+            select(Audit)
+            .where(Audit.status == "running", Audit.heartbeat_at < heartbeat_before)
+            .order_by(Audit.id)
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# findings
+
+
+def _finding_rows(records: Iterable[FindingRecord]) -> list[tuple[Any, ...]]:
+    """Plain tuples (index, key, kind, score, rank, label, payload), last record per key wins.
+
+    Analyses give each example one key, but a retried shard may repeat rows; PostgreSQL refuses
+    to update one row twice in a statement, so duplicates are collapsed here.
+    """
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for r in records:
+        score = float(r.score)
+        if score != score:
+            raise ValueError(f"finding for example {r.example_key} has a NaN score")
+        label = int(r.label) if r.label is not None else None
+        rows[(r.example_key, r.kind)] = (
+            int(r.example_index),
+            r.example_key,
+            r.kind,
+            score,
+            int(r.rank),
+            label,
+            r.payload,
+        )
+    return list(rows.values())
+
+
+_FINDING_COLUMNS = ("example_index", "example_key", "kind", "score", "rank", "label", "payload")
+_FINDING_UPDATED = ("example_index", "score", "rank", "label", "payload")
+
+
+def upsert_findings(session: Session, audit_id: int, records: Sequence[FindingRecord]) -> int:
+    """Insert or update an audit's findings on (audit_id, example_key, kind); return row count.
+
+    Idempotent, so a retried task can store its results again. PostgreSQL (psycopg): COPY into
+    a temporary table, then one INSERT ... ON CONFLICT DO UPDATE; SQLite: the same upsert as a
+    chunked executemany of one prepared statement.
+    """
+    rows = _finding_rows(records)
+    if not rows:
+        return 0
+    if _uses_psycopg(session):
+        _upsert_findings_copy(session, audit_id, rows)
+    else:
+        _upsert_findings_statements(session, audit_id, rows)
+    return len(rows)
+
+
+def _upsert_findings_copy(session: Session, audit_id: int, rows: list[tuple[Any, ...]]) -> None:
+    connection = session.connection().connection.driver_connection
+    columns = ", ".join(_FINDING_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _FINDING_UPDATED)
+    with connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(
+            "CREATE TEMP TABLE findings_incoming (example_index integer, example_key varchar(64), "
+            "kind varchar(32), score double precision, rank integer, label integer, "
+            "payload jsonb) ON COMMIT DROP"
+        )
+        with cursor.copy(f"COPY findings_incoming ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((*row[:6], dumps_json(row[6]) if row[6] else "{}"))
+        cursor.execute(
+            f"INSERT INTO findings (audit_id, {columns}) "
+            f"SELECT %s, {columns} FROM findings_incoming "
+            f"ON CONFLICT (audit_id, example_key, kind) DO UPDATE SET {updates}",
+            (audit_id,),
+        )
+        cursor.execute("DROP TABLE findings_incoming")
+
+
+def _upsert_findings_statements(
+    session: Session, audit_id: int, rows: list[tuple[Any, ...]]
+) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        # The driver's own executemany of one prepared statement: about three times faster
+        # than SQLAlchemy's per-row parameter processing, and no bound-parameter limit.
+        columns = ", ".join(("audit_id", *_FINDING_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _FINDING_UPDATED)
+        sql = (
+            f"INSERT INTO findings ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT (audit_id, example_key, kind) DO UPDATE SET {updates}"
+        )
+        connection = session.connection()
+        for start in range(0, len(rows), EXECUTEMANY_CHUNK_ROWS):
+            chunk = rows[start : start + EXECUTEMANY_CHUNK_ROWS]
+            connection.exec_driver_sql(
+                sql, [(audit_id, *row[:6], dumps_json(row[6]) if row[6] else "{}") for row in chunk]
+            )
+        return
+    # Any other PostgreSQL driver: SQLAlchemy's executemany of the dialect's upsert.
+    statement = postgresql.insert(Finding.__table__)
+    statement = statement.on_conflict_do_update(
+        index_elements=["audit_id", "example_key", "kind"],
+        set_={c: statement.excluded[c] for c in _FINDING_UPDATED},
+    )
+    for start in range(0, len(rows), EXECUTEMANY_CHUNK_ROWS):
+        chunk = rows[start : start + EXECUTEMANY_CHUNK_ROWS]
+        session.execute(
+            statement,
+            [
+                {"audit_id": audit_id, **dict(zip(_FINDING_COLUMNS, row, strict=True))}
+                for row in chunk
+            ],
+        )
+
+
+def list_findings(
+    session: Session, audit_id: int, top: int | None = None, kind: str | None = None
+) -> list[Finding]:
+    """An audit's findings by rank (best first), optionally the first `top` and one kind."""
+    query = select(Finding).where(Finding.audit_id == audit_id)
+    if kind is not None:
+        query = query.where(Finding.kind == kind)
+    query = query.order_by(Finding.rank, Finding.id)
+    if top is not None:
+        query = query.limit(top)
+    return list(session.scalars(query))
+
+
+def count_findings(session: Session, audit_id: int, kind: str | None = None) -> int:
+    """How many findings an audit stored."""
+    query = select(func.count()).select_from(Finding).where(Finding.audit_id == audit_id)
+    if kind is not None:
+        query = query.where(Finding.kind == kind)
+    return int(session.scalar(query) or 0)
+
+
+def get_finding(session: Session, finding_id: int) -> Finding:
+    """The finding with id `finding_id`, or `NotFound`."""
+    finding = session.get(Finding, finding_id)
+    if finding is None:
+        raise NotFound(f"no finding with id {finding_id}")
+    return finding
+
+
+# ---------------------------------------------------------------------------------------------
+# reviews
+
+
+def settled_keys(session: Session, dataset_id: int) -> set[str]:
+    """Keys of the dataset's examples that a reviewer has decided about."""
+    return set(session.scalars(select(Review.example_key).where(Review.dataset_id == dataset_id)))
+
+
+def get_review(session: Session, dataset_id: int, example_key: str) -> Review | None:
+    """The decision about one example of a dataset, if any."""
+    return session.scalar(
+        select(Review).where(Review.dataset_id == dataset_id, Review.example_key == example_key)
+    )
+
+
+def list_reviews(session: Session, dataset_id: int) -> list[Review]:
+    """All decisions about a dataset, oldest first."""
+    return list(
+        session.scalars(select(Review).where(Review.dataset_id == dataset_id).order_by(Review.id))
+    )
+
+
+def _check_decision(decision: str, new_label: int | None) -> None:
+    if decision not in DECISIONS:
+        raise AuditorError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+    if decision == "relabelled" and (new_label is None or new_label < 0):
+        raise AuditorError("a relabel decision needs the new label (a non-negative integer)")
+    if decision != "relabelled" and new_label is not None:
+        raise AuditorError(f"a {decision} decision takes no new label")
+
+
+def decide(
+    session: Session,
+    finding_id: int,
+    decision: str,
+    new_label: int | None = None,
+    reviewer: str = "",
+    note: str | None = None,
+    expected_version: int | None = None,
+) -> Review:
+    """Record a reviewer's decision about the example behind a finding.
+
+    `expected_version` is the version of the decision the reviewer saw: None means "no decision
+    yet" (a first decision), an integer means "change decision version N". Anything else, or a
+    concurrent reviewer winning the race (the unique (dataset, example_key) insert or the
+    optimistic version check on update), raises `Conflict` naming what is there now.
+    """
+    _check_decision(decision, new_label)
+    finding = get_finding(session, finding_id)
+    dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
+    assert dataset_id is not None
+    review = get_review(session, dataset_id, finding.example_key)
+    if review is None:
+        if expected_version is not None:
+            raise Conflict(
+                f"example {finding.example_key} has no decision yet, "
+                f"but version {expected_version} was expected"
+            )
+        review = Review(
+            finding_id=finding.id,
+            dataset_id=dataset_id,
+            example_key=finding.example_key,
+            decision=decision,
+            new_label=new_label,
+            reviewer=reviewer,
+            note=note,
+            decided_at=utcnow(),
+        )
+        try:
+            with session.begin_nested():
+                session.add(review)
+        except IntegrityError:
+            raise Conflict(
+                f"example {finding.example_key} was decided by another reviewer just now"
+            ) from None
+        return review
+
+    if expected_version is None or review.version != expected_version:
+        raise Conflict(
+            f"example {finding.example_key} was already decided: {review.decision} by "
+            f"{review.reviewer or 'someone'} at {review.decided_at:%Y-%m-%d %H:%M} UTC "
+            f"(version {review.version})"
+        )
+    try:
+        with session.begin_nested():
+            review.finding_id = finding.id
+            review.decision = decision
+            review.new_label = new_label
+            review.reviewer = reviewer
+            review.note = note
+            review.decided_at = utcnow()
+    except StaleDataError:
+        raise Conflict(
+            f"example {finding.example_key} was changed by another reviewer just now"
+        ) from None
+    return review
+
+
+def next_unsettled_finding(
+    session: Session,
+    *,
+    audit_id: int | None = None,
+    dataset_id: int | None = None,
+    kind: str | None = None,
+) -> Finding | None:
+    """The best-ranked finding whose example no reviewer has decided about yet.
+
+    With `audit_id`, from that audit; otherwise from the newest succeeded audit of `dataset_id`
+    (or of any dataset when neither is given). None when everything is settled.
+    """
+    if audit_id is None:
+        latest = select(Audit.id).where(Audit.status == "succeeded")
+        if dataset_id is not None:
+            latest = latest.where(Audit.dataset_id == dataset_id)
+        audit_id = session.scalar(latest.order_by(Audit.id.desc()).limit(1))
+        if audit_id is None:
+            return None
+    reviewed = exists().where(
+        Review.dataset_id == Audit.dataset_id, Review.example_key == Finding.example_key
+    )
+    query = (
+        select(Finding)
+        .join(Audit, Audit.id == Finding.audit_id)
+        .where(Finding.audit_id == audit_id, ~reviewed)
+    )
+    if kind is not None:
+        query = query.where(Finding.kind == kind)
+    return session.scalar(query.order_by(Finding.rank, Finding.id).limit(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+_INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_INTERVAL_PART = re.compile(r"(\d+)([smhdw])")
+
+
+def parse_interval(text: str) -> int:
+    """Seconds in an interval like "90s", "15m", "6h", "1d", "1h30m"."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _INTERVAL_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise AuditorError(f"cannot read interval {text!r}: use e.g. 30m, 6h, 1d or 1h30m")
+    seconds = sum(int(n) * _INTERVAL_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise AuditorError(f"interval {text!r} must be longer than zero")
+    return seconds
+
+
+def next_run_after(schedule: Schedule, after: datetime) -> datetime:
+    """When the schedule is due next after `after` (cron expressions are read in UTC)."""
+    if schedule.cron is not None:
+        return croniter(schedule.cron, after).get_next(datetime)
+    assert schedule.interval_seconds is not None
+    return after + timedelta(seconds=schedule.interval_seconds)
+
+
+def add_schedule(
+    session: Session,
+    dataset: Dataset,
+    kind: str,
+    *,
+    params: dict[str, Any] | None = None,
+    interval_seconds: int | None = None,
+    cron: str | None = None,
+    skip_unchanged: bool = True,
+    now: datetime | None = None,
+) -> Schedule:
+    """A recurring audit, first due one interval (or the next cron time) from now."""
+    if (interval_seconds is None) == (cron is None):
+        raise AuditorError("give exactly one of an interval (--every) or a cron expression")
+    if cron is not None and not croniter.is_valid(cron):
+        raise AuditorError(f"invalid cron expression {cron!r}: use 5 fields, e.g. '0 3 * * *'")
+    if interval_seconds is not None and interval_seconds <= 0:
+        raise AuditorError("the interval must be longer than zero")
+    schedule = Schedule(
+        dataset_id=dataset.id,
+        kind=kind,
+        params=params or {},
+        interval_seconds=interval_seconds,
+        cron=cron,
+        enabled=True,
+        skip_unchanged=skip_unchanged,
+    )
+    schedule.next_run_at = next_run_after(schedule, now or utcnow())
+    session.add(schedule)
+    session.flush()
+    return schedule
+
+
+def get_schedule(session: Session, schedule_id: int) -> Schedule:
+    """The schedule with id `schedule_id`, or `NotFound`."""
+    schedule = session.get(Schedule, schedule_id)
+    if schedule is None:
+        raise NotFound(f"no schedule with id {schedule_id} (see `auditor schedule list`)")
+    return schedule
+
+
+def list_schedules(session: Session, dataset: Dataset | None = None) -> list[Schedule]:
+    """Schedules by id, optionally of one dataset."""
+    query = select(Schedule).order_by(Schedule.id)
+    if dataset is not None:
+        query = query.where(Schedule.dataset_id == dataset.id)
+    return list(session.scalars(query))
+
+
+def set_schedule_enabled(
+    session: Session, schedule_id: int, enabled: bool, now: datetime | None = None
+) -> Schedule:
+    """Pause or resume. Resuming schedules the next run from now, so a long pause does not
+    fire a backlog of runs at once."""
+    schedule = get_schedule(session, schedule_id)
+    if enabled and not schedule.enabled:
+        schedule.next_run_at = next_run_after(schedule, now or utcnow())
+    schedule.enabled = enabled
+    session.flush()
+    return schedule
+
+
+def remove_schedule(session: Session, schedule_id: int) -> None:
+    """Delete a schedule (its past audits stay, with schedule_id cleared)."""
+    get_schedule(session, schedule_id)
+    session.execute(delete(Schedule).where(Schedule.id == schedule_id))
+
+
+def due_schedules(
+    session: Session, now: datetime | None = None, *, lock: bool = False
+) -> list[Schedule]:
+    """Enabled schedules whose next run is at or before `now`, earliest first.
+
+    With `lock=True` the rows are locked FOR UPDATE SKIP LOCKED on PostgreSQL, so two beat
+    processes never both run the same schedule.
+    """
+    query = (
+        select(Schedule)
+        .where(Schedule.enabled.is_(True), Schedule.next_run_at <= (now or utcnow()))
+        .order_by(Schedule.next_run_at, Schedule.id)
+    )
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def mark_schedule_ran(session: Session, schedule: Schedule, now: datetime | None = None) -> None:
+    """Stamp a run (or a deliberate skip) and move `next_run_at` past now."""
+    now = now or utcnow()
+    schedule.last_run_at = now
+    schedule.next_run_at = next_run_after(schedule, now)
+    session.flush()
+
+
+def last_audited_hash(session: Session, schedule_id: int) -> str | None:
+    """Content hash of the snapshot the schedule's newest non-failed audit looked at.
+
+    With `skip_unchanged`, a due schedule whose dataset still has this hash need not run.
+    """
+    return session.scalar(
+        select(Snapshot.content_hash)
+        .join(Audit, Audit.snapshot_id == Snapshot.id)
+        .where(
+            Audit.schedule_id == schedule_id, Audit.status.in_(("queued", "running", "succeeded"))
+        )
+        .order_by(Audit.id.desc())
+        .limit(1)
+    )

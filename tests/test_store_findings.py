@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from factories import make_audit, make_dataset, make_records
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from auditor.analyses.base import FindingRecord
+from auditor.errors import NotFound
+from auditor.store import repo
+from auditor.store.models import Finding
+
+
+def test_upserting_the_same_findings_twice_keeps_one_row_each(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions() as s, s.begin():
+        audit = make_audit(s, make_dataset(s))
+    with sessions() as s, s.begin():
+        assert repo.upsert_findings(s, audit.id, make_records(1000)) == 1000
+    with sessions() as s, s.begin():
+        assert repo.upsert_findings(s, audit.id, make_records(1000, score_offset=0.5)) == 1000
+    with sessions() as s:
+        assert repo.count_findings(s, audit.id) == 1000
+        top = repo.list_findings(s, audit.id, top=1)[0]
+        assert (top.rank, top.score, top.payload) == (0, 1000.5, {"p_given": 0.0})
+        assert s.scalar(select(func.min(Finding.score))) == 1.5
+
+
+def test_repeated_keys_in_one_call_collapse_to_the_last(sessions: sessionmaker[Session]) -> None:
+    records = make_records(3) + [FindingRecord(0, "k000000", "label", 42.0, 0)]
+    with sessions() as s, s.begin():
+        audit = make_audit(s, make_dataset(s))
+        assert repo.upsert_findings(s, audit.id, records) == 3
+        assert repo.list_findings(s, audit.id)[0].score == 42.0
+
+
+def test_numpy_values_are_stored_as_plain_json(sessions: sessionmaker[Session]) -> None:
+    record = FindingRecord(
+        np.int64(3),
+        "k",
+        "label",
+        np.float32(0.25),
+        np.int32(0),
+        np.int64(2),  # type: ignore[arg-type]
+        {"probs": np.array([0.5, 0.25], dtype=np.float32), "top": np.int64(1)},
+    )
+    with sessions() as s, s.begin():
+        audit = make_audit(s, make_dataset(s))
+        repo.upsert_findings(s, audit.id, [record])
+    with sessions() as s:
+        finding = repo.list_findings(s, audit.id)[0]
+        assert (finding.example_index, finding.score, finding.label) == (3, 0.25, 2)
+        assert finding.payload == {"probs": [0.5, 0.25], "top": 1}
+
+
+def test_nan_scores_are_refused() -> None:
+    with pytest.raises(ValueError, match="NaN score"):
+        repo.upsert_findings(None, 1, [FindingRecord(0, "k", "label", float("nan"), 0)])  # type: ignore[arg-type]
+
+
+def test_findings_list_by_rank_with_top_and_kind(sessions: sessionmaker[Session]) -> None:
+    records = make_records(5, kind="harmful") + make_records(5, kind="helpful")
+    with sessions() as s, s.begin():
+        audit = make_audit(s, make_dataset(s))
+        repo.upsert_findings(s, audit.id, records[::-1])
+        helpful = repo.list_findings(s, audit.id, top=3, kind="helpful")
+        assert [f.rank for f in helpful] == [0, 1, 2]
+        assert {f.kind for f in helpful} == {"helpful"}
+        assert repo.count_findings(s, audit.id, kind="harmful") == 5
+        assert repo.get_finding(s, helpful[0].id).example_key == "k000000"
+        with pytest.raises(NotFound):
+            repo.get_finding(s, 10**9)
+
+
+def test_deleting_an_audit_deletes_its_findings(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        audit = make_audit(s, make_dataset(s))
+        repo.upsert_findings(s, audit.id, make_records(10))
+    with sessions() as s, s.begin():
+        s.delete(s.get(type(audit), audit.id))
+    with sessions() as s:
+        assert repo.count_findings(s, audit.id) == 0
