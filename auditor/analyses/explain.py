@@ -1,0 +1,324 @@
+"""Explain test predictions by the training points that shaped them (Koh & Liang 2017, 5.1).
+
+For each chosen test point z_test the audit reports the training points with the most negative
+I_up,loss(z, z_test) (helpful: up-weighting them lowers the test loss) and the most positive
+(harmful), and, for contrast, the nearest training points in input space: the paper's point is
+that the points a model relies on are not simply the ones that look alike.
+
+Findings are unique per (audit, example_key, kind) in the store, and one training example can be
+helpful for several test points, so the test point is part of the kind: "helpful:t{i}",
+"harmful:t{i}" and "neighbour:t{i}" with i the test point's row in the test set (its content key
+is in the payload). Every row of the three kinds carries the same payload (`ROW_PAYLOAD`), so a
+report can show influence next to distance for any of them.
+
+s_test = H^-1 g_test is computed once for all chosen test points, then every training gradient is
+streamed once and dotted with all of them: one pass over the training data in total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, Progress
+from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
+from auditor.data.base import Examples
+from auditor.errors import AuditorError, DataError
+from auditor.influence.grads import example_losses
+
+# Payload keys of every helpful / harmful / neighbour row (the report and CLI rely on them).
+ROW_PAYLOAD = (
+    "test_index",
+    "test_key",
+    "test_label",
+    "test_pred",
+    "test_loss",
+    "influence",
+    "predicted_loss_change_if_removed",
+    "distance",
+    "influence_rank",
+    "distance_rank",
+    "train_pred",
+)
+
+# ModelSpec fields that may also be given as flat top-level params (CLI options). "name" comes
+# from params["model"] as a string; "train" and "params" are left out on purpose: at the top level
+# those names are too likely to mean something else (a dataset, the audit's params).
+_FLAT_MODEL_KEYS = tuple(
+    f.name for f in fields(ModelSpec) if f.name not in ("name", "train", "params")
+)
+
+
+# ---- parameters shared by explain and domain-mismatch ---------------------------------------
+def parse_specs(params: Mapping[str, Any]) -> tuple[ModelSpec, SolverSpec]:
+    """ModelSpec and SolverSpec from audit params, nested or flat.
+
+    Accepts {"model": {...ModelSpec fields}, "solver": {...SolverSpec fields}} as well as the flat
+    form the CLI records: {"model": "logreg", "weights": ..., "solver": "cg", "damping": 0.01}.
+    """
+    model = _spec_kwargs(params.get("model"), "name", "model")
+    for key in _FLAT_MODEL_KEYS:
+        if key in params and key not in model:
+            model[key] = params[key]
+    solver = _spec_kwargs(params.get("solver"), "name", "solver")
+    if "damping" in params and "damping" not in solver:
+        solver["damping"] = params["damping"]
+    if "solver_options" in params and "options" not in solver:
+        solver["options"] = params["solver_options"]
+    try:
+        model_spec, solver_spec = ModelSpec(**model), SolverSpec(**solver)
+        solver_spec.damping = float(solver_spec.damping)
+    except (TypeError, ValueError) as exc:
+        raise AuditorError(f"bad model or solver setting: {exc}") from None
+    return model_spec, solver_spec
+
+
+def _spec_kwargs(value: Any, name_key: str, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {name_key: value}
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise AuditorError(f"{what} must be a name or a mapping of settings, got {value!r}")
+
+
+def positive_int(params: Mapping[str, Any], key: str, default: int) -> int:
+    """params[key] as an int >= 1, or a one-line error naming the setting."""
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise AuditorError(f"{key} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def flag(params: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """params[key] as a bool; JSON strings "true"/"false" too, since CLI values arrive as text."""
+    value = params.get(key, default)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, (bool, int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise AuditorError(f"{key} must be true or false, got {value!r}")
+
+
+def require_test_set(train: Examples, test: Examples | None, analysis: str) -> Examples:
+    """The test set, checked against the training set with one-line errors.
+
+    The model is built from the training set, so a test set of another shape or with labels the
+    model cannot output would fail deep inside torch with a message nobody can act on.
+    """
+    if test is None or len(test) == 0:
+        raise DataError(f"{analysis} needs a non-empty test set (--test DATASET)")
+    if tuple(test.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise DataError(
+            f"test examples have shape {tuple(test.x.shape[1:])} but training examples have "
+            f"shape {tuple(train.x.shape[1:])}; use a test set from the same source"
+        )
+    k = train.num_classes
+    if test.y.min() < 0 or test.y.max() >= k:
+        bad = int(test.y.min()) if test.y.min() < 0 else int(test.y.max())
+        raise DataError(f"test label {bad} is outside the training set's classes 0..{k - 1}")
+    return test
+
+
+def scaled(progress: Progress, lo: float, hi: float) -> Progress:
+    """A progress callback that maps a sub-step's [0, 1] onto [lo, hi] of the whole audit."""
+
+    def report(fraction: float, message: str) -> None:
+        progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+
+    return report
+
+
+def input_distances(train: Examples, x_rows: np.ndarray) -> Tensor:
+    """Euclidean distances (m, n) from `x_rows` to every training input.
+
+    Images in [0, 1] pixel units; features standardised with the training mean and std, so that
+    one feature measured in large units does not decide who is "near".
+    """
+    a = np.asarray(train.x, dtype=np.float64).reshape(len(train), -1)
+    b = np.asarray(x_rows, dtype=np.float64).reshape(len(x_rows), -1)
+    if train.is_image:
+        a, b = a / 255.0, b / 255.0
+    else:
+        mean, std = a.mean(0), a.std(0)
+        std[std < 1e-12] = 1.0
+        a, b = (a - mean) / std, (b - mean) / std
+    return torch.cdist(torch.from_numpy(b), torch.from_numpy(a))
+
+
+def rank_positions(values: Tensor) -> Tensor:
+    """1-based rank of each entry when sorted descending (1 = largest)."""
+    order = torch.argsort(values, descending=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(1, len(values) + 1)
+    return ranks
+
+
+# ---- config ---------------------------------------------------------------------------------
+@dataclass
+class ExplainConfig:
+    """Which test points to explain and how many training points to list per kind.
+
+    Test points: `test_indices` if given; else with `errors` the misclassified ones (highest loss
+    first); else the highest-loss ones. `max_tests` caps the last two choices.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    test_indices: list[int] | None = None
+    errors: bool = False
+    max_tests: int = 10
+    top: int = 10
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ExplainConfig:
+        model, solver = parse_specs(params)
+        indices = params.get("test_indices")
+        if indices is not None:
+            if isinstance(indices, (int, str)):
+                indices = [indices]
+            try:
+                indices = [int(i) for i in indices]
+            except (TypeError, ValueError):
+                raise AuditorError(f"test_indices must be whole numbers, got {indices!r}") from None
+        return cls(
+            model=model,
+            solver=solver,
+            test_indices=indices,
+            errors=flag(params, "errors"),
+            max_tests=positive_int(params, "max_tests", 10),
+            top=positive_int(params, "top", 10),
+        )
+
+
+def choose_test_points(cfg: ExplainConfig, loss: Tensor, wrong: Tensor) -> tuple[list[int], str]:
+    """Rows of the test set to explain, and how they were chosen (for the summary)."""
+    m = len(loss)
+    if cfg.test_indices is not None:
+        bad = [i for i in cfg.test_indices if not 0 <= i < m]
+        if bad:
+            raise DataError(f"test index {bad[0]} is out of range: the test set has {m} rows")
+        return list(dict.fromkeys(cfg.test_indices)), "indices"
+    by_loss = torch.argsort(loss, descending=True).tolist()
+    if cfg.errors:
+        return [i for i in by_loss if bool(wrong[i])][: cfg.max_tests], "errors"
+    return by_loss[: cfg.max_tests], "highest_loss"
+
+
+# ---- analysis -------------------------------------------------------------------------------
+@dataclass
+class _Scores:
+    """Everything about the chosen test points that the finding rows draw from."""
+
+    chosen: list[int]
+    up_loss: Tensor  # (n_train, m) I_up,loss
+    removal: Tensor  # (n_train, m) predicted change in test loss if removed: -(1/n) I_up,loss
+    distance: Tensor  # (m, n_train)
+    test_loss: Tensor  # (n_test,)
+    test_pred: Tensor  # (n_test,)
+    train_pred: Tensor  # (n_train,)
+
+
+def run(inp: AnalysisInput) -> AnalysisResult:
+    """Helpful, harmful and nearest training examples for each chosen test point."""
+    cfg = ExplainConfig.from_params(inp.params)
+    train, progress = inp.train, inp.progress
+    test = require_test_set(train, inp.test, "explain")
+    progress(0.0, "training the model")
+    fitted = fit_model(train, cfg.model, num_classes=train.num_classes)
+    progress(0.25, "fitting the curvature")
+    inf = fitted.influence(cfg.solver)
+    x_test, y_test = as_tensors(test, fitted.x.dtype)
+    test_loss = example_losses(inf.fm, x_test, y_test)
+    test_pred = fitted.predict_proba(x_test).argmax(-1)
+    chosen, how = choose_test_points(cfg, test_loss, test_pred != y_test)
+    summary: dict[str, Any] = {
+        "selection": how,
+        "n_train": len(train),
+        "n_test": len(test),
+        "top": cfg.top,
+        "solver": inf.solver.describe(),
+        "train_info": fitted.train_info,
+        "finding_kinds": [
+            "helpful:t{test_index}",
+            "harmful:t{test_index}",
+            "neighbour:t{test_index}",
+        ],
+    }
+    if not chosen:
+        progress(1.0, "no test point to explain")
+        summary.update(test_points=[], note="no misclassified test point to explain")
+        return AnalysisResult([], summary)
+    progress(0.4, f"computing s_test for {len(chosen)} test point(s)")
+    S = inf.test_factors(x_test[chosen], y_test[chosen])
+    U = inf.up_loss_from_factors(fitted.x, fitted.y, S, scaled(progress, 0.45, 0.9))
+    scores = _Scores(
+        chosen=chosen,
+        up_loss=U,
+        removal=inf.removal_effect(U),
+        distance=input_distances(train, test.x[chosen]),
+        test_loss=test_loss,
+        test_pred=test_pred,
+        train_pred=fitted.predict_proba(fitted.x).argmax(-1),
+    )
+    progress(0.92, "ranking training examples")
+    findings: list[FindingRecord] = []
+    points = []
+    for col in range(len(chosen)):
+        rows, info = _explain_one(train, test, scores, col, cfg.top)
+        findings.extend(rows)
+        points.append(info)
+    summary["test_points"] = points
+    summary["mean_jaccard_influence_vs_nearest"] = float(np.mean([p["jaccard"] for p in points]))
+    progress(1.0, f"explained {len(chosen)} test point(s)")
+    return AnalysisResult(findings, summary)
+
+
+def _explain_one(
+    train: Examples, test: Examples, s: _Scores, col: int, top: int
+) -> tuple[list[FindingRecord], dict[str, Any]]:
+    """Finding rows and a summary entry for the test point in column `col`."""
+    t = s.chosen[col]
+    u, d = s.up_loss[:, col], s.distance[col]
+    inf_rank, dist_rank = rank_positions(u.abs()), rank_positions(-d)
+    context = {
+        "test_index": t,
+        "test_key": test.keys[t],
+        "test_label": int(test.y[t]),
+        "test_pred": int(s.test_pred[t]),
+        "test_loss": float(s.test_loss[t]),
+    }
+
+    def row(i: int, kind: str, score: float, rank: int) -> FindingRecord:
+        payload = dict(context)
+        payload.update(
+            influence=float(u[i]),
+            predicted_loss_change_if_removed=float(s.removal[i, col]),
+            distance=float(d[i]),
+            influence_rank=int(inf_rank[i]),
+            distance_rank=int(dist_rank[i]),
+            train_pred=int(s.train_pred[i]),
+        )
+        return FindingRecord(
+            i, train.keys[i], f"{kind}:t{t}", score, rank, int(train.y[i]), payload
+        )
+
+    k = min(top, len(u))
+    # Only points on the right side of zero: a "harmful" row with negative influence would lie.
+    helpful = [i for i in torch.argsort(u).tolist()[:k] if u[i] < 0]
+    harmful = [i for i in torch.argsort(u, descending=True).tolist()[:k] if u[i] > 0]
+    nearest = torch.argsort(d).tolist()[:k]
+    rows = [row(i, "helpful", float(-u[i]), r) for r, i in enumerate(helpful, 1)]
+    rows += [row(i, "harmful", float(u[i]), r) for r, i in enumerate(harmful, 1)]
+    # Similarity 1 / (1 + distance): higher = nearer, like every other score (higher = notable).
+    rows += [row(i, "neighbour", 1.0 / (1.0 + float(d[i])), r) for r, i in enumerate(nearest, 1)]
+    most_influential = set(torch.argsort(u.abs(), descending=True).tolist()[:k])
+    jaccard = len(most_influential & set(nearest)) / len(most_influential | set(nearest))
+    info = dict(context, n_helpful=len(helpful), n_harmful=len(harmful), jaccard=jaccard)
+    return rows, info
