@@ -30,3 +30,22 @@ class FindingRecord:
     rank: int
     label: int | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AnalysisInput:
+    """Everything an analysis gets. `params` is the audit's JSON params (CLI options), which
+    each analysis parses into its own config dataclass; `artifacts_dir` is where it may write
+    files (perturbed images, PNG previews) that findings refer to by relative path."""
+
+    train: Any  # auditor.data.Examples
+    test: Any | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    progress: Progress = no_progress
+    artifacts_dir: Any | None = None  # pathlib.Path
+
+
+@dataclass
+class AnalysisResult:
+    findings: list[FindingRecord]
+    summary: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The project's test command (README): set up the venv if needed, make sure PostgreSQL and Redis
+# run, then run the whole suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/auditor ] || [ pyproject.toml -nt .venv/.installed ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q -e '.[dev]'
+  touch .venv/.installed
+fi
+bash scripts/services.sh
+# Two cores: one BLAS/OpenMP thread per process keeps the worker subprocesses from fighting the
+# test process (oversubscription made small L-BFGS fits ~100x slower here).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Celery workers: the app with its reliability settings, and thin tasks over `auditor.runner`."""
