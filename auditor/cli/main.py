@@ -6,6 +6,7 @@ import typer
 
 from auditor.cli import audit, dataset, db, findings, review, schedule
 from auditor.cli.demo import demo_command
+from auditor.cli.report import report_command
 from auditor.cli.validate import validate_command
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app.add_typer(review.app, name="review")
 app.add_typer(schedule.app, name="schedule")
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
+app.command("report")(report_command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (images and plots embedded) for a person to read."""
