@@ -89,10 +89,19 @@ def dispatch(audit_id: int) -> str:
         )
     from kombu.exceptions import OperationalError
 
-    from workers.tasks import run_audit
+    from workers.tasks import run_audit, run_sharded
 
+    with_shards = _shard_count(audit_id) > 1
     try:
-        result = run_audit.apply_async(args=[audit_id], retry=False)
+        task = run_sharded if with_shards else run_audit
+        result = task.apply_async(args=[audit_id], retry=False)
     except OperationalError as exc:
         raise ServiceError(f"cannot reach the broker at {settings.broker_url}: {exc}") from None
     return result.id
+
+
+def _shard_count(audit_id: int) -> int:
+    from auditor.store import open_store
+
+    with open_store()() as s:
+        return int((repo.get_audit(s, audit_id).params or {}).get("shards", 1))

@@ -8,6 +8,14 @@
   it (broker transport options, result backend transport options, and `visibility_timeout`);
   otherwise Redis hands a still-running task to a second worker. AUDITOR_VISIBILITY_TIMEOUT
   overrides it (tests use a few seconds to see redelivery after a SIGKILL quickly);
+- kombu returns a dead worker's messages to the queue only when a live worker sweeps the
+  `unacked` set, by default every 10th sweep of every 10 s: a message could wait 100 s past its
+  visibility timeout. `unacked_restore_throttle = 1` scans on every sweep, and the sweep interval
+  follows the visibility timeout (at most 10 s);
+- a solo worker (one audit in its main thread, see `auditor worker`) stops at once on SIGTERM or
+  SIGINT and puts its running audit back on the queue, instead of Celery's warm shutdown that
+  would wait hours for the audit (and be SIGKILLed by `docker stop` after 10 s anyway, leaving the
+  message invisible for the whole visibility timeout);
 - heavy work goes to queue `gpu`, light work (schedule ticks) to `default`.
 Tasks are idempotent (findings are upserted on (audit, example_key, kind)), so redelivery is safe.
 """
@@ -17,11 +25,18 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from auditor.config import get_settings
 
 DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
+MAX_RESTORE_INTERVAL = 10  # seconds between sweeps for messages of dead workers
+
+
+def restore_interval(visibility: int) -> int:
+    """Seconds between a worker's sweeps of the unacked set: a quarter of the visibility timeout,
+    1 to MAX_RESTORE_INTERVAL, so a short timeout (tests) also means a quick redelivery."""
+    return max(1, min(MAX_RESTORE_INTERVAL, visibility // 4))
 
 
 def make_app() -> Celery:
@@ -30,11 +45,16 @@ def make_app() -> Celery:
     visibility = int(os.environ.get("AUDITOR_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT))
     app = Celery("auditor", broker=broker, backend=settings.result_backend, include=["workers.tasks"])
     transport = {"visibility_timeout": visibility}
+    broker_transport = {
+        **transport,
+        "unacked_restore_interval": restore_interval(visibility),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
+        broker_transport_options=broker_transport,
         result_backend_transport_options=transport,
         visibility_timeout=visibility,
         broker_connection_retry_on_startup=True,
@@ -43,6 +63,7 @@ def make_app() -> Celery:
         task_routes={
             "auditor.run_audit": {"queue": "gpu"},
             "auditor.run_shard": {"queue": "gpu"},
+            "auditor.run_sharded": {"queue": "default"},
             "auditor.tick_schedules": {"queue": "default"},
         },
         task_track_started=True,
@@ -62,3 +83,30 @@ def _fresh_connections(**_: object) -> None:
     from auditor.store import dispose_engines
 
     dispose_engines()
+
+
+@worker_ready.connect
+def _stop_solo_worker_at_once(sender: object, **_: object) -> None:
+    """On a solo worker, make SIGTERM/SIGINT end the running audit now and requeue its message.
+
+    The audit runs in the worker's main thread, so raising `WorkerTerminate` from the signal
+    handler unwinds it (the runner marks the audit queued again) and Celery's cold shutdown then
+    restores the unacknowledged message to the queue for the next worker. The audit is idempotent,
+    so starting it over is safe. A second signal during that shutdown exits at once.
+    """
+    if type(getattr(sender, "pool", None)).__module__ != "celery.concurrency.solo":
+        return
+    from celery import platforms
+    from celery.exceptions import WorkerTerminate
+
+    stopping = False
+
+    def stop_now(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            os._exit(1)
+        stopping = True
+        raise WorkerTerminate(1)
+
+    platforms.signals["SIGTERM"] = stop_now
+    platforms.signals["SIGINT"] = stop_now

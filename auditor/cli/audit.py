@@ -96,6 +96,7 @@ def _register(name: str, enqueue: bool):
         budget: Annotated[int | None, typer.Option(help="attack: training images to perturb per target")] = None,
         step: Annotated[float | None, typer.Option(help="attack: step size")] = None,
         iterations: Annotated[int | None, typer.Option(help="attack: iterations")] = None,
+        shards: Annotated[int, typer.Option(help="label-check: split over N workers (same result)")] = 1,
         json_output: JsonOption = False,
     ) -> None:
         from auditor.audits import check_broker, create_audit, dispatch
@@ -110,6 +111,8 @@ def _register(name: str, enqueue: bool):
             damping=damping, seed=seed, rank_by=rank_by, test_indices=test_indices, errors=errors, top=top,
             targets=targets, budget=budget, step=step, iterations=iterations, top_errors=top_errors,
         )
+        if shards > 1:
+            doc_params["shards"] = shards
         if enqueue:
             check_broker()
         sessions = open_store()
@@ -133,7 +136,12 @@ def _register(name: str, enqueue: bool):
         from auditor.store import repo
 
         with progress_bar(f"audit {audit_id} {kind}", enabled=True) as bar:
-            outcome = execute_audit(sessions, audit_id, echo=bar)
+            if shards > 1:
+                from auditor.shards import run_all_shards_here
+
+                outcome = run_all_shards_here(sessions, audit_id)
+            else:
+                outcome = execute_audit(sessions, audit_id, echo=bar)
         with sessions() as s:
             doc = _audit_doc(repo.get_audit(s, audit_id))
             top_rows = [_finding_row(f) for f in repo.list_findings(s, audit_id, top=10)]
