@@ -45,7 +45,7 @@ def create_audit(
     if kind not in KINDS:
         raise AuditorError(f"unknown audit kind {kind!r}; choose one of {', '.join(KINDS)}")
     if kind in NEEDS_TEST and not test_name:
-        raise DataError(f"a {kind} audit needs a test set: pass --test DATASET")
+        raise DataError(f"{kind} audits need a test set: pass --test DATASET")
     with sessions() as s, s.begin():
         dataset = repo.get_dataset(s, dataset_name)
         test = repo.get_dataset(s, test_name) if test_name else None
@@ -73,10 +73,13 @@ def check_broker(timeout: float = 3.0) -> None:
     from workers.celery_app import app
 
     try:
-        with app.connection_for_write() as conn:
+        # The URL configured now, not the one the app was imported with (see `dispatch`).
+        with app.connection_for_write(settings.broker_url) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
     except Exception as exc:  # kombu raises several types for "cannot connect"
-        raise ServiceError(f"cannot reach the broker at {settings.broker_url}: {exc}") from None
+        raise ServiceError(
+            f"cannot reach the broker at {_redact(settings.broker_url)}: {exc}"
+        ) from None
 
 
 def dispatch(audit_id: int) -> str:
@@ -89,15 +92,28 @@ def dispatch(audit_id: int) -> str:
         )
     from kombu.exceptions import OperationalError
 
+    from workers.celery_app import app
     from workers.tasks import run_audit, run_sharded
 
     with_shards = _shard_count(audit_id) > 1
     try:
         task = run_sharded if with_shards else run_audit
-        result = task.apply_async(args=[audit_id], retry=False)
+        # An explicit connection to the broker configured now: the Celery app read the settings
+        # when it was imported, and a long-lived process (tests, a shell) may have changed them.
+        with app.connection_for_write(settings.broker_url) as conn:
+            result = task.apply_async(args=[audit_id], retry=False, connection=conn)
     except OperationalError as exc:
-        raise ServiceError(f"cannot reach the broker at {settings.broker_url}: {exc}") from None
+        raise ServiceError(
+            f"cannot reach the broker at {_redact(settings.broker_url)}: {exc}"
+        ) from None
     return result.id
+
+
+def _redact(url: str) -> str:
+    """The broker URL without its password, fit for messages."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
 
 
 def _shard_count(audit_id: int) -> int:

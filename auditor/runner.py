@@ -4,7 +4,11 @@ load audit row -> mark running -> read the dataset (and test set) -> call the an
 progress callback that writes to the audit row and notices cancel requests -> upsert findings
 -> mark succeeded. Any `AuditorError` marks the audit failed with its one-line reason; findings
 and reviews already stored stay. Running it twice for the same audit (a redelivered task after a
-worker died) recomputes and upserts: no duplicates, nothing missing.
+worker died) recomputes and upserts: no duplicates, nothing missing. A delivery that finds the
+audit already finished returns at once; one that runs alongside another delivery (a short Redis
+visibility timeout) stops as soon as the other one finishes, and never overwrites its result.
+A worker being stopped (SIGTERM) puts the audit back to queued, since its message goes back to
+the queue; Ctrl+C on an in-process run marks it cancelled.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.base import AnalysisInput, Progress
@@ -24,6 +29,7 @@ from auditor.data.keys import content_hash
 from auditor.errors import AuditorError, Cancelled, Conflict, DataError
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
+from auditor.store.models import FINISHED_STATUSES, Audit
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,17 @@ class RunOutcome:
     error: str | None = None
 
 
+class Superseded(Cancelled):
+    """The audit reached a final state elsewhere while this run was still computing (another
+    delivery of the same task finished it, or failed it): stop without writing anything."""
+
+
 class StoreProgress:
     """Progress callback writing to the audit row at most every `interval` seconds.
 
     Each write also returns the cancel flag, so a cancel reaches the analysis within `interval`
-    seconds, as a `Cancelled` raised from inside its loop.
+    seconds, as a `Cancelled` raised from inside its loop. A run whose audit was finished by
+    another delivery meanwhile gets `Superseded` instead, before it overwrites the progress.
     """
 
     def __init__(self, sessions: sessionmaker[Session], audit_id: int, echo: Progress | None = None, interval: float = 0.5) -> None:
@@ -55,6 +67,9 @@ class StoreProgress:
             return
         self._last = now
         with self.sessions() as s, s.begin():
+            status = s.scalar(select(Audit.status).where(Audit.id == self.audit_id))
+            if status in FINISHED_STATUSES:
+                raise Superseded(f"audit {self.audit_id} already {status} in another run")
             cancel = repo.update_progress(s, self.audit_id, fraction, message)
         if cancel:
             raise Cancelled(f"audit {self.audit_id} was cancelled")
@@ -72,7 +87,7 @@ def _load_inputs(s: Session, audit) -> AnalysisInput:
     if audit.test_dataset is not None:
         test = load_dataset_source(audit.test_dataset)
     elif audit.kind in NEEDS_TEST:
-        raise DataError(f"a {audit.kind} audit needs a test set: pass --test DATASET")
+        raise DataError(f"{audit.kind} audits need a test set: pass --test DATASET")
     return AnalysisInput(train=train, test=test, params=dict(audit.params or {}))
 
 
@@ -83,13 +98,23 @@ def execute_audit(
     task_id: str | None = None,
     echo: Progress | None = None,
 ) -> RunOutcome:
-    """Run audit `audit_id` to a final state and return it. Never raises for a user error."""
+    """Run audit `audit_id` to a final state and return it. Never raises for a user error.
+
+    `task_id` is the Celery task id when a worker runs it (None in process): it decides what an
+    interruption means (see the module docstring).
+    """
     with sessions() as s, s.begin():
         audit = repo.get_audit(s, audit_id)
-        if audit.status in ("succeeded", "cancelled") or audit.cancel_requested:
-            if audit.status not in ("succeeded", "cancelled"):
-                repo.set_audit_status(s, audit_id, "cancelled", message="cancelled before it started")
-            return RunOutcome(audit_id, "cancelled" if audit.status != "succeeded" else "succeeded")
+        s.refresh(audit, with_for_update=True)
+        if audit.status == "succeeded":  # a redelivered task: the first delivery finished it
+            return RunOutcome(audit_id, "succeeded", findings=repo.count_findings(s, audit_id))
+        if audit.status == "cancelled":
+            return RunOutcome(audit_id, "cancelled")
+        if audit.cancel_requested:
+            if audit.status == "failed":  # it failed before it saw the cancel: leave the reason
+                return RunOutcome(audit_id, "failed", error=audit.error)
+            repo.set_audit_status(s, audit_id, "cancelled", message="cancelled before it started")
+            return RunOutcome(audit_id, "cancelled")
         if audit.status == "failed":
             repo.set_audit_status(s, audit_id, "queued")
         repo.set_audit_status(s, audit_id, "running", message="starting", task_id=task_id)
@@ -105,6 +130,11 @@ def execute_audit(
         inp.progress = progress
         result = get_analysis(kind)(inp)
         with sessions() as s, s.begin():
+            # Lock the row first: a cancel or another delivery that got here first wins, and
+            # this run's findings are then rolled back with the failed status change.
+            s.refresh(repo.get_audit(s, audit_id), with_for_update=True)
+            if repo.is_cancel_requested(s, audit_id):
+                raise Cancelled(f"audit {audit_id} was cancelled")
             n = repo.upsert_findings(s, audit_id, result.findings)
             repo.set_audit_summary(s, audit_id, result.summary)
             repo.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
@@ -116,9 +146,13 @@ def execute_audit(
     except Exception as exc:  # a bug: record it on the audit, keep the traceback in the log
         log.error("audit %s crashed:\n%s", audit_id, traceback.format_exc())
         return _finish(sessions, audit_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+    except BaseException:  # interrupted: Ctrl+C in process, or the worker is being stopped
+        _interrupted(sessions, audit_id, in_worker=task_id is not None)
+        raise
 
 
 def _finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason: str) -> RunOutcome:
+    """Move the audit to a final `status`; when another final state won the race, report that one."""
     with sessions() as s, s.begin():
         try:
             if status == "failed":
@@ -126,5 +160,28 @@ def _finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason:
             else:
                 repo.set_audit_status(s, audit_id, status, message=reason)
         except Conflict:  # e.g. cancelled while we were failing: the first final state wins
-            pass
+            audit = repo.get_audit(s, audit_id)
+            return RunOutcome(audit_id, audit.status, error=audit.error)
     return RunOutcome(audit_id, status, error=reason if status == "failed" else None)
+
+
+def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: bool) -> None:
+    """Leave a truthful status behind an interrupted run, best effort (we are on our way out).
+
+    In a worker the task's message goes back to the queue (Celery's cold shutdown restores
+    unacknowledged messages), so the audit is queued again, unless a cancel was asked for.
+    In process nobody will resume it, so it is cancelled.
+    """
+    try:
+        with sessions() as s, s.begin():
+            audit = repo.get_audit(s, audit_id)
+            s.refresh(audit, with_for_update=True)
+            if audit.status != "running":
+                return
+            if in_worker and not audit.cancel_requested:
+                repo.set_audit_status(s, audit_id, "queued")
+                audit.message = "worker stopped; the audit goes back to the queue"
+            else:
+                repo.set_audit_status(s, audit_id, "cancelled", message="interrupted")
+    except Exception:  # the database may be what interrupted us; the next delivery copes
+        log.warning("could not record the interruption of audit %s", audit_id, exc_info=True)

@@ -23,14 +23,17 @@ Tasks are idempotent (findings are upserted on (audit, example_key, kind)), so r
 from __future__ import annotations
 
 import os
+import time
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
 from auditor.config import get_settings
+from auditor.errors import ServiceError
 
 DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
 MAX_RESTORE_INTERVAL = 10  # seconds between sweeps for messages of dead workers
+SIGNAL_REPEAT_S = 3.0  # a second SIGTERM/SIGINT this soon after the first is the same request
 
 
 def restore_interval(visibility: int) -> int:
@@ -39,10 +42,26 @@ def restore_interval(visibility: int) -> int:
     return max(1, min(MAX_RESTORE_INTERVAL, visibility // 4))
 
 
+def visibility_timeout() -> int:
+    """Seconds before Redis hands an unacknowledged message to another worker."""
+    text = os.environ.get("AUDITOR_VISIBILITY_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_VISIBILITY_TIMEOUT
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise ServiceError(
+            f"AUDITOR_VISIBILITY_TIMEOUT must be a whole number of seconds, not {text!r}"
+        )
+    return seconds
+
+
 def make_app() -> Celery:
     settings = get_settings()
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
-    visibility = int(os.environ.get("AUDITOR_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT))
+    visibility = visibility_timeout()
     app = Celery("auditor", broker=broker, backend=settings.result_backend, include=["workers.tasks"])
     transport = {"visibility_timeout": visibility}
     broker_transport = {
@@ -92,21 +111,25 @@ def _stop_solo_worker_at_once(sender: object, **_: object) -> None:
     The audit runs in the worker's main thread, so raising `WorkerTerminate` from the signal
     handler unwinds it (the runner marks the audit queued again) and Celery's cold shutdown then
     restores the unacknowledged message to the queue for the next worker. The audit is idempotent,
-    so starting it over is safe. A second signal during that shutdown exits at once.
+    so starting it over is safe.
+
+    Ctrl+C on `auditor worker` with several GPUs reaches a worker twice (from the terminal and
+    from the supervisor), so a repeat within SIGNAL_REPEAT_S is ignored; a later one (a user who
+    insists, the shutdown is stuck) exits at once, leaving the message to the visibility timeout.
     """
     if type(getattr(sender, "pool", None)).__module__ != "celery.concurrency.solo":
         return
     from celery import platforms
     from celery.exceptions import WorkerTerminate
 
-    stopping = False
+    first: list[float] = []
 
     def stop_now(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if stopping:
+        if not first:
+            first.append(time.monotonic())
+            raise WorkerTerminate(1)
+        if time.monotonic() - first[0] > SIGNAL_REPEAT_S:
             os._exit(1)
-        stopping = True
-        raise WorkerTerminate(1)
 
     platforms.signals["SIGTERM"] = stop_now
     platforms.signals["SIGINT"] = stop_now

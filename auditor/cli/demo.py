@@ -13,7 +13,9 @@ from auditor.cli.progress import progress_bar
 
 @user_errors
 def demo_command(
-    fraction: Annotated[float, typer.Option(help="Fraction of labels to flip")] = 0.1,
+    fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of labels to flip")
+    ] = 0.1,
     model: Annotated[str, typer.Option(help="logreg | mlp | cnn")] = "logreg",
     seed: Annotated[int, typer.Option(help="Seed for the flips and training")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from auditor.cli.common import out_console, print_json, user_errors
+from auditor.cli.common import err_console, out_console, print_json, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Findings: list, show, export.")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -47,25 +47,34 @@ def list_findings(
 def show(finding_id: int, json_output: JsonOption = False) -> None:
     """One finding with its example (rendered when it is an image) and any decision."""
     from auditor.cli.render import image_to_text
+    from auditor.errors import DataError
     from auditor.findings_view import dataset_examples, finding_doc, load_example
     from auditor.store import open_store, repo
 
     sessions = open_store()
+    found, is_image = None, False
     with sessions() as s:
         f = repo.get_finding(s, finding_id)
         doc = finding_doc(f)
-        examples, audit = dataset_examples(s, f.audit_id)
+        audit = repo.get_audit(s, f.audit_id)
         review = repo.get_review(s, audit.dataset_id, f.example_key)
         doc["decision"] = None if review is None else {
             "decision": review.decision, "new_label": review.new_label, "reviewer": review.reviewer,
             "note": review.note, "version": review.version,
         }
+        # The example itself is only drawn for people, and only if its file is still there:
+        # the finding and its decision live in the database and never need the dataset.
+        if not json_output and f.example_index >= 0:
+            try:
+                examples, _ = dataset_examples(s, f.audit_id)
+                found, is_image = load_example(examples, f), examples.is_image
+            except DataError as exc:
+                err_console.print(f"[yellow]cannot show the example: {exc}[/]")
     if json_output:
         print_json(doc)
         return
-    found = load_example(examples, f) if f.example_index >= 0 else None
     out_console.print(f"finding {doc['id']} (audit {doc['audit_id']}, {doc['kind']}, rank {doc['rank']})")
-    if found is not None and examples.is_image:
+    if found is not None and is_image:
         out_console.print(image_to_text(found[0]))
     for k, v in {"example": doc["example_index"], "label": doc["label"], "score": doc["score"], **doc["payload"]}.items():
         out_console.print(f"  {k}: {v}")

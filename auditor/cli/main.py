@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from auditor.cli import audit, dataset, db, findings, review, schedule
+from auditor.cli.audit_diff import diff_command
 from auditor.cli.demo import demo_command
 from auditor.cli.report import report_command
 from auditor.cli.validate import validate_command
+from auditor.cli.worker import worker_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -21,8 +23,11 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(findings.app, name="findings")
 app.add_typer(review.app, name="review")
 app.add_typer(schedule.app, name="schedule")
+app.command("beat")(schedule.beat_command)
+audit.app.command("diff")(diff_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
+app.command("worker")(worker_command)
 app.command("report")(report_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,18 +43,37 @@ def decide(
     json_output: JsonOption = False,
 ) -> None:
     """Record a decision about the example behind a finding (for scripts)."""
+    from auditor.errors import Conflict
     from auditor.store import open_store, repo
 
     decision, new_label = _decision(confirm, relabel, dismiss)
     sessions = open_store()
-    with sessions() as s, s.begin():
-        r = repo.decide(s, finding_id, decision, new_label, _reviewer(reviewer), note, expected_version=version)
-        doc = {"finding_id": finding_id, "example_key": r.example_key, "decision": r.decision,
-               "new_label": r.new_label, "reviewer": r.reviewer, "version": r.version}
+    try:
+        with sessions() as s, s.begin():
+            r = repo.decide(
+                s, finding_id, decision, new_label, _reviewer(reviewer), note,
+                expected_version=version,
+            )  # fmt: skip
+            doc = {
+                "finding_id": finding_id, "example_key": r.example_key, "decision": r.decision,
+                "new_label": r.new_label, "reviewer": r.reviewer, "version": r.version,
+            }  # fmt: skip
+    except Conflict as exc:
+        raise Conflict(f"{exc}{_version_hint(sessions, finding_id)}") from None
     if json_output:
         print_json(doc)
     else:
         out_console.print(f"finding {finding_id}: {decision}" + (f" -> {new_label}" if new_label is not None else ""))
+
+
+def _version_hint(sessions, finding_id: int) -> str:
+    """How to overwrite the decision that is there now (scripts can't see it otherwise)."""
+    from auditor.store import repo
+
+    with sessions() as s:
+        f = repo.get_finding(s, finding_id)
+        review = repo.get_review(s, repo.get_audit(s, f.audit_id).dataset_id, f.example_key)
+    return f"; to change it, pass --version {review.version}" if review is not None else ""
 
 
 @app.command("next")
@@ -69,7 +88,7 @@ def next_finding(
     With --json, print the next unsettled finding (or null) and exit.
     """
     from auditor.cli.render import image_to_text
-    from auditor.errors import Conflict
+    from auditor.errors import Conflict, DataError
     from auditor.findings_view import dataset_examples, finding_doc, load_example
     from auditor.store import open_store, repo
 
@@ -92,10 +111,14 @@ def next_finding(
                 print_json(doc)
                 return
             if examples is None:
-                examples, _ = dataset_examples(s, f.audit_id)
-            found = load_example(examples, f)
+                try:
+                    examples, _ = dataset_examples(s, f.audit_id)
+                except DataError as exc:  # moved or deleted: review from the scores alone
+                    err_console.print(f"[yellow]cannot show examples: {exc}[/]")
+                    examples = False
+            found = load_example(examples, f) if examples else None
         out_console.rule(f"finding {f.id}  rank {f.rank}  example {f.example_index}")
-        if found is not None and examples.is_image:
+        if found is not None and examples and examples.is_image:
             out_console.print(image_to_text(found[0]))
         p = doc["payload"]
         out_console.print(
