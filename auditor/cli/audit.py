@@ -36,7 +36,13 @@ def build_params(
     return doc
 
 
-def _params_from_options(**o: Any) -> dict[str, Any]:
+def audit_params(kind: str, **o: Any) -> dict[str, Any]:
+    """The params JSON an audit (or a schedule) of `kind` gets from the shared CLI options.
+
+    `--solver auto` means EK-FAC-or-exact by model size for label checks, and the exact solver
+    for the analyses that need only a few solves.
+    """
+    solver = "direct" if o["solver"] == "auto" and kind != "label-check" else o["solver"]
     indices = [int(i) for i in o["test_indices"].split(",")] if o["test_indices"] else None
     extra = {
         "rank_by": o["rank_by"],
@@ -49,7 +55,7 @@ def _params_from_options(**o: Any) -> dict[str, Any]:
         "iterations": o["iterations"],
         "top_errors": o["top_errors"],
     }
-    return build_params(o["model"], o["weights"], o["weight_decay"], o["params"], o["solver"], o["damping"], o["seed"], extra)
+    return build_params(o["model"], o["weights"], o["weight_decay"], o["params"], solver, o["damping"], o["seed"], extra)
 
 
 def _audit_doc(a) -> dict[str, Any]:
@@ -102,12 +108,8 @@ def _register(name: str, enqueue: bool):
         from auditor.audits import check_broker, create_audit, dispatch
         from auditor.store import open_store
 
-        if solver == "auto" and kind != "label-check":
-            solver_name = "direct"
-        else:
-            solver_name = solver
-        doc_params = _params_from_options(
-            model=model, weights=weights, weight_decay=weight_decay, params=params, solver=solver_name,
+        doc_params = audit_params(
+            kind, model=model, weights=weights, weight_decay=weight_decay, params=params, solver=solver,
             damping=damping, seed=seed, rank_by=rank_by, test_indices=test_indices, errors=errors, top=top,
             targets=targets, budget=budget, step=step, iterations=iterations, top_errors=top_errors,
         )
@@ -132,6 +134,7 @@ def _register(name: str, enqueue: bool):
                 typer.echo(audit_id)
                 err_console.print(f"audit {audit_id} queued; watch it with `auditor audit status {audit_id} --watch`")
             return
+        from auditor.findings_view import finding_doc
         from auditor.runner import execute_audit
         from auditor.store import repo
 
@@ -144,7 +147,7 @@ def _register(name: str, enqueue: bool):
                 outcome = execute_audit(sessions, audit_id, echo=bar)
         with sessions() as s:
             doc = _audit_doc(repo.get_audit(s, audit_id))
-            top_rows = [_finding_row(f) for f in repo.list_findings(s, audit_id, top=10)]
+            top_rows = [finding_doc(f) for f in repo.list_findings(s, audit_id, top=10)]
         if json_output:
             print_json({**doc, "findings": outcome.findings, "top": top_rows})
         else:
@@ -158,19 +161,6 @@ def _register(name: str, enqueue: bool):
         else "Run an audit in this process (no broker needed) and show its top findings."
     )
     app.command(name)(command)
-
-
-def _finding_row(f) -> dict[str, Any]:
-    return {
-        "id": f.id,
-        "rank": f.rank,
-        "kind": f.kind,
-        "example_index": f.example_index,
-        "example_key": f.example_key,
-        "label": f.label,
-        "score": f.score,
-        "payload": f.payload,
-    }
 
 
 def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:

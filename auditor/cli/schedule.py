@@ -27,31 +27,9 @@ KIND_HELP = "label-check | explain | domain-mismatch | attack"
 
 def _audit_params(kind: str, o: dict[str, Any]) -> dict[str, Any]:
     """The params `auditor audit run KIND ...` builds from the same options."""
-    from auditor.cli.audit import build_params
+    from auditor.cli.audit import audit_params
 
-    solver = "direct" if o["solver"] == "auto" and kind != "label-check" else o["solver"]
-    indices = [int(i) for i in o["test_indices"].split(",")] if o["test_indices"] else None
-    extra = {
-        "rank_by": o["rank_by"],
-        "test_indices": indices,
-        "errors": o["errors"] or None,
-        "top": o["top"],
-        "targets": o["targets"],
-        "budget": o["budget"],
-        "step": o["step"],
-        "iterations": o["iterations"],
-        "top_errors": o["top_errors"],
-    }
-    return build_params(
-        o["model"],
-        o["weights"],
-        o["weight_decay"],
-        o["params"],
-        solver,
-        o["damping"],
-        o["seed"],
-        extra,
-    )
+    return audit_params(kind, **o)
 
 
 def _when(doc: dict[str, Any]) -> str:
