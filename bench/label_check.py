@@ -19,7 +19,12 @@ import numpy as np
 
 from auditor.analyses.base import no_progress
 from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
-from auditor.analyses.label_check import LabelCheckConfig, ranking_score, recall_at_budgets, score_examples
+from auditor.analyses.label_check import (
+    LabelCheckConfig,
+    ranking_score,
+    recall_at_budgets,
+    score_examples,
+)
 from auditor.data.base import Examples
 from auditor.data.bundled import breast_cancer, digits, flip_labels, wine
 

@@ -18,8 +18,9 @@ import torch
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
 from auditor.analyses.common import ModelSpec, as_tensors, fit_model
-from auditor.analyses.explain import ROW_PAYLOAD, ExplainConfig, parse_specs
+from auditor.analyses.explain import ROW_PAYLOAD, ExplainConfig
 from auditor.analyses.explain import run as explain
+from auditor.analyses.params import parse_specs
 from auditor.data.base import Examples
 from auditor.data.bundled import breast_cancer
 from auditor.data.keys import example_keys

@@ -71,7 +71,14 @@ from auditor.analyses.base import (
     no_progress,
 )
 from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
-from auditor.analyses.explain import flag, parse_specs, positive_int, require_test_set, scaled
+from auditor.analyses.params import (
+    flag,
+    index_list,
+    parse_specs,
+    positive_int,
+    require_test_set,
+    scaled,
+)
 from auditor.data.base import Examples
 from auditor.errors import AuditorError, DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver, select_parameters
@@ -119,16 +126,7 @@ class AttackConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AttackConfig:
         model, solver = parse_specs(params)
-        indices = params.get("target_indices")
-        if indices is not None:
-            if isinstance(indices, (int, str)):
-                indices = [indices]
-            try:
-                indices = [int(i) for i in indices]
-            except (TypeError, ValueError):
-                raise AuditorError(
-                    f"target_indices must be whole numbers, got {indices!r}"
-                ) from None
+        indices = index_list(params, "target_indices")
         try:
             step = float(params.get("step", 0.02))
             iterations = int(params.get("iterations", 100))

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
 from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
-from auditor.analyses.explain import parse_specs, positive_int, require_test_set, scaled
+from auditor.analyses.params import parse_specs, positive_int, require_test_set, scaled
 from auditor.data.base import Examples
 from auditor.errors import AuditorError
 from auditor.influence import InfluenceModel

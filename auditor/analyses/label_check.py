@@ -13,6 +13,7 @@ import numpy as np
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, Progress
 from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
+from auditor.analyses.params import parse_specs
 from auditor.data.base import Examples
 from auditor.errors import AuditorError
 from auditor.influence.grads import example_losses
@@ -34,9 +35,13 @@ class LabelCheckConfig:
         if rank_by not in RANK_BY:
             raise AuditorError(f"--rank-by must be one of {', '.join(RANK_BY)}; got {rank_by!r}")
         shard = params.get("shard")
+        model, solver = parse_specs(params)
+        named = params.get("solver")
+        if not (isinstance(named, str) or (isinstance(named, dict) and "name" in named)):
+            solver.name = "auto"  # exact below DIRECT_LIMIT parameters, EK-FAC above
         return cls(
-            model=ModelSpec(**params.get("model", {})),
-            solver=SolverSpec(**{"name": "auto", **params.get("solver", {})}),
+            model=model,
+            solver=solver,
             rank_by=rank_by,
             shard=tuple(shard) if shard else None,
         )

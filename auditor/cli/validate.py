@@ -57,7 +57,7 @@ def validate_command(
             "plot": str(plot) if plot else None,
             "points": [
                 {"train_index": i, "predicted": p, "actual": a}
-                for i, p, a in zip(report.train_indices, report.predicted, report.actual)
+                for i, p, a in zip(report.train_indices, report.predicted, report.actual, strict=True)
             ],
         }
         print_json(doc)

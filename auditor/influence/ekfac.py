@@ -72,7 +72,7 @@ class EKFACSolver(InverseHVP):
         self.fm = fm
         self.layers = self._layers(fm)
         offsets, pos = {}, 0
-        for name, numel in zip(fm.names, fm.numels):
+        for name, numel in zip(fm.names, fm.numels, strict=True):
             offsets[name] = (pos, pos + numel)
             pos += numel
         self.offsets = offsets
@@ -128,7 +128,7 @@ class EKFACSolver(InverseHVP):
                 labels.append(yb)
                 loss = fm.loss_fn(logits, yb).sum()
                 grads = torch.autograd.grad(loss, [outs[layer.name] for layer in self.layers])
-                for layer, ds in zip(self.layers, grads):
+                for layer, ds in zip(self.layers, grads, strict=True):
                     a, s = self._unfold(layer, acts[layer.name], ds.detach())
                     layer.A = a.T @ a if layer.A is None else layer.A + a.T @ a
                     layer.S = s.T @ s if layer.S is None else layer.S + s.T @ s

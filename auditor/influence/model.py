@@ -112,7 +112,7 @@ class FunctionalModel:
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         parts = torch.split(flat, self.numels, dim=-1)
         return {
-            n: t.reshape(*flat.shape[:-1], *s) for n, t, s in zip(self.names, parts, self.shapes)
+            n: t.reshape(*flat.shape[:-1], *s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)
         }
 
     def flatten(self, named: dict[str, Tensor]) -> Tensor:
