@@ -51,7 +51,7 @@ def _truth(path: Path | None) -> set[int] | None:
     return {int(i) for i in idx}
 
 
-def _label_check(findings, examples, truth: set[int] | None, top: int) -> str:
+def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: str) -> str:
     parts = ["<h2>Top flagged examples</h2><div class='grid'>"]
     for f in findings[:top]:
         found = load_example(examples, f) if examples is not None else None
@@ -67,8 +67,9 @@ def _label_check(findings, examples, truth: set[int] | None, top: int) -> str:
         order = {
             "self-influence": [f.example_index for f in sorted(findings, key=lambda f: -f.payload.get("self_influence", f.score))],
             "training loss": [f.example_index for f in sorted(findings, key=lambda f: -f.payload.get("loss", 0.0))],
-            "this audit's ranking": [f.example_index for f in findings],
         }
+        if rank_by not in ("self-influence", "loss"):
+            order[f"this audit's ranking ({rank_by})"] = [f.example_index for f in findings]
         rng = np.random.default_rng(0)
         order["random"] = list(rng.permutation([f.example_index for f in findings]))
         curves = {k: np.cumsum([i in truth for i in v]) / max(len(truth), 1) for k, v in order.items()}
@@ -172,7 +173,7 @@ def build_report(session: Session, audit_id: int, truth: Path | None = None, top
         f"params <code>{_e(json.dumps(audit.params))}</code></p>"
     )
     if audit.kind == "label-check":
-        body = _label_check(findings, train, _truth(truth), top)
+        body = _label_check(findings, train, _truth(truth), top, (audit.params or {}).get("rank_by") or "self-influence")
     elif audit.kind == "explain":
         body = _explain(findings, train, test)
     elif audit.kind == "domain-mismatch":
