@@ -159,6 +159,13 @@ def test_lissa_with_too_small_scale_fails_and_names_the_scale(trained_logreg):
         lissa.solve(gradients(fm, x[:2], y[:2]))
 
 
+def test_lissa_that_stops_too_early_fails_instead_of_returning_garbage(trained_logreg):
+    fm, x, y = trained_logreg
+    lissa = make_solver("lissa", depth=3).fit(fm, x, y)
+    with pytest.raises(SolverError, match="--lissa-depth"):
+        lissa.solve(gradients(fm, x[:2], y[:2]))
+
+
 def test_cg_on_negative_curvature_fails_and_names_damping():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()

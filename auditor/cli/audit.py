@@ -55,7 +55,16 @@ def audit_params(kind: str, **o: Any) -> dict[str, Any]:
         "iterations": o["iterations"],
         "top_errors": o["top_errors"],
     }
-    return build_params(o["model"], o["weights"], o["weight_decay"], o["params"], solver, o["damping"], o["seed"], extra)
+    doc = build_params(o["model"], o["weights"], o["weight_decay"], o["params"], solver, o["damping"], o["seed"], extra)
+    options = solver_options(o.get("lissa_scale"), o.get("lissa_depth"))
+    if options:
+        doc["solver"]["options"] = options
+    return doc
+
+
+def solver_options(lissa_scale: float | None, lissa_depth: int | None) -> dict[str, Any]:
+    """Solver settings users tune (the ones solver errors name)."""
+    return {k: v for k, v in (("scale", lissa_scale), ("depth", lissa_depth)) if v is not None}
 
 
 def _audit_doc(a) -> dict[str, Any]:
@@ -92,6 +101,8 @@ def _register(name: str, enqueue: bool):
         params: Annotated[str, typer.Option("--params", help="Parameters that count: all | last")] = "all",
         solver: Annotated[str, typer.Option(help="auto | direct | cg | lissa | arnoldi | ekfac")] = "auto",
         damping: Annotated[float, typer.Option(help="Damping lambda added to the Hessian")] = 0.0,
+        lissa_scale: Annotated[float | None, typer.Option(help="LiSSA scale (default: 1.5 x estimated top eigenvalue)")] = None,
+        lissa_depth: Annotated[int | None, typer.Option(help="LiSSA recursion depth (default: from the spectrum)")] = None,
         seed: Annotated[int, typer.Option(help="Training seed")] = 0,
         rank_by: Annotated[str | None, typer.Option(help="label-check: self-influence | loss | combined")] = None,
         test_indices: Annotated[str | None, typer.Option(help="explain: comma-separated test rows")] = None,
@@ -110,7 +121,7 @@ def _register(name: str, enqueue: bool):
 
         doc_params = audit_params(
             kind, model=model, weights=weights, weight_decay=weight_decay, params=params, solver=solver,
-            damping=damping, seed=seed, rank_by=rank_by, test_indices=test_indices, errors=errors, top=top,
+            damping=damping, lissa_scale=lissa_scale, lissa_depth=lissa_depth, seed=seed, rank_by=rank_by, test_indices=test_indices, errors=errors, top=top,
             targets=targets, budget=budget, step=step, iterations=iterations, top_errors=top_errors,
         )
         if shards > 1:

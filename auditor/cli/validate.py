@@ -19,6 +19,8 @@ def validate_command(
     weights: Annotated[str | None, typer.Option(help="Weights for MODULE:FACTORY (.safetensors or weights-only .pt)")] = None,
     solver: Annotated[str, typer.Option(help="direct | cg | lissa | arnoldi | ekfac")] = "direct",
     damping: Annotated[float, typer.Option(help="Damping lambda added to the Hessian")] = 0.0,
+    lissa_scale: Annotated[float | None, typer.Option(help="LiSSA scale (default: 1.5 x estimated top eigenvalue)")] = None,
+    lissa_depth: Annotated[int | None, typer.Option(help="LiSSA recursion depth (default: from the spectrum)")] = None,
     weight_decay: Annotated[float, typer.Option(help="L2 regularisation used in training")] = 0.01,
     test_index: Annotated[int | None, typer.Option(help="Test point to explain (default: a misclassified one)")] = None,
     retrains: Annotated[int, typer.Option(help="How many leave-one-out retrains (the K most influential points)")] = 30,
@@ -30,13 +32,14 @@ def validate_command(
     training points, retrain without each, and report Pearson and Spearman r."""
     from auditor.analyses.common import ModelSpec, SolverSpec
     from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
+    from auditor.cli.audit import solver_options
     from auditor.resolve import resolve_examples
 
     train_set = resolve_examples(dataset)
     test_set = resolve_examples(test) if test else None
     cfg = ValidationConfig(
         model=ModelSpec(name=model, weights=weights, weight_decay=weight_decay, seed=seed),
-        solver=SolverSpec(name=solver, damping=damping),
+        solver=SolverSpec(name=solver, damping=damping, options=solver_options(lissa_scale, lissa_depth)),
         test_index=test_index,
         retrains=retrains,
         seed=seed,

@@ -181,7 +181,7 @@ class CGSolver(InverseHVP):
         if rel > 1e-3:
             raise SolverError(
                 f"CG did not converge in {self.max_iter} iterations (relative residual {rel:.2g}); "
-                "raise --cg-iterations or --damping"
+                "increase --damping, or use --solver direct for small models"
             )
         log.warning("CG stopped at max_iter with relative residual %.2g", rel)
         return X
@@ -230,8 +230,10 @@ class LissaSolver(InverseHVP):
         tol: float = 1e-3,
         seed: int = 0,
         block: int = 256,
+        max_residual: float = 0.1,
     ) -> None:
         super().__init__(damping)
+        self.max_residual = max_residual
         self.scale, self.depth, self.repeats = scale, depth, repeats
         self.batch_size, self.max_depth, self.tol, self.seed, self.block = (
             batch_size,
@@ -309,7 +311,25 @@ class LissaSolver(InverseHVP):
                             "or increase --damping"
                         )
             total += h / s
-        return total / self.repeats
+        X = total / self.repeats
+        self._check_residual(V, X)
+        return X
+
+    def _check_residual(self, V: Tensor, X: Tensor) -> None:
+        """One full-data HVP: how far (H + lambda I) X is from V.
+
+        The automatic depth rests on a power-iteration estimate of the smallest eigenvalue, which
+        is an over-estimate on ill-conditioned Hessians; so the result is checked, not assumed.
+        """
+        assert self.fm is not None
+        R = V - (hvp(self.fm, self.x, self.y, X) + self.damping * X)
+        rel = float((R.norm(dim=1) / V.norm(dim=1).clamp_min(1e-300)).max())
+        self.last_residual = rel
+        if not math.isfinite(rel) or rel > self.max_residual:
+            raise SolverError(
+                f"LiSSA did not converge: relative residual {rel:.2g} after depth {self.depth} "
+                f"(scale {self.scale:.3g}); raise --lissa-depth, increase --damping, or use --solver cg"
+            )
 
     def describe(self) -> dict:
         return {
