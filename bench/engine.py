@@ -14,11 +14,14 @@ regularisation, which is the same matrix:
 The table's "scale" column (median of peer / ours) checks this: 1, 1, and 1/n.
 
 Every method runs in its own subprocess (fresh interpreter, same trained weights loaded from one
-state_dict file), so its peak RSS (ru_maxrss) is its own; "idle" is the RSS after imports and data
-loading, before the timed part. "seconds" is fit + scores, nothing else. Slow methods score only a
-prefix of the training set (the curvature is still fitted on all of it) or hit the per-method
-time limit; the table says which. Spearman is against auditor's exact direct solver on the
-examples both scored.
+state_dict file), so its peak RSS is its own: the kernel's high-water mark is reset after imports
+and data loading ("idle" is the RSS then) and read after the timed part. Times are fit + scores,
+nothing else: "cold" is the first call in the fresh process, "warm" a second call there (only
+when the first took under WARM_REPEAT_BELOW seconds). Slow methods score only a prefix of the
+training set (the curvature is still fitted on all of it), are skipped on a workload with the
+measured reason, or hit the per-method time limit; the table says which. Spearman is against
+auditor's exact direct solver on the examples both scored; a brute-force check after each table
+confirms that reference on a few examples.
 """
 
 from __future__ import annotations
