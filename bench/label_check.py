@@ -62,10 +62,10 @@ def main() -> None:
     try:
         import cleanlab.filter
         import cleanlab.rank
+
+        have_cleanlab = True
     except ImportError:
-        cleanlab = None  # noqa: F841
-    else:
-        cleanlab = True
+        have_cleanlab = False
     header = "| data | model | ranking | " + " | ".join(f"recall@{b:.0%}" for b in BUDGETS) + " | seconds |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -86,7 +86,7 @@ def main() -> None:
                 rows[rank_by] = (recall_at_budgets(order, flipped, BUDGETS), t_inf)
             rng = np.random.default_rng(args.seed)
             rows["random"] = (recall_at_budgets(rng.permutation(len(noisy)), flipped, BUDGETS), 0.0)
-            if cleanlab:
+            if have_cleanlab:
                 t0 = time.perf_counter()
                 probs = oof_probs(noisy, spec)
                 quality = cleanlab.rank.get_label_quality_scores(noisy.y, probs)
