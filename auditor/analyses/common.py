@@ -107,3 +107,30 @@ def fit_model(examples: Examples, spec: ModelSpec, num_classes: int | None = Non
         )
     module.eval()
     return Fitted(module, spec, x, y, info)
+
+
+@dataclass
+class TestSetup:
+    """A trained model with fitted curvature and the test set as tensors with their losses:
+    the common start of every analysis that asks questions about test predictions."""
+
+    fitted: Fitted
+    influence: InfluenceModel
+    x_test: Tensor
+    y_test: Tensor
+    test_loss: Tensor
+
+
+def fit_for_test(inp, model: ModelSpec, solver: SolverSpec, analysis: str) -> TestSetup:
+    """Check the test set, train on `inp.train`, fit the solver, and score the test set."""
+    from auditor.analyses.params import require_test_set
+    from auditor.influence.grads import example_losses
+
+    train, progress = inp.train, inp.progress
+    test = require_test_set(train, inp.test, analysis)
+    progress(0.0, "training the model")
+    fitted = fit_model(train, model, num_classes=train.num_classes)
+    progress(0.25, "fitting the curvature")
+    influence = fitted.influence(solver)
+    x_test, y_test = as_tensors(test, fitted.x.dtype)
+    return TestSetup(fitted, influence, x_test, y_test, example_losses(influence.fm, x_test, y_test))

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
-from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
-from auditor.analyses.params import parse_specs, positive_int, require_test_set, scaled
+from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_for_test
+from auditor.analyses.params import parse_specs, positive_int, scaled
 from auditor.data.base import Examples
 from auditor.errors import AuditorError
 from auditor.influence import InfluenceModel
@@ -177,14 +177,10 @@ class _Context:
 def run(inp: AnalysisInput) -> AnalysisResult:
     """Groups, training examples and features behind the worst test predictions."""
     cfg = DomainMismatchConfig.from_params(inp.params)
-    train, progress = inp.train, inp.progress
-    test = require_test_set(train, inp.test, "domain-mismatch")
-    progress(0.0, "training the model")
-    fitted = fit_model(train, cfg.model, num_classes=train.num_classes)
-    progress(0.25, "fitting the curvature")
-    inf = fitted.influence(cfg.solver)
-    x_test, y_test = as_tensors(test, fitted.x.dtype)
-    test_loss = example_losses(inf.fm, x_test, y_test)
+    train, test, progress = inp.train, inp.test, inp.progress
+    setup = fit_for_test(inp, cfg.model, cfg.solver, "domain-mismatch")
+    fitted, inf, test_loss = setup.fitted, setup.influence, setup.test_loss
+    x_test, y_test = setup.x_test, setup.y_test
     worst = worst_test_points(cfg, test_loss)
     progress(0.4, f"computing s_test for the {len(worst)} worst test predictions")
     S = inf.test_factors(x_test[worst], y_test[worst])

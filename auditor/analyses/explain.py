@@ -26,18 +26,16 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
-from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
+from auditor.analyses.common import ModelSpec, SolverSpec, fit_for_test
 from auditor.analyses.params import (
     flag,
     index_list,
     parse_specs,
     positive_int,
-    require_test_set,
     scaled,
 )
 from auditor.data.base import Examples
 from auditor.errors import DataError
-from auditor.influence.grads import example_losses
 
 # Payload keys of every helpful / harmful / neighbour row (the report and CLI rely on them).
 ROW_PAYLOAD = (
@@ -140,14 +138,10 @@ class _Scores:
 def run(inp: AnalysisInput) -> AnalysisResult:
     """Helpful, harmful and nearest training examples for each chosen test point."""
     cfg = ExplainConfig.from_params(inp.params)
-    train, progress = inp.train, inp.progress
-    test = require_test_set(train, inp.test, "explain")
-    progress(0.0, "training the model")
-    fitted = fit_model(train, cfg.model, num_classes=train.num_classes)
-    progress(0.25, "fitting the curvature")
-    inf = fitted.influence(cfg.solver)
-    x_test, y_test = as_tensors(test, fitted.x.dtype)
-    test_loss = example_losses(inf.fm, x_test, y_test)
+    train, test, progress = inp.train, inp.test, inp.progress
+    setup = fit_for_test(inp, cfg.model, cfg.solver, "explain")
+    fitted, inf, test_loss = setup.fitted, setup.influence, setup.test_loss
+    x_test, y_test = setup.x_test, setup.y_test
     test_pred = fitted.predict_proba(x_test).argmax(-1)
     chosen, how = choose_test_points(cfg, test_loss, test_pred != y_test)
     summary: dict[str, Any] = {
