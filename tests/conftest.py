@@ -64,3 +64,16 @@ def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
     factory = session_factory(db_url)
     yield factory
     factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def redis_db(request: pytest.FixtureRequest):
+    """A flushed Redis client on the test module's own database number (its REDIS_URL), so
+    integration modules never see each other's queues or locks; flushed again afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(request.module.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

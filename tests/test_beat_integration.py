@@ -57,15 +57,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, logs: lis
 
 
 @pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
 def service_env(
     pg_url: str, redis_db: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:

@@ -165,12 +165,9 @@ def _start_clock() -> None:
 
 
 @pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def broker(redis_db: redis.Redis) -> redis.Redis:
+    """The broker's Redis database (flushed around each test by `redis_db`)."""
+    return redis_db
 
 
 @pytest.fixture
