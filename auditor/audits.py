@@ -6,7 +6,6 @@ content changed, so an audit always names the exact data it ran on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,21 +15,6 @@ from auditor.config import get_settings
 from auditor.errors import AuditorError, DataError, ServiceError
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
-from auditor.store.models import Dataset, Snapshot
-from auditor.store.repo import SnapshotDiff
-
-
-@dataclass
-class Scan:
-    dataset_id: int
-    snapshot_id: int
-    diff: SnapshotDiff
-
-
-def scan_dataset(session: Session, dataset: Dataset) -> tuple[Snapshot, SnapshotDiff]:
-    """Re-read the source and record a snapshot if its content changed."""
-    examples = load_dataset_source(dataset)
-    return repo.record_snapshot(session, dataset, examples)
 
 
 def create_audit(
@@ -46,16 +30,19 @@ def create_audit(
         raise AuditorError(f"unknown audit kind {kind!r}; choose one of {', '.join(KINDS)}")
     if kind in NEEDS_TEST and not test_name:
         raise DataError(f"{kind} audits need a test set: pass --test DATASET")
-    with sessions() as s, s.begin():
+    with sessions() as s:
         dataset = repo.get_dataset(s, dataset_name)
         test = repo.get_dataset(s, test_name) if test_name else None
-    # read files outside any transaction: a bad file leaves the database as it was
+    # read files outside any transaction: a bad file leaves the database as it was, and SQLite's
+    # write lock is not held while a large source is decoded
+    examples = load_dataset_source(dataset)
+    test_examples = load_dataset_source(test) if test is not None else None
     with sessions() as s, s.begin():
         dataset = repo.get_dataset(s, dataset_name)
-        snapshot, _ = scan_dataset(s, dataset)
+        snapshot, _ = repo.record_snapshot(s, dataset, examples)
         if test is not None:
-            test = repo.get_dataset(s, test_name)  # type: ignore[arg-type]
-            scan_dataset(s, test)
+            test = repo.get_dataset(s, test.name)
+            repo.record_snapshot(s, test, test_examples)
         audit = repo.create_audit(
             s, kind, dataset, snapshot=snapshot, params=params, test_dataset=test, schedule_id=schedule_id
         )

@@ -25,13 +25,20 @@ def resolve_examples(ref: str) -> Examples:
         return load_dataset_source(ds)
 
 
-def load_dataset_source(ds) -> Examples:
-    """Read a registered dataset from its recorded source path and options."""
-    opts = dict(ds.options or {})
+def read_source(path: str | Path, format: str, options: dict | None) -> Examples:
+    """Read a data source with the reader options stored beside a dataset (label/group column,
+    resize), so `dataset add`, re-scans and audits all read a source the same way."""
+    opts = dict(options or {})
+    resize = opts.get("resize")
     return load_examples(
-        ds.source_path,
-        format=ds.format,
+        path,
+        format=format,
         label_column=opts.get("label_column"),
         group_column=opts.get("group_column"),
-        resize=tuple(opts["resize"]) if opts.get("resize") else None,
+        resize=(int(resize[0]), int(resize[1])) if resize else None,
     )
+
+
+def load_dataset_source(ds) -> Examples:
+    """Read a registered dataset from its recorded source path and options."""
+    return read_source(ds.source_path, ds.format, ds.options)

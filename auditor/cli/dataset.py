@@ -15,10 +15,10 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from auditor.cli.common import out_console, print_json, user_errors
-from auditor.data.base import Examples
 from auditor.data.imagefolder import parse_resize
-from auditor.data.load import load_examples, sniff_format
+from auditor.data.load import sniff_format
 from auditor.errors import Conflict, DataError, NotFound
+from auditor.resolve import load_dataset_source, read_source
 from auditor.store import open_store, repo
 from auditor.store.models import Dataset, Snapshot
 from auditor.store.repo import SnapshotDiff
@@ -47,17 +47,6 @@ def _reader_options(
     if resize is not None:
         options["resize"] = list(parse_resize(resize))
     return options
-
-
-def _read(path: Path, format: str, options: dict[str, Any]) -> Examples:
-    resize = options.get("resize")
-    return load_examples(
-        path,
-        format=format,
-        label_column=options.get("label_column"),
-        group_column=options.get("group_column"),
-        resize=(int(resize[0]), int(resize[1])) if resize else None,
-    )
 
 
 def _dataset_doc(session: Session, dataset: Dataset) -> dict[str, Any]:
@@ -129,7 +118,7 @@ def add(
         raise DataError(f"{source}: no such file or folder")
     fmt = format.value if format is not None else sniff_format(source)
     options = _reader_options(label_column, group_column, resize)
-    examples = _read(source, fmt, options)
+    examples = read_source(source, fmt, options)
 
     with sessions() as session, session.begin():
         dataset = _find(session, name)
@@ -216,10 +205,9 @@ def show(name: str, json_output: JsonOption = False) -> None:
 def scan(name: str, json_output: JsonOption = False) -> None:
     """Re-read a dataset's source; record a new snapshot if its content changed."""
     sessions = open_store()
-    with sessions() as session, session.begin():
+    with sessions() as session:
         dataset = repo.get_dataset(session, name)
-        source, fmt, options = Path(dataset.source_path), dataset.format, dict(dataset.options)
-    examples = _read(source, fmt, options)
+    examples = load_dataset_source(dataset)  # outside any transaction: a bad file writes nothing
     with sessions() as session, session.begin():
         dataset = repo.get_dataset(session, name)
         snapshot, diff = repo.record_snapshot(session, dataset, examples)
