@@ -3,7 +3,9 @@ each test takes well under a second), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,12 @@ from factories import make_records
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor import runner
+from auditor.analyses import common
 from auditor.analyses.base import AnalysisInput, AnalysisResult
 from auditor.audits import create_audit
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
+from auditor.errors import Cancelled
 from auditor.runner import execute_audit
 from auditor.store import repo
 
@@ -124,3 +128,25 @@ def test_a_failed_audit_with_a_cancel_request_is_not_run_again(
     stand_in(monkeypatch, during=lambda: pytest.fail("must not run"))
     outcome = execute_audit(sessions, audit_id, task_id="t2")
     assert (outcome.status, outcome.error) == ("failed", "boom")
+
+
+def test_a_cancel_stops_a_real_audit_during_training(sessions, audit_id, monkeypatch) -> None:
+    """Training is the longest phase; it reports progress, so a cancel need not wait for the fit."""
+    real_train = common.train
+    seen: dict[str, bool] = {}
+
+    def train_after_cancel(module, x, y, config, progress=None, **kw):
+        with sessions() as s, s.begin():
+            repo.request_cancel(s, audit_id)
+        time.sleep(0.6)  # past StoreProgress's rate limit, so the next report reads the flag
+        try:  # tol 0: without a cancel this fit would run all 500 steps
+            return real_train(module, x, y, replace(config, tol=0.0, max_iter=500), progress=progress, **kw)
+        except Cancelled:
+            seen["stopped during training"] = True
+            raise
+
+    monkeypatch.setattr(common, "train", train_after_cancel)
+    assert execute_audit(sessions, audit_id).status == "cancelled"
+    assert seen == {"stopped during training": True}
+    audit, count = read(sessions, audit_id)
+    assert (audit.status, count) == ("cancelled", 0)

@@ -358,11 +358,13 @@ def run(inp: AnalysisInput) -> AnalysisResult:
     """Poison `budget` training images per target within half a grey level; verify by retraining."""
     cfg = AttackConfig.from_params(inp.params)
     inp.progress(0.0, "training the model")
-    setup = prepare(inp.train, inp.test, cfg)
+    setup = prepare(inp.train, inp.test, cfg, scaled(inp.progress, 0.0, 0.15))
     return attack(setup, cfg, inp.artifacts_dir, scaled(inp.progress, 0.15, 1.0))
 
 
-def prepare(train: Examples, test: Examples | None, cfg: AttackConfig) -> AttackSetup:
+def prepare(
+    train: Examples, test: Examples | None, cfg: AttackConfig, progress: Progress | None = None
+) -> AttackSetup:
     """Check the data, train the model and fit the curvature once; `attack` may then run many
     times on the result (the bench compares budgets this way). Uses cfg.model, cfg.solver and
     cfg.frozen; the other settings are `attack`'s."""
@@ -374,7 +376,7 @@ def prepare(train: Examples, test: Examples | None, cfg: AttackConfig) -> Attack
     bad = [i for i in cfg.target_indices or [] if not 0 <= i < len(test)]
     if bad:
         raise DataError(f"target index {bad[0]} is out of range: the test set has {len(test)} rows")
-    return _prepare(train, test, cfg)
+    return _prepare(train, test, cfg, progress)
 
 
 def attack(
@@ -406,9 +408,11 @@ def attack(
     return AnalysisResult(targets + poisons, summary)
 
 
-def _prepare(train: Examples, test: Examples, cfg: AttackConfig) -> AttackSetup:
+def _prepare(
+    train: Examples, test: Examples, cfg: AttackConfig, progress: Progress | None
+) -> AttackSetup:
     start_time = time.perf_counter()
-    fitted = fit_model(train, cfg.model, num_classes=train.num_classes)
+    fitted = fit_model(train, cfg.model, num_classes=train.num_classes, progress=progress)
     names = trainable_names(fitted.module, cfg.frozen)
     fm = FunctionalModel(fitted.module, names, weight_decay=cfg.model.weight_decay)
     x_test, y_test = as_tensors(test, fitted.x.dtype)

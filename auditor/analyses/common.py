@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from auditor.analyses.base import Progress
 from auditor.data.base import Examples
 from auditor.errors import DataError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver
@@ -78,8 +79,15 @@ def as_tensors(examples: Examples, dtype: torch.dtype = torch.float64) -> tuple[
     return x, y
 
 
-def fit_model(examples: Examples, spec: ModelSpec, num_classes: int | None = None) -> Fitted:
-    """Build (or load) and train the model described by `spec` on `examples`."""
+def fit_model(
+    examples: Examples,
+    spec: ModelSpec,
+    num_classes: int | None = None,
+    progress: Progress | None = None,
+) -> Fitted:
+    """Build (or load) and train the model described by `spec` on `examples`.
+
+    `progress` receives training progress in [0, 1]; callers map it into their own range."""
     k = num_classes or examples.num_classes
     if spec.name in MODEL_NAMES:
         module = build_model(spec.name, examples.x, k, examples.is_image, hidden=spec.hidden, seed=spec.seed)
@@ -104,6 +112,7 @@ def fit_model(examples: Examples, spec: ModelSpec, num_classes: int | None = Non
                 adam_epochs=spec.adam_epochs,
                 seed=spec.seed,
             ),
+            progress=progress,
         )
     module.eval()
     return Fitted(module, spec, x, y, info)
@@ -129,7 +138,9 @@ def fit_for_test(inp, model: ModelSpec, solver: SolverSpec, analysis: str) -> Te
     train, progress = inp.train, inp.progress
     test = require_test_set(train, inp.test, analysis)
     progress(0.0, "training the model")
-    fitted = fit_model(train, model, num_classes=train.num_classes)
+    fitted = fit_model(
+        train, model, num_classes=train.num_classes, progress=lambda f, m: progress(0.25 * f, m)
+    )
     progress(0.25, "fitting the curvature")
     influence = fitted.influence(solver)
     x_test, y_test = as_tensors(test, fitted.x.dtype)

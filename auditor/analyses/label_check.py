@@ -69,7 +69,7 @@ def resolve_solver(spec: SolverSpec, num_params: int) -> SolverSpec:
 def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress) -> LabelScores:
     """Train, fit the curvature, and compute self-influence and loss for every (shard) example."""
     progress(0.02, "training model")
-    fitted = fit_model(examples, cfg.model)
+    fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.02 + 0.33 * f, m))
     fm = fitted.functional()
     solver = resolve_solver(cfg.solver, fm.num_params)
     progress(0.35, f"fitting {solver.name} curvature on {fm.num_params} parameters")

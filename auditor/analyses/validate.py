@@ -109,7 +109,9 @@ def validate(
         )
     k = max(train_set.num_classes, test_set.num_classes)
     progress(0.02, "training model")
-    fitted = fit_model(train_set, cfg.model, num_classes=k)
+    fitted = fit_model(
+        train_set, cfg.model, num_classes=k, progress=lambda f, m: progress(0.02 + 0.08 * f, m)
+    )
     x_test, y_test = fitted.tensor(test_set.x), torch.as_tensor(test_set.y, dtype=torch.long)
     fitted.functional().check_inputs(x_test, y_test)
     t = choose_test_point(fitted, x_test, y_test) if cfg.test_index is None else cfg.test_index

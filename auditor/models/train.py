@@ -11,6 +11,7 @@ perturbation that the influence formulas predict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +49,16 @@ def train(
     y: Tensor,
     config: TrainConfig | None = None,
     sample_weight: Tensor | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> dict:
-    """Train `model` in place; returns {"loss", "grad_norm", "iterations"}. Raises on NaN."""
+    """Train `model` in place; returns {"loss", "grad_norm", "iterations"}. Raises on NaN.
+
+    `progress(fraction, message)` is called every few steps. Training is the longest phase of an
+    audit, and a service's progress callback is also where a cancel request is noticed (it raises),
+    so without these calls a cancel would wait for the whole fit.
+    """
     cfg = config or TrainConfig()
+    report = progress or (lambda fraction, message: None)
     torch.manual_seed(cfg.seed)
     dtype = next(model.parameters()).dtype
     x = x.to(dtype)
@@ -60,7 +68,8 @@ def train(
     if cfg.adam_epochs > 0:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
-        for _ in range(cfg.adam_epochs):
+        for epoch in range(cfg.adam_epochs):
+            report(0.5 * epoch / cfg.adam_epochs, f"training: Adam epoch {epoch + 1}/{cfg.adam_epochs}")
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
@@ -94,6 +103,10 @@ def train(
         loss = objective(model, xl, yl, cfg.weight_decay, wl, nl)
         loss.backward()
         state["iterations"] += 1
+        if state["iterations"] % 10 == 0:
+            start = 0.5 if cfg.adam_epochs > 0 else 0.0
+            done = min(1.0, state["iterations"] / cfg.max_iter)
+            report(start + (1 - start) * done, f"training: L-BFGS step {state['iterations']}, loss {float(loss.detach()):.4g}")
         return loss
 
     if cfg.max_iter > 0:
