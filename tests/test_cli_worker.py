@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.cli.main import app
-from auditor.cli.worker import plan_workers, visible_gpus
+from auditor.cli.worker import plan_workers, thread_env, visible_gpus
 
 runner = CliRunner()
 
@@ -36,20 +36,36 @@ CHILD = textwrap.dedent(
 
 
 def test_one_solo_worker_per_gpu_on_the_right_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for var in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(var, raising=False)
     specs = plan_workers("gpu,default", "info", gpus=2, concurrency=None)
     assert [s.name for s in specs] == ["auditor-gpu0", "auditor-gpu1"]
-    assert [s.env for s in specs] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1"]
     argv = specs[1].argv
     assert argv[argv.index("-P") + 1] == "solo" and argv[argv.index("-Q") + 1] == "gpu,default"
     assert argv[argv.index("-n") + 1] == "auditor-gpu1@%h"
     assert "workers.celery_app:app" in argv
 
     cpu = plan_workers("gpu", "debug", gpus=0, concurrency=None)
-    assert len(cpu) == 1 and cpu[0].env == {} and "auditor@%h" in cpu[0].argv
+    assert len(cpu) == 1 and "auditor@%h" in cpu[0].argv
+    assert "CUDA_VISIBLE_DEVICES" not in cpu[0].env
     assert len(plan_workers("gpu", "info", gpus=0, concurrency=3)) == 3
     spread = plan_workers("gpu", "info", gpus=2, concurrency=3)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in spread] == ["0", "1", "0"]
+
+
+def test_workers_share_the_cores_and_wait_passively_unless_the_user_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert thread_env(2, {}) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert thread_env(16, {})["OMP_NUM_THREADS"] == "1"  # never zero threads
+    assert thread_env(2, {"OMP_NUM_THREADS": "3"}) == {"MKL_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    specs = plan_workers("gpu", "info", gpus=0, concurrency=4)
+    assert {s.env["OMP_NUM_THREADS"] for s in specs} == {"2"}
 
 
 def test_an_inherited_device_list_is_respected() -> None:
