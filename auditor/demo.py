@@ -33,6 +33,7 @@ class DemoResult:
     flipped: int
     recall: dict[float, float]
     recall_loss: dict[float, float]
+    recall_self_influence: dict[float, float]
     truth_path: Path
 
 
@@ -62,15 +63,17 @@ def run_demo(
             repo.update_dataset_source(s, ds, str(data), "npz", {})
         except Exception:  # NotFound: first run
             repo.create_dataset(s, DEMO_DATASET, str(data), "npz", {})
-    params = {"model": {"name": model, "seed": seed}, "solver": {"name": "auto"}, "rank_by": "self-influence"}
+    params = {"model": {"name": model, "seed": seed}, "solver": {"name": "auto"}}  # default ranking
     audit_id = create_audit(sessions, "label-check", DEMO_DATASET, params)
     outcome = execute_audit(sessions, audit_id, echo=echo)
-    recall, recall_loss = {}, {}
+    recall, recall_loss, recall_si = {}, {}, {}
     if outcome.status == "succeeded":
         with sessions() as s:
             rows = repo.list_findings(s, audit_id)
         ranked = np.array([f.example_index for f in rows])
         by_loss = np.array([f.example_index for f in sorted(rows, key=lambda f: -f.payload["loss"])])
+        by_si = np.array([f.example_index for f in sorted(rows, key=lambda f: -f.payload["self_influence"])])
         recall = recall_at_budgets(ranked, flipped)
         recall_loss = recall_at_budgets(by_loss, flipped)
-    return DemoResult(audit_id, outcome.status, outcome.error, 1797, len(flipped), recall, recall_loss, truth)
+        recall_si = recall_at_budgets(by_si, flipped)
+    return DemoResult(audit_id, outcome.status, outcome.error, 1797, len(flipped), recall, recall_loss, recall_si, truth)

@@ -21,7 +21,7 @@ def demo_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")] = False,
 ) -> None:
     """Flip a fraction of sklearn's digits labels, run a label-check audit, and show how many
-    flips the top of the review queue catches (vs ranking by training loss)."""
+    flips the top of the review queue catches (vs ranking by self-influence and training loss)."""
     from auditor.demo import run_demo
     from auditor.findings_view import finding_doc
     from auditor.store import open_store, repo
@@ -40,6 +40,9 @@ def demo_command(
         "flipped": result.flipped,
         "recall": {f"{k:.0%}": v for k, v in result.recall.items()},
         "recall_by_loss": {f"{k:.0%}": v for k, v in result.recall_loss.items()},
+        "recall_by_self_influence": {
+            f"{k:.0%}": v for k, v in result.recall_self_influence.items()
+        },
         "truth": str(result.truth_path),
         "top": [{**d, "flipped": d["example_index"] in flipped} for d in top],
     }
@@ -48,15 +51,16 @@ def demo_command(
     elif result.status != "succeeded":
         out_console.print(f"[red]demo audit {result.audit_id} {result.status}:[/] {result.error}")
     else:
-        t = Table("rank", "finding", "example", "label", "suggested", "self-influence", "planted flip?")
+        t = Table("rank", "finding", "example", "label", "suggested", "loo margin", "planted flip?")
         for d in doc["top"]:
             t.add_row(str(d["rank"]), str(d["id"]), str(d["example_index"]), str(d["label"]),
                       str(d["payload"]["suggested_label"]), f"{d['score']:.3g}", "yes" if d["flipped"] else "")
         out_console.print(t)
         r = doc["recall"]
         out_console.print(
-            f"{result.flipped} of {result.n} labels were flipped. Checking the top 10% by self-influence "
-            f"finds {r['10%']:.0%} of them (5%: {r['5%']:.0%}, 20%: {r['20%']:.0%}, 30%: {r['30%']:.0%}); "
+            f"{result.flipped} of {result.n} labels were flipped. Checking the top 10% of the queue "
+            f"(leave-one-out margin) finds {r['10%']:.0%} of them (5%: {r['5%']:.0%}, 20%: {r['20%']:.0%}, "
+            f"30%: {r['30%']:.0%}); by self-influence: {doc['recall_by_self_influence']['10%']:.0%}, "
             f"by training loss: {doc['recall_by_loss']['10%']:.0%} at 10%."
         )
         out_console.print(

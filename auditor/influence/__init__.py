@@ -8,12 +8,13 @@ Typical use (fit curvature once, score many)::
 """
 
 from auditor.influence.model import FunctionalModel, select_parameters
-from auditor.influence.scores import InfluenceModel
+from auditor.influence.scores import InfluenceModel, SelfScores
 from auditor.influence.solvers import SOLVERS, InverseHVP, make_solver
 
 __all__ = [
     "FunctionalModel",
     "InfluenceModel",
+    "SelfScores",
     "InverseHVP",
     "SOLVERS",
     "make_solver",

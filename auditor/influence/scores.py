@@ -6,7 +6,8 @@ Sign conventions follow the paper:
 - self-influence          =  g(z)^T H^-1 g(z)        (the magnitude -I_up,loss(z, z))
 - I_pert,loss(z, z_test)  = -g(z_test)^T H^-1 d/dx grad_theta L(z)   (shape of x)
 Removing z from n training points is epsilon = -1/n, so the predicted change in test loss is
--(1/n) I_up,loss(z, z_test) = (1/n) g_test^T H^-1 g(z).
+-(1/n) I_up,loss(z, z_test) = (1/n) g_test^T H^-1 g(z), and the parameters move by
+theta_-z - theta = -(1/n) I_up,params(z) = (1/n) H^-1 g(z).
 
 The structure follows pyDVL / kronfluence: `fit` the curvature once, compute the test factors
 s_test = H^-1 g_test once per test point, then stream training gradients and take dot products.
@@ -14,14 +15,25 @@ s_test = H^-1 g_test once per test point, then stream training gradients and tak
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
 from auditor.analyses.base import Progress, no_progress
 from auditor.influence.grads import gradients, iter_gradients
 from auditor.influence.model import FunctionalModel
 from auditor.influence.solvers import InverseHVP
+
+
+@dataclass
+class SelfScores:
+    """What each training example does to its own fit (see `InfluenceModel.self_scores`)."""
+
+    self_influence: Tensor  # (n,) g_i^T (H + lambda I)^-1 g_i
+    outputs: Tensor  # (n, k) f(x_i; theta)
+    loo_outputs: Tensor  # (n, k) f(x_i; theta_-i), first order
 
 
 class InfluenceModel:
@@ -77,6 +89,36 @@ class InfluenceModel:
             out.append(self.solver.quadratic(G))
             progress(min(1.0, (start + G.shape[0]) / n), "self-influence")
         return torch.cat(out)
+
+    def self_scores(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> SelfScores:
+        """Self-influence and leave-one-out outputs of every row, from one pass over the gradients.
+
+        theta_-i, the model trained without z_i, is predicted without retraining: theta + (1/n)
+        H^-1 g_i (the paper's I_up,params at epsilon = -1/n). It is pushed through the model to
+        first order, f(x_i; theta_-i) ~ f(x_i; theta) + J_i (1/n) H^-1 g_i, with one
+        Jacobian-vector product per example. This is what cross-validation estimates by
+        retraining k times (cleanlab's out-of-fold probabilities): how the model would judge z_i
+        had it never seen it. A label the model fits only because it memorised it looks wrong
+        again here. The same H^-1 g_i gives the self-influence g_i^T H^-1 g_i for free.
+        """
+        assert self.n is not None, "fit() first"
+        theta = self.fm.flat_params()
+
+        def one(xi: Tensor, vi: Tensor) -> tuple[Tensor, Tensor]:
+            return jvp(lambda th: self.fm.forward(th, xi.unsqueeze(0))[0], (theta,), (vi,))
+
+        per_example = vmap(one)
+        sis, outs, loos = [], [], []
+        n = x.shape[0]
+        for start, G in iter_gradients(self.fm, x, y, self.batch_size):
+            V = self.solver.solve(G)
+            xb = x[start : start + G.shape[0]].to(device=self.fm.device, dtype=self.fm.dtype)
+            out, delta = per_example(xb, V / self.n)
+            sis.append((G * V).sum(1))
+            outs.append(out.detach())
+            loos.append((out + delta).detach())
+            progress(min(1.0, (start + G.shape[0]) / n), "self-influence and leave-one-out outputs")
+        return SelfScores(torch.cat(sis), torch.cat(outs), torch.cat(loos))
 
     def removal_effect(self, up_loss: Tensor) -> Tensor:
         """Predicted change in test loss when each training point is removed: -(1/n) I_up,loss."""

@@ -64,11 +64,15 @@ def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: 
     marks = None if truth is None else np.array([f.example_index in truth for f in findings])
     parts.append(f"<h2>Score distribution</h2><img src='{histogram(scores, 'ranking score', log=True, marks=marks)}'>")
     if truth is not None and findings:
+        def by(key: str) -> list[int]:
+            return [f.example_index for f in sorted(findings, key=lambda f: -f.payload.get(key, f.score))]
+
         order = {
-            "self-influence": [f.example_index for f in sorted(findings, key=lambda f: -f.payload.get("self_influence", f.score))],
-            "training loss": [f.example_index for f in sorted(findings, key=lambda f: -f.payload.get("loss", 0.0))],
+            "leave-one-out margin": by("loo_margin"),
+            "self-influence": by("self_influence"),
+            "training loss": by("loss"),
         }
-        if rank_by not in ("self-influence", "loss"):
+        if rank_by not in ("loo-margin", "self-influence", "loss"):
             order[f"this audit's ranking ({rank_by})"] = [f.example_index for f in findings]
         rng = np.random.default_rng(0)
         order["random"] = list(rng.permutation([f.example_index for f in findings]))
