@@ -7,10 +7,17 @@ Every example gets, from one pass over the per-example gradients g_i and H^-1 g_
   trained *without* it, predicted by influence (theta_-i = theta + H^-1 g_i / n) instead of
   retraining. This is what cleanlab gets from k-fold cross-validation, for one extra
   Jacobian-vector product per example.
-Ranking by `loo-margin` is the default because it found more planted flips than self-influence,
-training loss and cleanlab in bench/label_check.py (BENCHMARKS.md has the table and the reason:
-self-influence ~ residual^2 x leverage, and atypical but correct examples have high leverage).
-`rank_by` lets users compare: self-influence, loss, margin (training), combined.
+Which of the two finds more wrong labels depends on whether the model fits them (BENCHMARKS.md,
+bench/label_check.py, five flip seeds per setting):
+- a regularised model leaves most wrong labels unfitted, and the leave-one-out margin finds more
+  of them than self-influence, training loss or cleanlab: self-influence ~ residual^2 x
+  leverage, and atypical but correct examples have high leverage;
+- a model that agrees with every given label has memorised the wrong ones too; margins then
+  carry little signal and self-influence, which measures how far the model had to bend to fit
+  the example, finds more (the paper's setting).
+So the default `auto` ranks by `loo-margin` unless the trained model agrees with at least
+MEMORISED_AGREEMENT of the given labels, then by `self-influence`; the audit summary says which
+and why. `rank_by` lets users pick any of them, plus loss, margin and combined to compare.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from auditor.data.base import Examples
 from auditor.errors import AuditorError
 from auditor.influence.grads import example_losses
 
-RANK_BY = ("loo-margin", "self-influence", "loss", "margin", "combined")
-DEFAULT_RANK_BY = "loo-margin"
+RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined")
+DEFAULT_RANK_BY = "auto"
+MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
 DIRECT_LIMIT = 3000  # "auto" solver: exact below this many parameters, EK-FAC above
 
 
@@ -72,6 +80,7 @@ class LabelScores:
     loo_prob_label: np.ndarray
     suggested: np.ndarray  # best other label of the leave-one-out model
     solver: dict
+    train_agreement: float  # fraction of *all* training rows whose given label the model predicts
 
 
 def resolve_solver(spec: SolverSpec, num_params: int) -> SolverSpec:
@@ -93,6 +102,8 @@ def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress
         i, k = cfg.shard
         idx = idx[idx % k == i]
     x, y = fitted.x[idx], fitted.y[idx]
+    # over all rows, not the shard's: every shard must make the same `auto` choice
+    agreement = float((fitted.predict_proba(fitted.x).argmax(1) == fitted.y).double().mean())
 
     def sub(frac: float, msg: str) -> None:
         progress(0.45 + 0.5 * frac, msg)
@@ -114,6 +125,7 @@ def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress
         loo_prob_label=loo_logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         suggested=suggested.cpu().numpy(),
         solver=influence.solver.describe(),
+        train_agreement=agreement,
     )
 
 
@@ -125,9 +137,26 @@ def _margin(logp: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return best - logp.gather(1, y[:, None])[:, 0], label
 
 
+def choose_ranking(scores: LabelScores, rank_by: str) -> tuple[str, str]:
+    """Resolve `auto` (see the module docstring): (ranking, one-line reason)."""
+    if rank_by != "auto":
+        return rank_by, "requested"
+    if scores.train_agreement >= MEMORISED_AGREEMENT:
+        return "self-influence", (
+            f"the model agrees with {scores.train_agreement:.1%} of the given labels, so it has fitted "
+            "any wrong ones too and margins carry little signal; self-influence measures how far it "
+            "bent to fit each example"
+        )
+    return "loo-margin", (
+        f"the model disagrees with {1 - scores.train_agreement:.1%} of the given labels; the margin "
+        "of the model trained without each example ranks those first"
+    )
+
+
 def ranking_score(scores: LabelScores, rank_by: str) -> np.ndarray:
     """Higher = check first. `combined` averages the percentile ranks of self-influence and loss,
     so neither scale wins."""
+    rank_by, _ = choose_ranking(scores, rank_by)
     if rank_by == "loo-margin":
         return scores.loo_margin
     if rank_by == "self-influence":
@@ -172,14 +201,18 @@ def to_findings(examples: Examples, scores: LabelScores, rank_by: str) -> list[F
 def run(inp: AnalysisInput) -> AnalysisResult:
     cfg = LabelCheckConfig.from_params(inp.params)
     scores = score_examples(inp.train, cfg, inp.progress)
-    findings = to_findings(inp.train, scores, cfg.rank_by)
+    rank_by, reason = choose_ranking(scores, cfg.rank_by)
+    findings = to_findings(inp.train, scores, rank_by)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())
     return AnalysisResult(
         findings,
         {
             "n": int(len(scores.indices)),
-            "rank_by": cfg.rank_by,
+            "rank_by": rank_by,
+            "rank_by_requested": cfg.rank_by,
+            "rank_by_reason": reason,
+            "train_agreement": scores.train_agreement,
             "solver": scores.solver,
             "model": cfg.model.to_dict(),
             "train_disagreements": disagree,

@@ -177,7 +177,10 @@ def build_report(session: Session, audit_id: int, truth: Path | None = None, top
         f"params <code>{_e(json.dumps(audit.params))}</code></p>"
     )
     if audit.kind == "label-check":
-        body = _label_check(findings, train, _truth(truth), top, (audit.params or {}).get("rank_by") or "self-influence")
+        rank_by = (summary or {}).get("rank_by") or (audit.params or {}).get("rank_by") or "auto"
+        body = _label_check(findings, train, _truth(truth), top, rank_by)
+        if (summary or {}).get("rank_by_reason"):
+            body = f"<p>Ranked by {_e(rank_by)}: {_e(summary['rank_by_reason'])}.</p>" + body
     elif audit.kind == "explain":
         body = _explain(findings, train, test)
     elif audit.kind == "domain-mismatch":
