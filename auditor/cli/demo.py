@@ -31,6 +31,7 @@ def demo_command(
         result = run_demo(sessions, fraction, model, seed, echo=bar)
     with sessions() as s:
         top = [finding_doc(f) for f in repo.list_findings(s, result.audit_id, top=10)]
+        ranked_by = (repo.get_audit(s, result.audit_id).summary or {}).get("rank_by", "score")
     flipped = set(__import__("json").loads(result.truth_path.read_text())["flipped_indices"])
     doc = {
         "audit_id": result.audit_id,
@@ -44,6 +45,7 @@ def demo_command(
             f"{k:.0%}": v for k, v in result.recall_self_influence.items()
         },
         "truth": str(result.truth_path),
+        "rank_by": ranked_by,
         "top": [{**d, "flipped": d["example_index"] in flipped} for d in top],
     }
     if json_output:
@@ -51,7 +53,7 @@ def demo_command(
     elif result.status != "succeeded":
         out_console.print(f"[red]demo audit {result.audit_id} {result.status}:[/] {result.error}")
     else:
-        t = Table("rank", "finding", "example", "label", "suggested", "loo margin", "planted flip?")
+        t = Table("rank", "finding", "example", "label", "suggested", ranked_by, "planted flip?")
         for d in doc["top"]:
             t.add_row(str(d["rank"]), str(d["id"]), str(d["example_index"]), str(d["label"]),
                       str(d["payload"]["suggested_label"]), f"{d['score']:.3g}", "yes" if d["flipped"] else "")
@@ -59,7 +61,7 @@ def demo_command(
         r = doc["recall"]
         out_console.print(
             f"{result.flipped} of {result.n} labels were flipped. Checking the top 10% of the queue "
-            f"(leave-one-out margin) finds {r['10%']:.0%} of them (5%: {r['5%']:.0%}, 20%: {r['20%']:.0%}, "
+            f"(by {ranked_by}) finds {r['10%']:.0%} of them (5%: {r['5%']:.0%}, 20%: {r['20%']:.0%}, "
             f"30%: {r['30%']:.0%}); by self-influence: {doc['recall_by_self_influence']['10%']:.0%}, "
             f"by training loss: {doc['recall_by_loss']['10%']:.0%} at 10%."
         )
