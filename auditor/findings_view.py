@@ -47,6 +47,26 @@ def dataset_examples(session: Session, audit_id: int) -> tuple[Examples, Any]:
     return load_dataset_source(audit.dataset), audit
 
 
+def parse_label(text: str, examples: Examples | None) -> int:
+    """A reviewer's new label: a class index or, where the data set names its classes (ImageFolder
+    folders, CSV label strings, NPZ `class_names`), a class name. Checked against the data set
+    when it can be read, so a typo is refused instead of stored as a new class."""
+    text = text.strip()
+    names = examples.class_names if examples is not None else None
+    if names and text in names:
+        return names.index(text)
+    try:
+        label = int(text)
+    except ValueError:
+        known = f"; its classes are {', '.join(names)}" if names else " (this data set has no class names)"
+        raise AuditorError(f"unknown label {text!r}: give a class index{known}") from None
+    if examples is not None and not 0 <= label < examples.num_classes:
+        raise AuditorError(
+            f"label {label} is out of range: this data set has classes 0..{examples.num_classes - 1}"
+        )
+    return label
+
+
 def corrected_label(finding: Finding, review) -> int | None:
     """`relabelled`: the reviewer's label; `confirmed` (the label is wrong and the model's
     suggestion is right): the suggested label; `dismissed` or undecided: the original label."""

@@ -104,6 +104,23 @@ def test_review_next_walks_the_queue_and_a_second_decision_needs_the_version(
     assert both.exit_code != 0 and "exactly one of" in both.stderr
 
 
+def test_relabel_takes_a_class_name_and_refuses_an_unknown_label(tmp_path: Path) -> None:
+    d = digits()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    path = write_npz(
+        Examples(x=d.x[:N], y=d.y[:N], keys=d.keys[:N], is_image=True, class_names=names),
+        tmp_path / "named.npz",
+    )
+    run("dataset", "add", "named", str(path))
+    finding = run("audit", "run", "label-check", "named", "--json")["top"][0]
+    for bad, says in [("eleven", "its classes are zero, one"), ("12", "out of range")]:
+        refused = run("review", "decide", str(finding["id"]), "--relabel", bad, ok=False)
+        assert refused.exit_code != 0 and says in refused.stderr
+    assert run("review", "next", "--json")["id"] == finding["id"]  # nothing was stored
+    decided = run("review", "decide", str(finding["id"]), "--relabel", "seven", "--json")
+    assert (decided["decision"], decided["new_label"]) == ("relabelled", 7)
+
+
 def test_export_has_every_row_with_the_decisions_applied(
     audit: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -19,15 +19,27 @@ def _reviewer(name: str | None) -> str:
     return name or os.environ.get("AUDITOR_REVIEWER") or getpass.getuser()
 
 
-def _decision(confirm: bool, relabel: int | None, dismiss: bool) -> tuple[str, int | None]:
+def _decision(confirm: bool, relabel: str | None, dismiss: bool) -> str:
     chosen = [c for c in (confirm, relabel is not None, dismiss) if c]
     if len(chosen) != 1:
         raise AuditorError("choose exactly one of --confirm, --relabel L, --dismiss")
-    if confirm:
-        return "confirmed", None
-    if dismiss:
-        return "dismissed", None
-    return "relabelled", relabel
+    return "confirmed" if confirm else "dismissed" if dismiss else "relabelled"
+
+
+def _relabel_examples(sessions, finding_id: int):
+    """The data set behind a finding, to check a new label against; None if it cannot be read
+    (moved or deleted: an integer label is then taken as given)."""
+    from auditor.errors import DataError
+    from auditor.findings_view import dataset_examples
+    from auditor.store import repo
+
+    with sessions() as s:
+        finding = repo.get_finding(s, finding_id)
+        try:
+            return dataset_examples(s, finding.audit_id)[0]
+        except DataError as exc:
+            err_console.print(f"[yellow]cannot check the label against the data set: {exc}[/]")
+            return None
 
 
 @app.command("decide")
@@ -35,7 +47,7 @@ def _decision(confirm: bool, relabel: int | None, dismiss: bool) -> tuple[str, i
 def decide(
     finding_id: int,
     confirm: Annotated[bool, typer.Option("--confirm", help="The label is wrong; the suggested label is right")] = False,
-    relabel: Annotated[int | None, typer.Option("--relabel", help="The label is wrong; this is the right one")] = None,
+    relabel: Annotated[str | None, typer.Option("--relabel", help="The label is wrong; this is the right one (class index or name)")] = None,
     dismiss: Annotated[bool, typer.Option("--dismiss", help="The label is right; keep it")] = False,
     note: Annotated[str | None, typer.Option(help="Free-text note")] = None,
     reviewer: Annotated[str | None, typer.Option(help="Reviewer name (default: $AUDITOR_REVIEWER or user)")] = None,
@@ -44,10 +56,14 @@ def decide(
 ) -> None:
     """Record a decision about the example behind a finding (for scripts)."""
     from auditor.errors import Conflict
+    from auditor.findings_view import parse_label
     from auditor.store import open_store, repo
 
-    decision, new_label = _decision(confirm, relabel, dismiss)
+    decision = _decision(confirm, relabel, dismiss)
     sessions = open_store()
+    new_label = None
+    if relabel is not None:
+        new_label = parse_label(relabel, _relabel_examples(sessions, finding_id))
     try:
         with sessions() as s, s.begin():
             r = repo.decide(
@@ -89,7 +105,7 @@ def next_finding(
     """
     from auditor.cli.render import image_to_text
     from auditor.errors import Conflict, DataError
-    from auditor.findings_view import dataset_examples, finding_doc, load_example
+    from auditor.findings_view import dataset_examples, finding_doc, load_example, parse_label
     from auditor.store import open_store, repo
 
     sessions = open_store()
@@ -138,16 +154,15 @@ def next_finding(
             elif answer == "d":
                 decision, new_label = "dismissed", None
             elif answer == "r":
-                decision, new_label = "relabelled", int(typer.prompt("new label"))
+                new_label = parse_label(typer.prompt("new label (class index or name)"), examples or None)
+                decision = "relabelled"
             else:
                 err_console.print("type c, r, d, s or q")
                 continue
             with sessions() as s, s.begin():
                 repo.decide(s, f.id, decision, new_label, _reviewer(reviewer))
-        except Conflict as exc:
+        except (Conflict, AuditorError) as exc:
             err_console.print(f"[yellow]{exc}[/]")
-        except ValueError:
-            err_console.print("the new label must be an integer")
 
 
 def _next_after(s, repo, audit_id: int, skipped: set[int]):
