@@ -1,4 +1,4 @@
-"""Label check at scale: self-influence for every one of N examples with the CNN on one CPU.
+"""Label check at scale: every score for each of N examples with the CNN on one CPU.
 
     .venv/bin/python bench/scale.py [--n 60000] [--solver ekfac]
 
@@ -17,7 +17,13 @@ import time
 import numpy as np
 
 from auditor.analyses.common import ModelSpec, SolverSpec
-from auditor.analyses.label_check import LabelCheckConfig, recall_at_budgets, score_examples
+from auditor.analyses.label_check import (
+    LabelCheckConfig,
+    choose_ranking,
+    ranking_score,
+    recall_at_budgets,
+    score_examples,
+)
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, flip_labels
 from auditor.data.keys import example_keys
@@ -50,7 +56,7 @@ def main() -> None:
         """Charge the time since the last message to the phase that message named."""
         now = time.perf_counter()
         phases[current["key"]] = phases.get(current["key"], 0.0) + now - current["since"]
-        current["key"], current["since"] = message.split(" on ")[0], now
+        current["key"], current["since"] = message.split(":")[0].split(" on ")[0], now
 
     cfg = LabelCheckConfig(
         model=ModelSpec(name="cnn", adam_epochs=args.adam_epochs, max_iter=100),
@@ -60,13 +66,19 @@ def main() -> None:
     scores = score_examples(noisy, cfg, progress)
     total = time.perf_counter() - t0
     progress(1.0, "end")
-    order = scores.indices[np.argsort(-scores.self_influence, kind="stable")]
-    rec = recall_at_budgets(order, flipped)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("| n | solver | total s | peak RSS MB | recall@10% | phases (s) |")
+    recall = {}
+    for rank_by in ("auto", "self-influence", "loss"):
+        order = scores.indices[np.argsort(-ranking_score(scores, rank_by), kind="stable")]
+        recall[rank_by] = recall_at_budgets(order, flipped)[0.1]
+    auto = choose_ranking(scores, "auto")[0]
+    print("| n | solver | total s | peak RSS MB | recall@10% auto (chose) / self-influence / loss | phases (s) |")
     print("|---|---|---|---|---|---|")
     ph = ", ".join(f"{k}: {v:.0f}" for k, v in phases.items() if v >= 1)
-    print(f"| {args.n} | {args.solver} | {total:.0f} | {rss:.0f} | {rec[0.1]:.3f} | {ph} |")
+    print(
+        f"| {args.n} | {args.solver} | {total:.0f} | {rss:.0f} | {recall['auto']:.3f} ({auto}) / "
+        f"{recall['self-influence']:.3f} / {recall['loss']:.3f} | {ph} |"
+    )
 
 
 if __name__ == "__main__":

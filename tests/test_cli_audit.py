@@ -68,6 +68,13 @@ def test_run_prints_one_json_document_with_findings(audit: dict[str, Any]) -> No
     assert missing.exit_code != 0 and "no audit with id 999" in missing.stderr
 
 
+def test_status_says_which_ranking_the_label_check_used_and_why(audit: dict[str, Any]) -> None:
+    summary = audit["summary"]
+    assert summary["rank_by_requested"] == "auto" and summary["rank_by"] in ("loo-margin", "self-influence")
+    shown = " ".join(run("audit", "status", str(audit["id"])).split())
+    assert f"ranked by {summary['rank_by']}:" in shown
+
+
 def test_findings_rows_carry_the_contract_fields(audit: dict[str, Any]) -> None:
     rows = run("findings", "list", str(audit["id"]), "--top", "25", "--json")
     assert len(rows) == 25

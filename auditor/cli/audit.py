@@ -179,6 +179,7 @@ def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         err_console.print(f"[bold red]audit {doc['id']} {doc['status']}:[/] {doc['error'] or doc['message']}")
         return
     out_console.print(f"audit {doc['id']} succeeded: {doc['message']}")
+    _print_ranking(doc)
     table = Table("rank", "finding", "kind", "example", "label", "suggested", "score")
     for r in rows:
         table.add_row(
@@ -186,6 +187,13 @@ def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             str(r["payload"].get("suggested_label", "")), f"{r['score']:.4g}",
         )
     out_console.print(table)
+
+
+def _print_ranking(doc: dict[str, Any]) -> None:
+    """A label check's summary says which ranking `auto` chose and why; reviewers should know."""
+    summary = doc.get("summary") or {}
+    if summary.get("rank_by_reason"):
+        out_console.print(f"ranked by {summary['rank_by']}: {summary['rank_by_reason']}")
 
 
 _register("run", enqueue=False)
@@ -224,6 +232,7 @@ def status(
     out_console.print(line + (f" - {doc['message']}" if doc["message"] else ""))
     if doc["error"]:
         out_console.print(f"[red]error:[/] {doc['error']}")
+    _print_ranking(doc)
 
 
 @app.command("list")
