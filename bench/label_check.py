@@ -25,6 +25,7 @@ from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
 from auditor.analyses.label_check import (
     RANK_BY,
     LabelCheckConfig,
+    choose_ranking,
     ranking_score,
     recall_at_budgets,
     score_examples,
@@ -104,7 +105,12 @@ def rankings(noisy: Examples, flipped: np.ndarray, spec: ModelSpec, damping: flo
     rows = {}
     for rank_by in RANK_BY:
         order = scores.indices[np.argsort(-ranking_score(scores, rank_by), kind="stable")]
-        label = f"{rank_by} ({scores.solver.get('solver', '?')})" if rank_by in ("loo-margin", "self-influence") else rank_by
+        if rank_by == "auto":
+            label = f"auto (chose {choose_ranking(scores, 'auto')[0]})"
+        elif rank_by in ("loo-margin", "self-influence"):
+            label = f"{rank_by} ({scores.solver.get('solver', '?')})"
+        else:
+            label = rank_by
         rows[label] = (recall_at_budgets(order, flipped, BUDGETS), secs)
     rng = np.random.default_rng(seed)
     rows["random"] = (recall_at_budgets(rng.permutation(len(noisy)), flipped, BUDGETS), 0.0)

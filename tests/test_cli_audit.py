@@ -70,7 +70,7 @@ def test_run_prints_one_json_document_with_findings(audit: dict[str, Any]) -> No
 
 def test_status_says_which_ranking_the_label_check_used_and_why(audit: dict[str, Any]) -> None:
     summary = audit["summary"]
-    assert summary["rank_by_requested"] == "auto" and summary["rank_by"] in ("loo-margin", "self-influence")
+    assert summary["rank_by_requested"] == "auto" and summary["rank_by"] in ("margin", "self-influence")
     shown = " ".join(run("audit", "status", str(audit["id"])).split())
     assert f"ranked by {summary['rank_by']}:" in shown
 

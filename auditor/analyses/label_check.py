@@ -1,23 +1,24 @@
 """Label check (paper section 5.4): rank training examples so reviewers check likely-wrong labels first.
 
 Every example gets, from one pass over the per-example gradients g_i and H^-1 g_i:
-- its self-influence g_i^T (H + lambda I)^-1 g_i: how much the example shapes its own fit
-  (the paper's score);
-- its leave-one-out margin: log p(best other label) - log p(given label) under the model
-  trained *without* it, predicted by influence (theta_-i = theta + H^-1 g_i / n) instead of
-  retraining. This is what cleanlab gets from k-fold cross-validation, for one extra
-  Jacobian-vector product per example.
-Which of the two finds more wrong labels depends on whether the model fits them (BENCHMARKS.md,
-bench/label_check.py, five flip seeds per setting):
-- a regularised model leaves most wrong labels unfitted, and the leave-one-out margin finds more
-  of them than self-influence, training loss or cleanlab: self-influence ~ residual^2 x
-  leverage, and atypical but correct examples have high leverage;
-- a model that agrees with every given label has memorised the wrong ones too; margins then
-  carry little signal and self-influence, which measures how far the model had to bend to fit
-  the example, finds more (the paper's setting).
-So the default `auto` ranks by `loo-margin` unless the trained model agrees with at least
+- its self-influence g_i^T (H + lambda I)^-1 g_i: how far the model bent to fit it (the paper's
+  score);
+- its margin, log p(best other label) - log p(given label), under the trained model and under
+  the model trained *without* it (`loo-margin`), the latter predicted by influence (theta_-i =
+  theta + H^-1 g_i / n, one Jacobian-vector product) instead of retraining: what cleanlab gets
+  from k-fold cross-validation. The leave-one-out model also gives the suggested label.
+Which finds more wrong labels depends on whether the model fits them (BENCHMARKS.md,
+bench/label_check.py, 3-5 flip seeds per setting):
+- a regularised model leaves most wrong labels unfitted; the margin then finds the most, ahead of
+  the loss, cleanlab and self-influence (self-influence ~ residual^2 x leverage, and atypical but
+  correct examples have high leverage). The leave-one-out margin ties it within about one
+  example (slightly behind on small sets: removing a high-leverage example brings the leverage
+  term back);
+- a model that agrees with every given label has memorised the wrong ones too; margins then carry
+  little signal and self-influence finds the most of auditor's scores (the paper's setting).
+So the default `auto` ranks by `margin` unless the trained model agrees with at least
 MEMORISED_AGREEMENT of the given labels, then by `self-influence`; the audit summary says which
-and why. `rank_by` lets users pick any of them, plus loss, margin and combined to compare.
+and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, combined.
 """
 
 from __future__ import annotations
@@ -147,9 +148,9 @@ def choose_ranking(scores: LabelScores, rank_by: str) -> tuple[str, str]:
             "any wrong ones too and margins carry little signal; self-influence measures how far it "
             "bent to fit each example"
         )
-    return "loo-margin", (
-        f"the model disagrees with {1 - scores.train_agreement:.1%} of the given labels; the margin "
-        "of the model trained without each example ranks those first"
+    return "margin", (
+        f"the model disagrees with {1 - scores.train_agreement:.1%} of the given labels, so it has not "
+        "fitted most wrong ones; the margin by which it prefers another label ranks them first"
     )
 
 

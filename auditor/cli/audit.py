@@ -104,7 +104,7 @@ def _register(name: str, enqueue: bool):
         lissa_scale: Annotated[float | None, typer.Option(help="LiSSA scale (default: 1.5 x estimated top eigenvalue)")] = None,
         lissa_depth: Annotated[int | None, typer.Option(help="LiSSA recursion depth (default: from the spectrum)")] = None,
         seed: Annotated[int, typer.Option(help="Training seed")] = 0,
-        rank_by: Annotated[str | None, typer.Option(help="label-check ranking: auto (default: loo-margin, or self-influence when the model fits every label) | loo-margin | self-influence | loss | margin | combined")] = None,
+        rank_by: Annotated[str | None, typer.Option(help="label-check ranking: auto (default: margin, or self-influence when the model fits every label) | margin | loo-margin | self-influence | loss | combined")] = None,
         test_indices: Annotated[str | None, typer.Option(help="explain: comma-separated test rows")] = None,
         errors: Annotated[bool, typer.Option("--errors", help="explain: the misclassified test points")] = False,
         top: Annotated[int | None, typer.Option(help="explain/domain-mismatch: rows per list")] = None,

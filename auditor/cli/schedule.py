@@ -74,7 +74,7 @@ def add(
     damping: Annotated[float, typer.Option(help="Damping lambda added to the Hessian")] = 0.0,
     seed: Annotated[int, typer.Option(help="Training seed")] = 0,
     rank_by: Annotated[
-        str | None, typer.Option(help="label-check ranking: auto (default: loo-margin, or self-influence when the model fits every label) | loo-margin | self-influence | loss | margin | combined")
+        str | None, typer.Option(help="label-check ranking: auto (default: margin, or self-influence when the model fits every label) | margin | loo-margin | self-influence | loss | combined")
     ] = None,
     test_indices: Annotated[
         str | None, typer.Option(help="explain: comma-separated test rows")

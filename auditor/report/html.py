@@ -68,11 +68,12 @@ def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: 
             return [f.example_index for f in sorted(findings, key=lambda f: -f.payload.get(key, f.score))]
 
         order = {
+            "margin": by("margin"),
             "leave-one-out margin": by("loo_margin"),
             "self-influence": by("self_influence"),
             "training loss": by("loss"),
         }
-        if rank_by not in ("loo-margin", "self-influence", "loss"):
+        if rank_by not in ("margin", "loo-margin", "self-influence", "loss"):
             order[f"this audit's ranking ({rank_by})"] = [f.example_index for f in findings]
         rng = np.random.default_rng(0)
         order["random"] = list(rng.permutation([f.example_index for f in findings]))
