@@ -98,8 +98,10 @@ class InfluenceModel:
         first order, f(x_i; theta_-i) ~ f(x_i; theta) + J_i (1/n) H^-1 g_i, with one
         Jacobian-vector product per example. This is what cross-validation estimates by
         retraining k times (cleanlab's out-of-fold probabilities): how the model would judge z_i
-        had it never seen it. A label the model fits only because it memorised it looks wrong
-        again here. The same H^-1 g_i gives the self-influence g_i^T H^-1 g_i for free.
+        had it never seen it. First order under-estimates large removals (1.24x on the largest
+        in the tests), and from a memorised example, whose gradient is near zero, the step is
+        small (BENCHMARKS.md, label check). The same H^-1 g_i gives the self-influence
+        g_i^T H^-1 g_i for free.
         """
         assert self.n is not None, "fit() first"
         theta = self.fm.flat_params()
