@@ -26,20 +26,17 @@ def _decision(confirm: bool, relabel: str | None, dismiss: bool) -> str:
     return "confirmed" if confirm else "dismissed" if dismiss else "relabelled"
 
 
-def _relabel_examples(sessions, finding_id: int):
-    """The data set behind a finding, to check a new label against; None if it cannot be read
-    (moved or deleted: an integer label is then taken as given)."""
+def _readable_examples(s, audit_id: int, purpose: str):
+    """The data set an audit ran on, or None if it cannot be read (moved or deleted): review then
+    goes on from the stored scores, and an integer label is taken as given."""
     from auditor.errors import DataError
     from auditor.findings_view import dataset_examples
-    from auditor.store import repo
 
-    with sessions() as s:
-        finding = repo.get_finding(s, finding_id)
-        try:
-            return dataset_examples(s, finding.audit_id)[0]
-        except DataError as exc:
-            err_console.print(f"[yellow]cannot check the label against the data set: {exc}[/]")
-            return None
+    try:
+        return dataset_examples(s, audit_id)[0]
+    except DataError as exc:
+        err_console.print(f"[yellow]cannot {purpose}: {exc}[/]")
+        return None
 
 
 @app.command("decide")
@@ -63,7 +60,10 @@ def decide(
     sessions = open_store()
     new_label = None
     if relabel is not None:
-        new_label = parse_label(relabel, _relabel_examples(sessions, finding_id))
+        with sessions() as s:
+            audit_id = repo.get_finding(s, finding_id).audit_id
+            examples = _readable_examples(s, audit_id, "check the label against the data set")
+        new_label = parse_label(relabel, examples)
     try:
         with sessions() as s, s.begin():
             r = repo.decide(
@@ -104,8 +104,8 @@ def next_finding(
     With --json, print the next unsettled finding (or null) and exit.
     """
     from auditor.cli.render import image_to_text
-    from auditor.errors import Conflict, DataError
-    from auditor.findings_view import dataset_examples, finding_doc, load_example, parse_label
+    from auditor.errors import Conflict
+    from auditor.findings_view import finding_doc, load_example, parse_label
     from auditor.store import open_store, repo
 
     sessions = open_store()
@@ -126,12 +126,8 @@ def next_finding(
             if json_output:
                 print_json(doc)
                 return
-            if examples is None:
-                try:
-                    examples, _ = dataset_examples(s, f.audit_id)
-                except DataError as exc:  # moved or deleted: review from the scores alone
-                    err_console.print(f"[yellow]cannot show examples: {exc}[/]")
-                    examples = False
+            if examples is None:  # read once; False: not readable, do not try again
+                examples = _readable_examples(s, f.audit_id, "show examples") or False
             found = load_example(examples, f) if examples else None
         out_console.rule(f"finding {f.id}  rank {f.rank}  example {f.example_index}")
         if found is not None and examples and examples.is_image:
