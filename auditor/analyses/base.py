@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# progress(fraction_done in [0, 1], message). It may raise `auditor.errors.Cancelled`, which is
-# how a cancel request reaches a running analysis without the analysis knowing about the store.
-Progress = Callable[[float, str], None]
+# Re-exported: the analyses' own names for the bottom layer's progress callback and result row.
+from auditor.progress import Progress, no_progress
+from auditor.records import FindingRecord
 
-
-def no_progress(fraction: float, message: str) -> None:
-    """Default progress callback: ignore."""
-
-
-@dataclass
-class FindingRecord:
-    """One result row of an analysis, before it is stored.
-
-    `kind` distinguishes the rows of one audit (e.g. "label", "helpful", "harmful"), and together
-    with `example_key` and the audit it is unique, which makes storing idempotent.
-    """
-
-    example_index: int
-    example_key: str
-    kind: str
-    score: float
-    rank: int
-    label: int | None = None
-    payload: dict[str, Any] = field(default_factory=dict)
+__all__ = ["AnalysisInput", "AnalysisResult", "FindingRecord", "Progress", "no_progress"]
 
 
 @dataclass

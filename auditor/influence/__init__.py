@@ -7,9 +7,10 @@ Typical use (fit curvature once, score many)::
     scores = inf.self_influence(x_train, y_train)
 """
 
+from auditor.influence.factory import SOLVERS, make_solver
 from auditor.influence.model import FunctionalModel, select_parameters
 from auditor.influence.scores import InfluenceModel, SelfScores
-from auditor.influence.solvers import SOLVERS, InverseHVP, make_solver
+from auditor.influence.solvers import InverseHVP
 
 __all__ = [
     "FunctionalModel",

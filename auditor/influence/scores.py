@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from auditor.analyses.base import Progress, no_progress
 from auditor.influence.grads import gradients, iter_gradients
 from auditor.influence.model import FunctionalModel
 from auditor.influence.solvers import InverseHVP
+from auditor.progress import Progress, no_progress
 
 
 @dataclass

@@ -423,25 +423,3 @@ class ArnoldiSolver(InverseHVP):
             **super().describe(),
             "rank": int(self.evals.numel()) if hasattr(self, "evals") else self.rank,
         }
-
-
-SOLVERS = ("direct", "cg", "lissa", "arnoldi", "ekfac")
-
-
-def make_solver(name: str, damping: float = 0.0, **options) -> InverseHVP:
-    """Build a solver by its CLI name; unknown options for that solver are an error."""
-    from auditor.influence.ekfac import EKFACSolver
-
-    classes = {
-        "direct": DirectSolver,
-        "cg": CGSolver,
-        "lissa": LissaSolver,
-        "arnoldi": ArnoldiSolver,
-        "ekfac": EKFACSolver,
-    }
-    if name not in classes:
-        raise SolverError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
-    try:
-        return classes[name](damping=damping, **options)
-    except TypeError as exc:
-        raise SolverError(f"bad option for solver {name}: {exc}") from None

@@ -20,10 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from auditor.analyses.base import FindingRecord
 from auditor.data.base import Examples
 from auditor.data.keys import content_hash
 from auditor.errors import AuditorError, Conflict, NotFound
+from auditor.records import FindingRecord
 from auditor.store.db import dumps_json
 from auditor.store.migrate import ensure_schema as ensure_schema  # re-export for front doors
 from auditor.store.models import (
@@ -669,11 +669,13 @@ def next_unsettled_finding(
     audit_id: int | None = None,
     dataset_id: int | None = None,
     kind: str | None = None,
+    exclude: Iterable[int] = (),
 ) -> Finding | None:
     """The best-ranked finding whose example no reviewer has decided about yet.
 
     With `audit_id`, from that audit; otherwise from the newest succeeded audit of `dataset_id`
-    (or of any dataset when neither is given). None when everything is settled.
+    (or of any dataset when neither is given). `exclude`: finding ids to pass over (skipped for
+    now by this reviewer). None when everything is settled.
     """
     if audit_id is None:
         latest = select(Audit.id).where(Audit.status == "succeeded")
@@ -692,6 +694,9 @@ def next_unsettled_finding(
     )
     if kind is not None:
         query = query.where(Finding.kind == kind)
+    exclude = list(exclude)
+    if exclude:
+        query = query.where(Finding.id.not_in(exclude))
     return session.scalar(query.order_by(Finding.rank, Finding.id).limit(1))
 
 
