@@ -57,18 +57,13 @@ def split(ds: Examples, test_fraction: float, seed: int) -> tuple[Examples, Exam
     perm = np.random.default_rng(seed).permutation(len(ds))
     k = int(round(len(ds) * (1 - test_fraction)))
 
-    def take(idx: np.ndarray) -> Examples:
-        return Examples(
-            ds.x[idx], ds.y[idx], [ds.keys[i] for i in idx], source=ds.source, is_image=True
-        )
-
-    return take(perm[:k]), take(perm[k:])
+    return ds.subset(perm[:k]), ds.subset(perm[k:])
 
 
 def head(ds: Examples, n: int | None) -> Examples:
     if n is None:
         return ds
-    return Examples(ds.x[:n], ds.y[:n], ds.keys[:n], source=ds.source, is_image=True)
+    return ds.subset(slice(0, n))
 
 
 def row(name: str, wd: float, n: int, setup, budget: int, result) -> str:

@@ -37,11 +37,6 @@ BUDGETS = (0.05, 0.1, 0.2, 0.3)
 DATASETS = {"digits": digits, "wine": wine, "breast_cancer": breast_cancer}
 
 
-def subset(ex: Examples, idx: np.ndarray) -> Examples:
-    return Examples(ex.x[idx], ex.y[idx], [ex.keys[i] for i in idx], ex.source, ex.is_image,
-                    ex.feature_names, None, ex.class_names)
-
-
 def oof_probs(ex: Examples, spec: ModelSpec, folds: int = 5, seed: int = 0) -> np.ndarray:
     """Out-of-fold predicted probabilities from the same model (cleanlab's input)."""
     rng = np.random.default_rng(seed)
@@ -51,7 +46,7 @@ def oof_probs(ex: Examples, spec: ModelSpec, folds: int = 5, seed: int = 0) -> n
     for f in range(folds):
         test = perm[f::folds]
         train = np.setdiff1d(perm, test)
-        fitted = fit_model(subset(ex, train), spec, num_classes=k)
+        fitted = fit_model(ex.subset(train), spec, num_classes=k)
         probs[test] = fitted.predict_proba(fitted.tensor(ex.x[test])).numpy()
     return probs
 

@@ -49,17 +49,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _subset(ds: Examples, rows) -> Examples:
-    idx = np.arange(len(ds))[rows]
-    return Examples(
-        ds.x[idx], ds.y[idx], [ds.keys[i] for i in idx], source=ds.source, is_image=True
-    )
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[Examples, Examples]:
     ds = digits()
-    return _subset(ds, slice(0, N_TRAIN)), _subset(ds, TEST_ROWS)
+    return ds.subset(slice(0, N_TRAIN)), ds.subset(TEST_ROWS)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +184,7 @@ def test_unflipped_targets_are_recorded_as_not_flipped(attacked: tuple[AnalysisR
 def test_zero_iterations_changes_nothing_and_flips_nothing(data: tuple[Examples, Examples]):
     train_set, test_set = data
     params = {"model": {"weight_decay": 0.01}, "iterations": 0, "targets": 1, "budget": 2}
-    result = run(AnalysisInput(_subset(train_set, slice(0, 60)), test_set, params))
+    result = run(AnalysisInput(train_set.subset(slice(0, 60)), test_set, params))
     (target,) = _targets(result)
     p = target.payload
     assert p["flipped"] is False and result.summary["success_rate"] == 0.0
@@ -210,7 +203,7 @@ def test_frozen_features_retrain_only_the_last_layer(data: tuple[Examples, Examp
         "iterations": 10,
     }
     cfg = AttackConfig.from_params(params)
-    setup = prepare(_subset(train_set, slice(0, 80)), test_set, cfg)
+    setup = prepare(train_set.subset(slice(0, 80)), test_set, cfg)
     assert setup.fm.names == ["4.weight", "4.bias"] and setup.retrainer.head is not None
     # The cached-feature retrain and the plain full-model retrain reach the same optimum.
     rows = torch.tensor([0, 5])

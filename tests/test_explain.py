@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
-from auditor.analyses.common import ModelSpec, as_tensors, fit_model
+from auditor.analyses.common import ModelSpec, as_tensors, fit_model, resolve_solver
 from auditor.analyses.explain import ROW_PAYLOAD, ExplainConfig
 from auditor.analyses.explain import run as explain
-from auditor.analyses.params import parse_specs
+from auditor.analyses.settings import parse_specs
 from auditor.data.base import Examples
 from auditor.data.bundled import breast_cancer
 from auditor.data.keys import example_keys
@@ -161,7 +161,9 @@ def test_params_nested_or_flat() -> None:
     model, solver = parse_specs({"model": "mlp", "hidden": 8, "solver": "cg", "damping": "0.01"})
     assert (model.name, model.hidden, solver.name, solver.damping) == ("mlp", 8, "cg", 0.01)
     model, solver = parse_specs({"model": {"name": "logreg", "weight_decay": 0.1}})
-    assert (model.weight_decay, solver.name) == (0.1, "direct")
+    assert (model.weight_decay, solver.name) == (0.1, "auto")
+    # `auto` is resolved in the library, for params from any source: exact for explain's solves
+    assert resolve_solver(solver, num_params=10**6).name == "direct"
     cfg = ExplainConfig.from_params({"errors": "true", "max_tests": 3})
     assert cfg.errors and cfg.max_tests == 3 and cfg.test_indices is None
     with pytest.raises(AuditorError, match="bad model"):

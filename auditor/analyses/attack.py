@@ -54,8 +54,8 @@ model. Gradients with respect to pixels still flow through the frozen layers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,101 +70,20 @@ from auditor.analyses.base import (
     Progress,
     no_progress,
 )
-from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
-from auditor.analyses.params import (
-    flag,
-    index_list,
-    parse_specs,
-    positive_int,
-    require_test_set,
-    scaled,
-)
+from auditor.analyses.common import as_tensors, fit_model, require_test_set, resolve_solver
+from auditor.analyses.registry import OBJECTIVES, SELECT, AttackConfig
 from auditor.data.base import Examples
-from auditor.errors import AuditorError, DataError, ModelError
+from auditor.errors import DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver, select_parameters
+from auditor.progress import scaled
+
+__all__ = ["OBJECTIVES", "SELECT", "AttackConfig", "attack", "prepare", "run"]
 
 HALF_GREY = 0.5 - 1e-4  # largest change per pixel: rounding to 8 bits still gives the stored byte
-SELECT = ("pert", "up")
-OBJECTIVES = ("loss", "margin")
 RETRAIN_TOL = 1e-10  # L-BFGS: largest gradient component at convergence (float64)
 RETRAIN_MAX_ITER = 2000
 NEWTON_STEPS = 20
 POLISH_REFIT = 1e-6  # polish moved theta more than this: recompute the curvature at the optimum
-
-
-# ---- config ---------------------------------------------------------------------------------
-@dataclass
-class AttackConfig:
-    """Settings of an attack audit (see the module docstring for units and semantics).
-
-    targets: how many target test points, when `target_indices` is not given: the correctly
-      classified test points with the smallest margin (logit of the label minus the best other).
-    budget: training images perturbed per target.
-    step: grey levels per iteration (inputs are 0..255). iterations: sign-ascent steps.
-    frozen: "features" (default: retrain only the last layer), None or "none" (retrain all
-      parameters), or comma-separated parameter names/prefixes to keep fixed.
-    select: "pert" (largest ||I_pert,loss||_1) or "up" (largest |I_up,loss|).
-    objective: what the perturbation ascends. "loss" (the paper): the target's test loss.
-      "margin": the runner-up class's logit minus the label's, i.e. s_test = H^-1 grad of that
-      instead of H^-1 g_test; it spends the whole budget on the one class that can overtake.
-    retrain_check: retrain on the poisoned set to decide `flipped` (without it, nothing is
-      claimed: flipped is None and only the first-order prediction is reported).
-    """
-
-    model: ModelSpec = field(default_factory=ModelSpec)
-    solver: SolverSpec = field(default_factory=SolverSpec)
-    targets: int = 5
-    target_indices: list[int] | None = None
-    budget: int = 1
-    step: float = 0.02
-    iterations: int = 100
-    frozen: str | None = "features"
-    select: str = "pert"
-    objective: str = "loss"
-    retrain_check: bool = True
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> AttackConfig:
-        model, solver = parse_specs(params)
-        indices = index_list(params, "target_indices")
-        try:
-            step = float(params.get("step", 0.02))
-            iterations = int(params.get("iterations", 100))
-        except (TypeError, ValueError):
-            raise AuditorError("step must be a number and iterations a whole number") from None
-        if not np.isfinite(step) or step <= 0:
-            raise AuditorError(f"step must be a positive number of grey levels, got {step}")
-        if iterations < 0:
-            raise AuditorError(f"iterations must be >= 0, got {iterations}")
-        select = params.get("select", "pert")
-        if select not in SELECT:
-            raise AuditorError(f"select must be one of {', '.join(SELECT)}; got {select!r}")
-        objective = params.get("objective", "loss")
-        if objective not in OBJECTIVES:
-            raise AuditorError(
-                f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}"
-            )
-        frozen = params.get("frozen", "features")
-        if frozen is not None and not isinstance(frozen, str):
-            raise AuditorError(
-                f"frozen must be 'features', 'none' or parameter names, got {frozen!r}"
-            )
-        return cls(
-            model=model,
-            solver=solver,
-            targets=positive_int(params, "targets", 5),
-            target_indices=indices,
-            budget=positive_int(params, "budget", 1),
-            step=step,
-            iterations=iterations,
-            frozen=None if frozen in (None, "none", "") else frozen,
-            select=select,
-            objective=objective,
-            retrain_check=flag(params, "retrain_check", True),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- the box of allowed perturbations ---------------------------------------------------------
@@ -417,7 +336,8 @@ def _prepare(
     fm = FunctionalModel(fitted.module, names, weight_decay=cfg.model.weight_decay)
     x_test, y_test = as_tensors(test, fitted.x.dtype)
     retrainer = Retrainer(fm, fitted.x, fitted.y)
-    engine = make_solver(cfg.solver.name, cfg.solver.damping, **cfg.solver.options)
+    solver = resolve_solver(cfg.solver, fm.num_params)
+    engine = make_solver(solver.name, solver.damping, **solver.options)
     inf = InfluenceModel(fm, engine).fit(fitted.x, fitted.y)
     # Polish the trainable parameters to the optimum of exactly the objective used after
     # poisoning (so "before" and "after" differ by the poison only, not by extra training), then

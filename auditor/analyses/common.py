@@ -6,43 +6,33 @@ all train (or load) the model the same way, with the same settings recorded in a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from auditor.analyses.base import Progress
+from auditor.analyses.base import AnalysisInput
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples
 from auditor.errors import DataError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver
+from auditor.influence.grads import example_losses
 from auditor.models import MODEL_NAMES, TrainConfig, build_model, train
 from auditor.models.loading import build_user_model, load_weights
+from auditor.progress import Progress
+
+__all__ = ["Fitted", "ModelSpec", "SolverSpec", "TestSetup", "fit_for_test", "fit_model", "resolve_solver"]
 
 
-@dataclass
-class ModelSpec:
-    """How to get the model: a built-in name or MODULE:FACTORY, optional weights, training."""
-
-    name: str = "logreg"
-    weights: str | None = None
-    weight_decay: float = 0.01
-    params: str = "all"  # which parameters count: "all" | "last" | comma-separated prefixes
-    train: bool = True  # with user weights: train further (False: use them as they are)
-    max_iter: int = 2000
-    adam_epochs: int = 0
-    seed: int = 0
-    hidden: int = 32
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class SolverSpec:
-    name: str = "direct"
-    damping: float = 0.0
-    options: dict = field(default_factory=dict)
+def resolve_solver(spec: SolverSpec, num_params: int, exact_limit: int | None = None) -> SolverSpec:
+    """`auto` made concrete, in one place for every analysis: the exact solver up to
+    `exact_limit` parameters (no limit: always exact, for analyses that solve for a few test
+    points), EK-FAC above it. Any other name is returned as it is."""
+    if spec.name != "auto":
+        return spec
+    exact = exact_limit is None or num_params <= exact_limit
+    return SolverSpec("direct" if exact else "ekfac", spec.damping, dict(spec.options))
 
 
 @dataclass
@@ -59,9 +49,11 @@ class Fitted:
         which = self.spec.params if self.spec.params in ("all", "last") else self.spec.params.split(",")
         return FunctionalModel.from_module(self.module, which, weight_decay=self.spec.weight_decay)
 
-    def influence(self, solver: SolverSpec) -> InfluenceModel:
+    def influence(self, solver: SolverSpec, exact_limit: int | None = None) -> InfluenceModel:
+        fm = self.functional()
+        solver = resolve_solver(solver, fm.num_params, exact_limit)
         engine = make_solver(solver.name, solver.damping, **solver.options)
-        return InfluenceModel(self.functional(), engine).fit(self.x, self.y)
+        return InfluenceModel(fm, engine).fit(self.x, self.y)
 
     def tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(np.asarray(x), dtype=next(self.module.parameters()).dtype)
@@ -130,11 +122,28 @@ class TestSetup:
     test_loss: Tensor
 
 
-def fit_for_test(inp, model: ModelSpec, solver: SolverSpec, analysis: str) -> TestSetup:
-    """Check the test set, train on `inp.train`, fit the solver, and score the test set."""
-    from auditor.analyses.params import require_test_set
-    from auditor.influence.grads import example_losses
+def require_test_set(train: Examples, test: Examples | None, analysis: str) -> Examples:
+    """The test set, checked against the training set with one-line errors.
 
+    The model is built from the training set, so a test set of another shape or with labels the
+    model cannot output would fail deep inside torch with a message nobody can act on.
+    """
+    if test is None or len(test) == 0:
+        raise DataError(f"{analysis} needs a non-empty test set (--test DATASET)")
+    if tuple(test.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise DataError(
+            f"test examples have shape {tuple(test.x.shape[1:])} but training examples have "
+            f"shape {tuple(train.x.shape[1:])}; use a test set from the same source"
+        )
+    k = train.num_classes
+    if test.y.min() < 0 or test.y.max() >= k:
+        bad = int(test.y.min()) if test.y.min() < 0 else int(test.y.max())
+        raise DataError(f"test label {bad} is outside the training set's classes 0..{k - 1}")
+    return test
+
+
+def fit_for_test(inp: AnalysisInput, model: ModelSpec, solver: SolverSpec, analysis: str) -> TestSetup:
+    """Check the test set, train on `inp.train`, fit the solver, and score the test set."""
     train, progress = inp.train, inp.progress
     test = require_test_set(train, inp.test, analysis)
     progress(0.0, "training the model")

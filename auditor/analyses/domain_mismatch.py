@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +40,12 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
-from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_for_test
-from auditor.analyses.params import parse_specs, positive_int, scaled
+from auditor.analyses.common import as_tensors, fit_for_test
+from auditor.analyses.registry import DomainMismatchConfig
 from auditor.data.base import Examples
-from auditor.errors import AuditorError
 from auditor.influence import InfluenceModel
 from auditor.influence.grads import example_losses
+from auditor.progress import scaled
 
 # A group is worth a sentence when each of its training examples carries at least twice the
 # influence of an average one; a group's concentration is at most 1 / its training share, so
@@ -83,43 +82,6 @@ FEATURE_PAYLOAD = (
     "direction",  # "up" | "down": what raising the feature in those examples does to the loss
     "std",
 )
-
-
-@dataclass
-class DomainMismatchConfig:
-    """Which test predictions count as the errors, and how many rows to report.
-
-    `error_quantile` q in (0, 1), when given, picks the test points whose loss is at or above the
-    q-quantile and overrides `top_errors`. `top` limits the example and feature rows; every group
-    is reported.
-    """
-
-    model: ModelSpec = field(default_factory=ModelSpec)
-    solver: SolverSpec = field(default_factory=SolverSpec)
-    top_errors: int = 20
-    error_quantile: float | None = None
-    top: int = 20
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DomainMismatchConfig:
-        model, solver = parse_specs(params)
-        q = params.get("error_quantile")
-        if q is not None:
-            try:
-                q = float(q)
-            except (TypeError, ValueError):
-                q = float("nan")
-            if not 0.0 < q < 1.0:
-                raise AuditorError(
-                    f"error_quantile must be between 0 and 1, got {params['error_quantile']!r}"
-                )
-        return cls(
-            model=model,
-            solver=solver,
-            top_errors=positive_int(params, "top_errors", 20),
-            error_quantile=q,
-            top=positive_int(params, "top", 20),
-        )
 
 
 def worst_test_points(cfg: DomainMismatchConfig, loss: Tensor) -> list[int]:

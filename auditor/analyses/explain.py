@@ -17,8 +17,7 @@ streamed once and dotted with all of them: one pass over the training data in to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,16 +25,11 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
-from auditor.analyses.common import ModelSpec, SolverSpec, fit_for_test
-from auditor.analyses.params import (
-    flag,
-    index_list,
-    parse_specs,
-    positive_int,
-    scaled,
-)
+from auditor.analyses.common import fit_for_test
+from auditor.analyses.registry import ExplainConfig
 from auditor.data.base import Examples
 from auditor.errors import DataError
+from auditor.progress import scaled
 
 # Payload keys of every helpful / harmful / neighbour row (the report and CLI rely on them).
 ROW_PAYLOAD = (
@@ -75,36 +69,6 @@ def rank_positions(values: Tensor) -> Tensor:
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(1, len(values) + 1)
     return ranks
-
-
-# ---- config ---------------------------------------------------------------------------------
-@dataclass
-class ExplainConfig:
-    """Which test points to explain and how many training points to list per kind.
-
-    Test points: `test_indices` if given; else with `errors` the misclassified ones (highest loss
-    first); else the highest-loss ones. `max_tests` caps the last two choices.
-    """
-
-    model: ModelSpec = field(default_factory=ModelSpec)
-    solver: SolverSpec = field(default_factory=SolverSpec)
-    test_indices: list[int] | None = None
-    errors: bool = False
-    max_tests: int = 10
-    top: int = 10
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> ExplainConfig:
-        model, solver = parse_specs(params)
-        indices = index_list(params, "test_indices")
-        return cls(
-            model=model,
-            solver=solver,
-            test_indices=indices,
-            errors=flag(params, "errors"),
-            max_tests=positive_int(params, "max_tests", 10),
-            top=positive_int(params, "top", 10),
-        )
 
 
 def choose_test_points(cfg: ExplainConfig, loss: Tensor, wrong: Tensor) -> tuple[list[int], str]:

@@ -23,48 +23,22 @@ and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, Progress
-from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
-from auditor.analyses.params import parse_specs
+from auditor.analyses.common import fit_model, resolve_solver
+from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
-from auditor.errors import AuditorError
 from auditor.influence.grads import example_losses
 
-RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined")
-DEFAULT_RANK_BY = "auto"
+__all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
+
 MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
 DIRECT_LIMIT = 3000  # "auto" solver: exact below this many parameters, EK-FAC above
-
-
-@dataclass
-class LabelCheckConfig:
-    model: ModelSpec = field(default_factory=ModelSpec)
-    solver: SolverSpec = field(default_factory=lambda: SolverSpec(name="auto"))
-    rank_by: str = DEFAULT_RANK_BY
-    shard: tuple[int, int] | None = None  # (index, count): score only rows i with i % count == index
-
-    @classmethod
-    def from_params(cls, params: dict) -> LabelCheckConfig:
-        rank_by = params.get("rank_by") or DEFAULT_RANK_BY
-        if rank_by not in RANK_BY:
-            raise AuditorError(f"--rank-by must be one of {', '.join(RANK_BY)}; got {rank_by!r}")
-        shard = params.get("shard")
-        model, solver = parse_specs(params)
-        named = params.get("solver")
-        if not (isinstance(named, str) or (isinstance(named, dict) and "name" in named)):
-            solver.name = "auto"  # exact below DIRECT_LIMIT parameters, EK-FAC above
-        return cls(
-            model=model,
-            solver=solver,
-            rank_by=rank_by,
-            shard=tuple(shard) if shard else None,
-        )
 
 
 @dataclass
@@ -84,19 +58,13 @@ class LabelScores:
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
 
 
-def resolve_solver(spec: SolverSpec, num_params: int) -> SolverSpec:
-    if spec.name != "auto":
-        return spec
-    return SolverSpec("direct" if num_params <= DIRECT_LIMIT else "ekfac", spec.damping, spec.options)
-
-
 def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress) -> LabelScores:
     """Train, fit the curvature, and compute every score (self-influence, loss, margins) for every
     (shard) example."""
     progress(0.02, "training model")
     fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.02 + 0.33 * f, m))
     fm = fitted.functional()
-    solver = resolve_solver(cfg.solver, fm.num_params)
+    solver = resolve_solver(cfg.solver, fm.num_params, exact_limit=DIRECT_LIMIT)
     progress(0.35, f"fitting {solver.name} curvature on {fm.num_params} parameters")
     influence = fitted.influence(solver)
     idx = np.arange(len(examples))

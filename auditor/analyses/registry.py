@@ -1,24 +1,244 @@
-"""Audit kind -> analysis function. The one place a worker or the CLI looks analyses up."""
+"""Every audit kind, declared once: its name, whether it needs a test set, whether it can be
+sharded, its settings dataclass (each field with default, help and check) and its run function.
+
+The runner, the schedules, the CLI (`audit run|enqueue`, `schedule add`) and the workers all read
+this table; nothing else lists the kinds. The run functions live in the analysis modules, which
+import torch, so they are imported only when an audit runs; this module stays light enough for
+`auditor --help`.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
-from auditor.errors import AuditorError
+from auditor.analyses.settings import (
+    POSITIVE_INT,
+    SOLVER_OPTIONS,
+    Check,
+    Declared,
+    ModelSpec,
+    SolverSpec,
+    between,
+    cli_fields,
+    option_key,
+    parse_settings,
+    positive_number,
+    setting,
+)
+from auditor.errors import AuditorError, DataError
 
-KINDS: dict[str, str] = {
-    "label-check": "auditor.analyses.label_check",
-    "explain": "auditor.analyses.explain",
-    "domain-mismatch": "auditor.analyses.domain_mismatch",
-    "attack": "auditor.analyses.attack",
+# ---- the settings of each kind ------------------------------------------------------------------
+RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined")
+SELECT = ("pert", "up")
+OBJECTIVES = ("loss", "margin")
+
+
+@dataclass
+class LabelCheckConfig(Declared):
+    """Settings of a label check (paper 5.4); see `auditor.analyses.label_check`."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    rank_by: str = setting(
+        "auto",
+        "Ranking: auto (margin, or self-influence when the model fits every label) | margin | "
+        "loo-margin | self-influence | loss | combined",
+        choices=RANK_BY,
+    )
+    shards: int = setting(1, "Split the scoring over N workers (same result)", check=POSITIVE_INT)
+    # (index, count): score only rows i with i % count == index; set by the shard runner
+    shard: list[int] | None = setting(None, "This shard's (index, count)", cli=False)
+
+
+@dataclass
+class ExplainConfig(Declared):
+    """Which test points to explain and how many training points to list per kind.
+
+    Test points: `test_indices` if given; else with `errors` the misclassified ones (highest loss
+    first); else the highest-loss ones. `max_tests` caps the last two choices.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    test_indices: list[int] | None = setting(None, "Test rows to explain, comma-separated")
+    errors: bool = setting(False, "Explain the misclassified test points")
+    max_tests: int = setting(10, "Test points to explain at most", check=POSITIVE_INT)
+    top: int = setting(10, "Training examples per list", check=POSITIVE_INT)
+
+
+@dataclass
+class DomainMismatchConfig(Declared):
+    """Which test predictions count as the errors, and how many rows to report.
+
+    `error_quantile` q in (0, 1), when given, picks the test points whose loss is at or above the
+    q-quantile and overrides `top_errors`. `top` limits the example and feature rows; every group
+    is reported.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    top_errors: int = setting(20, "How many worst test points", check=POSITIVE_INT)
+    error_quantile: float | None = setting(
+        None, "Test points at or above this loss quantile (overrides --top-errors)", check=between(0, 1)
+    )
+    top: int = setting(20, "Training examples and features per list", check=POSITIVE_INT)
+
+
+@dataclass
+class AttackConfig(Declared):
+    """Settings of an attack audit (see `auditor.analyses.attack` for units and semantics).
+
+    targets: how many target test points, when `target_indices` is not given: the correctly
+      classified test points with the smallest margin (logit of the label minus the best other).
+    frozen: "features" (default: retrain only the last layer), None or "none" (retrain all
+      parameters), or comma-separated parameter names/prefixes to keep fixed.
+    objective: "loss" (the paper): the target's test loss; "margin": the runner-up class's logit
+      minus the label's, which spends the whole budget on the one class that can overtake.
+    retrain_check: retrain on the poisoned set to decide `flipped` (without it, nothing is
+      claimed: flipped is None and only the first-order prediction is reported).
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    targets: int = setting(5, "Number of target test points", check=POSITIVE_INT)
+    target_indices: list[int] | None = setting(None, "Target test rows, comma-separated")
+    budget: int = setting(1, "Training images to perturb per target", check=POSITIVE_INT)
+    step: float = setting(0.02, "Step size in grey levels per iteration", check=positive_number("grey levels"))
+    iterations: int = setting(100, "Sign-ascent iterations", check=Check(lambda v: v >= 0, ">= 0"))
+    frozen: str | None = setting(
+        "features", "Parameters kept fixed: features (retrain the last layer) | none | names"
+    )
+    select: str = setting("pert", "Which images to perturb: pert (largest I_pert) | up (largest I_up)", choices=SELECT)
+    objective: str = setting("loss", "What the perturbation ascends: loss | margin", choices=OBJECTIVES)
+    retrain_check: bool = setting(True, "Retrain on the poisoned set to verify each flip")
+
+    def __post_init__(self) -> None:
+        if self.frozen in ("none", ""):
+            self.frozen = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+# ---- the kinds ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditKind:
+    name: str
+    help: str
+    settings: type
+    run_path: str  # "module:function", imported when an audit of this kind runs
+    needs_test: bool = False
+    shardable: bool = False
+
+    def parse(self, params: Mapping[str, Any]) -> Any:
+        """This kind's settings from an audit's params, every value checked."""
+        return parse_settings(self.settings, params)
+
+    def run(self, inp: AnalysisInput) -> AnalysisResult:
+        module, function = self.run_path.split(":")
+        return getattr(importlib.import_module(module), function)(inp)
+
+    def shard_count(self, params: Mapping[str, Any]) -> int:
+        return self.parse(params).shards if self.shardable else 1
+
+
+KINDS: dict[str, AuditKind] = {
+    k.name: k
+    for k in (
+        AuditKind(
+            "label-check",
+            "Rank training examples so reviewers check likely-wrong labels first (paper 5.4).",
+            LabelCheckConfig,
+            "auditor.analyses.label_check:run",
+            shardable=True,
+        ),
+        AuditKind(
+            "explain",
+            "The most helpful and most harmful training examples for test predictions (5.1).",
+            ExplainConfig,
+            "auditor.analyses.explain:run",
+            needs_test=True,
+        ),
+        AuditKind(
+            "domain-mismatch",
+            "Training examples, features and groups behind the worst test errors (5.3).",
+            DomainMismatchConfig,
+            "auditor.analyses.domain_mismatch:run",
+            needs_test=True,
+        ),
+        AuditKind(
+            "attack",
+            "Perturb training images within their 8-bit values to flip test predictions (5.2).",
+            AttackConfig,
+            "auditor.analyses.attack:run",
+            needs_test=True,
+        ),
+    )
 }
-NEEDS_TEST = {"explain", "domain-mismatch", "attack"}
+KIND_NAMES = tuple(KINDS)
 
 
-def get_analysis(kind: str) -> Callable[[AnalysisInput], AnalysisResult]:
-    """The `run(AnalysisInput) -> AnalysisResult` function of an audit kind (imported lazily)."""
-    if kind not in KINDS:
-        raise AuditorError(f"unknown audit kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return importlib.import_module(KINDS[kind]).run
+def get_kind(name: str) -> AuditKind:
+    if name not in KINDS:
+        raise AuditorError(f"unknown audit kind {name!r}; choose one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def get_analysis(name: str) -> Callable[[AnalysisInput], AnalysisResult]:
+    """The `run(AnalysisInput) -> AnalysisResult` function of an audit kind."""
+    return get_kind(name).run
+
+
+def check_request(kind: str, params: Mapping[str, Any], test_name: str | None) -> AuditKind:
+    """Refuse, before anything is stored, an unknown kind, a missing test set or a bad setting."""
+    spec = get_kind(kind)
+    if spec.needs_test and not test_name:
+        raise DataError(f"{kind} audits need a test set: pass --test DATASET")
+    spec.parse(params)
+    return spec
+
+
+# ---- options -> params --------------------------------------------------------------------------
+def kind_fields() -> dict[str, list[str]]:
+    """Each kind-specific setting the CLI offers -> the kinds that declare it."""
+    out: dict[str, list[str]] = {}
+    for kind in KINDS.values():
+        for f, _ in cli_fields(kind.settings):
+            out.setdefault(f.name, []).append(kind.name)
+    return out
+
+
+def params_from_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The params JSON an audit of `kind` records for the CLI's option values (keyed by
+    `option_key`).
+
+    Model and solver settings are recorded nested with their values (defaults included), solver
+    flags (SOLVER_OPTIONS) in the solver's `options` when given, and the kind's own settings flat
+    when given (None: not given, the declared default applies when the audit runs). A setting of
+    another kind is an error rather than silently ignored.
+    """
+    spec = get_kind(kind)
+    doc: dict[str, Any] = {
+        key: {f.name: options[option_key(f)] for f, _ in cli_fields(cls)}
+        for key, cls in (("model", ModelSpec), ("solver", SolverSpec))
+    }
+    solver_options = {
+        key: options[flag] for flag, (key, _, _) in SOLVER_OPTIONS.items() if options.get(flag) is not None
+    }
+    if solver_options:
+        doc["solver"]["options"] = solver_options
+    own = {f.name for f, _ in cli_fields(spec.settings)}
+    for name, kinds in kind_fields().items():
+        if options.get(name) is None:
+            continue
+        if name not in own:
+            flag = "--" + name.replace("_", "-")
+            raise AuditorError(f"{flag} applies to {' and '.join(kinds)} audits, not {kind}")
+        doc[name] = options[name]
+    return doc

@@ -63,17 +63,7 @@ def split_holdout(examples: Examples, fraction: float, seed: int) -> tuple[Examp
     perm = np.random.default_rng(seed).permutation(n)
     n_test = max(1, int(round(fraction * n)))
     te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    pick = lambda idx: Examples(  # noqa: E731
-        examples.x[idx],
-        examples.y[idx],
-        [examples.keys[i] for i in idx],
-        examples.source,
-        examples.is_image,
-        examples.feature_names,
-        None if examples.groups is None else examples.groups[idx],
-        examples.class_names,
-    )
-    return pick(tr), pick(te)
+    return examples.subset(tr), examples.subset(te)
 
 
 def choose_test_point(fitted: Fitted, x_test: torch.Tensor, y_test: torch.Tensor) -> int:
