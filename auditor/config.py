@@ -1,9 +1,11 @@
-"""Settings read from the environment.
+"""Settings read from the environment: every AUDITOR_* variable, read here and nowhere else.
 
 The embedded default needs no setup at all: a SQLite file under AUDITOR_HOME and no broker, so
 `auditor audit run` works on a laptop. A deployment points AUDITOR_DATABASE_URL at PostgreSQL and
 AUDITOR_BROKER_URL at Redis. Settings are re-read on every `get_settings()` call (no cache) so that
-tests and long-lived shells that change the environment see the change.
+tests and long-lived shells that change the environment see the change. A value that cannot be
+used is a one-line `ServiceError` naming the variable. README's table lists every entry of `ENV`
+(tests/test_config.py checks it).
 """
 
 from __future__ import annotations
@@ -14,15 +16,40 @@ from pathlib import Path
 
 import platformdirs
 
+from auditor.errors import ServiceError
+
 ENV_HOME = "AUDITOR_HOME"
 ENV_DATABASE_URL = "AUDITOR_DATABASE_URL"
 ENV_BROKER_URL = "AUDITOR_BROKER_URL"
 ENV_RESULT_BACKEND = "AUDITOR_RESULT_BACKEND"
+ENV_VISIBILITY_TIMEOUT = "AUDITOR_VISIBILITY_TIMEOUT"
+ENV_BEAT_INTERVAL = "AUDITOR_BEAT_INTERVAL"
+ENV_WORKER_GPUS = "AUDITOR_WORKER_GPUS"
+ENV_REVIEWER = "AUDITOR_REVIEWER"
+ENV_ALEMBIC_INI = "AUDITOR_ALEMBIC_INI"
+
+DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
+DEFAULT_BEAT_INTERVAL = 5.0
+
+# Every variable with what it does (README's table lists the same, in this order).
+ENV: dict[str, str] = {
+    ENV_HOME: "Where the embedded SQLite file and audit artifacts live (default: the per-user data dir)",
+    ENV_DATABASE_URL: "SQLAlchemy URL of the store (default: SQLite under AUDITOR_HOME)",
+    ENV_BROKER_URL: "Celery broker (Redis) URL; unset = embedded mode, audits run in process",
+    ENV_RESULT_BACKEND: "Celery result backend URL (optional; the database holds every result)",
+    ENV_VISIBILITY_TIMEOUT: f"Seconds before Redis redelivers an unacknowledged audit (default {DEFAULT_VISIBILITY_TIMEOUT})",
+    ENV_BEAT_INTERVAL: f"Seconds between `auditor beat` reads of the schedules table (default {DEFAULT_BEAT_INTERVAL:g})",
+    ENV_WORKER_GPUS: "GPUs `auditor worker` starts workers for (default: what torch sees; 0 = CPU)",
+    ENV_REVIEWER: "Reviewer name recorded with CLI decisions (default: the login name)",
+    ENV_ALEMBIC_INI: "alembic.ini of the migrations (default: the one in the checkout)",
+}
+
+RUN_IN_PROCESS = "run audits in this process with `auditor audit run`"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where auditor keeps its state and how it reaches its services.
+    """Where auditor keeps its state, how it reaches its services, and how its processes run.
 
     `broker_url is None` means embedded mode: audits run in the calling process instead of being
     sent to Celery workers.
@@ -32,11 +59,26 @@ class Settings:
     database_url: str
     broker_url: str | None = None
     result_backend: str | None = None
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    beat_interval: float = DEFAULT_BEAT_INTERVAL
+    worker_gpus: int | None = None  # None: count what torch sees
+    reviewer: str | None = None
+    alembic_ini: Path | None = None
 
     @property
     def embedded(self) -> bool:
         """True when there is no broker, so work runs in process."""
         return self.broker_url is None
+
+    def require_broker(self, instead: str = RUN_IN_PROCESS) -> str:
+        """The broker URL, or the one-line error every front door gives without one, ending
+        with what to do `instead`."""
+        if self.broker_url is None:
+            raise ServiceError(
+                f"no broker configured: set {ENV_BROKER_URL} (e.g. redis://127.0.0.1:6379/0); "
+                f"without one, {instead}"
+            )
+        return self.broker_url
 
 
 def _env(name: str) -> str | None:
@@ -45,17 +87,59 @@ def _env(name: str) -> str | None:
     return value or None
 
 
+def _whole_seconds(name: str, default: int) -> int:
+    text = _env(name)
+    if text is None:
+        return default
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise ServiceError(f"{name} must be a whole number of seconds, not {text!r}")
+    return seconds
+
+
+def _seconds(name: str, default: float) -> float:
+    text = _env(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ServiceError(f"{name}={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ServiceError(f"{name} must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def _count(name: str) -> int | None:
+    text = _env(name)
+    if text is None:
+        return None
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        raise ServiceError(f"{name} must be a whole number, not {text!r}") from None
+
+
 def get_settings() -> Settings:
     """Read the settings from the environment now."""
     home_env = _env(ENV_HOME)
     home = Path(home_env).expanduser() if home_env else Path(platformdirs.user_data_dir("auditor"))
     home = home.resolve()
     database_url = _env(ENV_DATABASE_URL) or f"sqlite:///{home / 'auditor.db'}"
+    ini = _env(ENV_ALEMBIC_INI)
     return Settings(
         home=home,
         database_url=database_url,
         broker_url=_env(ENV_BROKER_URL),
         result_backend=_env(ENV_RESULT_BACKEND),
+        visibility_timeout=_whole_seconds(ENV_VISIBILITY_TIMEOUT, DEFAULT_VISIBILITY_TIMEOUT),
+        beat_interval=_seconds(ENV_BEAT_INTERVAL, DEFAULT_BEAT_INTERVAL),
+        worker_gpus=_count(ENV_WORKER_GPUS),
+        reviewer=_env(ENV_REVIEWER),
+        alembic_ini=Path(ini) if ini else None,
     )
 
 

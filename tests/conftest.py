@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from auditor.config import ENV, ENV_HOME
 from auditor.store import dispose_engines
 from auditor.store.db import session_factory
 from auditor.store.migrate import upgrade
@@ -26,8 +27,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """Every test gets its own AUDITOR_HOME and no inherited database or broker settings."""
     home = tmp_path / "auditor-home"
     monkeypatch.setenv("AUDITOR_HOME", str(home))
-    for name in ("AUDITOR_DATABASE_URL", "AUDITOR_BROKER_URL", "AUDITOR_RESULT_BACKEND"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ENV:  # every AUDITOR_* setting (auditor.config), so a developer's shell cannot leak in
+        if name != ENV_HOME:
+            monkeypatch.delenv(name, raising=False)
     yield home
     dispose_engines()
 

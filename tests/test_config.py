@@ -28,3 +28,60 @@ def test_settings_follow_environment_changes(monkeypatch: pytest.MonkeyPatch) ->
 def test_artifacts_dir_is_created_under_home(isolated_home: Path) -> None:
     path = artifacts_dir()
     assert path.is_dir() and path.parent == isolated_home.resolve()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_setting_is_read_from_the_environment_by_config_alone() -> None:
+    """One Settings object: no other module reads an AUDITOR_* variable itself."""
+    import re
+
+    readers = re.compile(r"(os\.environ(\.get)?|os\.getenv)\s*[\[(]\s*[\"']AUDITOR_")
+    offenders = [
+        str(path.relative_to(ROOT))
+        for top in ("auditor", "workers", "migrations")
+        for path in (ROOT / top).rglob("*.py")
+        if path.name != "config.py" and readers.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_readme_documents_every_setting() -> None:
+    from auditor.config import ENV
+
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in ENV if f"| `{name}` |" not in readme] == []
+
+
+def test_settings_parse_each_variable_or_name_it_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.errors import ServiceError
+
+    for name, value, field, expected in (
+        ("AUDITOR_VISIBILITY_TIMEOUT", "30", "visibility_timeout", 30),
+        ("AUDITOR_BEAT_INTERVAL", "0.5", "beat_interval", 0.5),
+        ("AUDITOR_WORKER_GPUS", "0", "worker_gpus", 0),
+        ("AUDITOR_REVIEWER", "ada", "reviewer", "ada"),
+        ("AUDITOR_ALEMBIC_INI", "/etc/alembic.ini", "alembic_ini", Path("/etc/alembic.ini")),
+    ):
+        monkeypatch.setenv(name, value)
+        assert getattr(get_settings(), field) == expected
+        monkeypatch.delenv(name)
+    for name, bad in (
+        ("AUDITOR_VISIBILITY_TIMEOUT", "soon"),
+        ("AUDITOR_BEAT_INTERVAL", "-1"),
+        ("AUDITOR_WORKER_GPUS", "two"),
+    ):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ServiceError, match=name):
+            get_settings()
+        monkeypatch.delenv(name)
+
+
+def test_no_broker_is_one_message_naming_what_to_do_instead() -> None:
+    from auditor.errors import ServiceError
+
+    with pytest.raises(ServiceError, match=r"no broker configured: set AUDITOR_BROKER_URL .*`auditor audit run`"):
+        get_settings().require_broker()
+    with pytest.raises(ServiceError, match="without one, run `auditor schedule tick` from cron"):
+        get_settings().require_broker(instead="run `auditor schedule tick` from cron")

@@ -39,24 +39,13 @@ from auditor.store.db import redact
 log = logging.getLogger("auditor.beat")
 
 LOCK_KEY = "auditor:beat:lock"
-ENV_INTERVAL = "AUDITOR_BEAT_INTERVAL"
-DEFAULT_INTERVAL = 5.0
 MIN_LOCK_TTL = 30.0
 TICK_TASK = "auditor.tick_schedules"
 
 
 def beat_interval() -> float:
     """Seconds between beat ticks, from AUDITOR_BEAT_INTERVAL (default 5)."""
-    text = os.environ.get(ENV_INTERVAL, "").strip()
-    if not text:
-        return DEFAULT_INTERVAL
-    try:
-        value = float(text)
-    except ValueError:
-        raise AuditorError(f"{ENV_INTERVAL}={text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise AuditorError(f"{ENV_INTERVAL} must be more than 0 seconds, got {text!r}")
-    return value
+    return get_settings().beat_interval
 
 
 def lock_ttl(interval: float) -> float:
@@ -216,18 +205,14 @@ def run_beat(
     """Check the database and broker, take the lock, then run Celery beat until stopped."""
     global _preacquired, _interval
     settings = get_settings()
-    if settings.broker_url is None:
-        raise ServiceError(
-            "auditor beat needs a broker: set AUDITOR_BROKER_URL (e.g. redis://127.0.0.1:6379/0); "
-            "without one, run `auditor schedule tick` from cron instead"
-        )
+    broker_url = settings.require_broker(instead="run `auditor schedule tick` from cron")
     if interval is not None and not interval > 0:
         raise AuditorError("--interval must be more than 0 seconds")
     interval = interval or beat_interval()
     from auditor.store import open_store
 
     open_store()  # fail now, in one line, when the database is down or behind
-    lock = BeatLock(settings.broker_url, lock_ttl(interval))
+    lock = BeatLock(broker_url, lock_ttl(interval))
     lock.acquire(standby=standby)
     _preacquired, _interval = lock, interval
     _lost_lock.clear()

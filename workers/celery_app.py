@@ -28,10 +28,9 @@ import time
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from auditor.config import get_settings
-from auditor.errors import ServiceError
+from auditor.config import DEFAULT_VISIBILITY_TIMEOUT, get_settings
 
-DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
+__all__ = ["DEFAULT_VISIBILITY_TIMEOUT", "app", "make_app", "restore_interval", "visibility_timeout"]
 MAX_RESTORE_INTERVAL = 10  # seconds between sweeps for messages of dead workers
 SIGNAL_REPEAT_S = 3.0  # a second SIGTERM/SIGINT this soon after the first is the same request
 
@@ -44,18 +43,7 @@ def restore_interval(visibility: int) -> int:
 
 def visibility_timeout() -> int:
     """Seconds before Redis hands an unacknowledged message to another worker."""
-    text = os.environ.get("AUDITOR_VISIBILITY_TIMEOUT", "").strip()
-    if not text:
-        return DEFAULT_VISIBILITY_TIMEOUT
-    try:
-        seconds = int(text)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise ServiceError(
-            f"AUDITOR_VISIBILITY_TIMEOUT must be a whole number of seconds, not {text!r}"
-        )
-    return seconds
+    return get_settings().visibility_timeout
 
 
 def make_app() -> Celery:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 from typing import Annotated
 
 import typer
@@ -16,7 +15,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 
 def _reviewer(name: str | None) -> str:
-    return name or os.environ.get("AUDITOR_REVIEWER") or getpass.getuser()
+    from auditor.config import get_settings
+
+    return name or get_settings().reviewer or getpass.getuser()
 
 
 def _decision(confirm: bool, relabel: str | None, dismiss: bool) -> str:
@@ -113,9 +114,8 @@ def next_finding(
     skipped: set[int] = set()
     while True:
         with sessions() as s:
-            f = repo.next_unsettled_finding(s, audit_id=audit_id)
-            while f is not None and f.id in skipped:  # skip = later, within this session only
-                f = _next_after(s, repo, audit_id or f.audit_id, skipped)
+            # skip = later, within this session only
+            f = repo.next_unsettled_finding(s, audit_id=audit_id, exclude=skipped)
             if f is None:
                 if json_output:
                     print_json(None)
@@ -159,18 +159,3 @@ def next_finding(
                 repo.decide(s, f.id, decision, new_label, _reviewer(reviewer))
         except (Conflict, AuditorError) as exc:
             err_console.print(f"[yellow]{exc}[/]")
-
-
-def _next_after(s, repo, audit_id: int, skipped: set[int]):
-    from sqlalchemy import select
-
-    from auditor.store.models import Audit, Finding, Review
-
-    reviewed = select(Review.example_key).join(Audit, Audit.dataset_id == Review.dataset_id).where(Audit.id == audit_id)
-    q = (
-        select(Finding)
-        .where(Finding.audit_id == audit_id, Finding.id.not_in(skipped), Finding.example_key.not_in(reviewed))
-        .order_by(Finding.rank, Finding.id)
-        .limit(1)
-    )
-    return s.scalar(q)

@@ -32,7 +32,8 @@ from typing import Annotated
 import typer
 
 from auditor.cli.common import err_console, user_errors
-from auditor.errors import AuditorError, ServiceError
+from auditor.config import get_settings
+from auditor.errors import AuditorError
 
 CELERY_APP = "workers.celery_app:app"
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
@@ -112,14 +113,9 @@ def plan_workers(
 
 def gpu_count() -> int:
     """GPUs torch can see; AUDITOR_WORKER_GPUS overrides (0 forces CPU workers)."""
-    override = os.environ.get("AUDITOR_WORKER_GPUS", "").strip()
-    if override:
-        try:
-            return max(int(override), 0)
-        except ValueError:
-            raise AuditorError(
-                f"AUDITOR_WORKER_GPUS must be a whole number, not {override!r}"
-            ) from None
+    override = get_settings().worker_gpus
+    if override is not None:
+        return override
     if not _gpu_device_nodes():
         return 0  # skip importing torch (seconds) just to learn there is no GPU
     # In a child process: the supervisor should hold no CUDA driver state or threads (it forks
@@ -234,15 +230,9 @@ class Supervisor:
 def preflight() -> None:
     """Fail in one line before starting anything: broker configured and reachable, database
     reachable and at the current schema (a stale schema would fail every audit)."""
-    from auditor.audits import check_broker
-    from auditor.config import get_settings
     from auditor.store import dispose_engines, open_store
+    from workers.dispatch import check_broker
 
-    if get_settings().broker_url is None:
-        raise ServiceError(
-            "no broker configured: set AUDITOR_BROKER_URL (e.g. redis://127.0.0.1:6379/0); "
-            "without one, run audits in process with `auditor audit run`"
-        )
     check_broker()
     open_store()
     dispose_engines()  # the supervisor itself never uses the database

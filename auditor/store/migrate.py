@@ -13,7 +13,6 @@ a schema change there is an operator's decision).
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,17 +22,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from auditor.config import ENV_ALEMBIC_INI, get_settings
 from auditor.errors import ServiceError
 from auditor.store.db import check_connection, make_engine, redact
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV_ALEMBIC_INI = "AUDITOR_ALEMBIC_INI"
 
 
 def alembic_ini_path() -> Path:
     """Where alembic.ini is: AUDITOR_ALEMBIC_INI, else the repository root."""
-    override = os.environ.get(ENV_ALEMBIC_INI, "").strip()
-    path = Path(override) if override else REPO_ROOT / "alembic.ini"
+    path = get_settings().alembic_ini or REPO_ROOT / "alembic.ini"
     if not path.is_file():
         raise ServiceError(
             f"cannot find the database migrations ({path} is missing): install auditor with "
