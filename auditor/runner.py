@@ -16,17 +16,19 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.base import AnalysisInput, Progress
-from auditor.analyses.registry import NEEDS_TEST, get_analysis
+from auditor.analyses.base import AnalysisInput
+from auditor.analyses.registry import get_analysis, get_kind
 from auditor.config import artifacts_dir, get_settings
 from auditor.data.keys import content_hash
 from auditor.errors import AuditorError, Cancelled, Conflict, DataError
+from auditor.progress import Progress
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
 from auditor.store.models import FINISHED_STATUSES, Audit
@@ -75,7 +77,8 @@ class StoreProgress:
             raise Cancelled(f"audit {self.audit_id} was cancelled")
 
 
-def _load_inputs(s: Session, audit) -> AnalysisInput:
+def load_inputs(audit: Audit) -> AnalysisInput:
+    """Read the audit's data set (checked against its snapshot) and test set."""
     train = load_dataset_source(audit.dataset)
     digest = content_hash(train.keys)
     if digest != audit.snapshot.content_hash:
@@ -86,7 +89,7 @@ def _load_inputs(s: Session, audit) -> AnalysisInput:
     test = None
     if audit.test_dataset is not None:
         test = load_dataset_source(audit.test_dataset)
-    elif audit.kind in NEEDS_TEST:
+    elif get_kind(audit.kind).needs_test:
         raise DataError(f"{audit.kind} audits need a test set: pass --test DATASET")
     return AnalysisInput(train=train, test=test, params=dict(audit.params or {}))
 
@@ -119,15 +122,14 @@ def execute_audit(
             repo.set_audit_status(s, audit_id, "queued")
         repo.set_audit_status(s, audit_id, "running", message="starting", task_id=task_id)
         kind = audit.kind
-    progress = StoreProgress(sessions, audit_id, echo)
-    try:
+
+    def compute() -> RunOutcome:
         with sessions() as s:
-            audit = repo.get_audit(s, audit_id)
-            inp = _load_inputs(s, audit)
+            inp = load_inputs(repo.get_audit(s, audit_id))
         out_dir = Path(artifacts_dir(get_settings())) / f"audit-{audit_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         inp.artifacts_dir = out_dir
-        inp.progress = progress
+        inp.progress = StoreProgress(sessions, audit_id, echo)
         result = get_analysis(kind)(inp)
         with sessions() as s, s.begin():
             # Lock the row first: a cancel or another delivery that got here first wins, and
@@ -139,19 +141,45 @@ def execute_audit(
             repo.set_audit_summary(s, audit_id, result.summary)
             repo.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
         return RunOutcome(audit_id, "succeeded", findings=n)
+
+    return guarded(sessions, audit_id, compute, in_worker=task_id is not None)
+
+
+def guarded(
+    sessions: sessionmaker[Session],
+    audit_id: int,
+    compute: Callable[[], RunOutcome],
+    *,
+    in_worker: bool,
+    part: str = "",
+    requeue: bool = True,
+) -> RunOutcome:
+    """The one audit lifecycle around a computation, for whole audits and shards alike.
+
+    A cancel (or another delivery finishing first) ends it cancelled; an `AuditorError` marks the
+    audit failed with its one-line reason; any other exception is a bug, recorded on the audit
+    as an internal error with the traceback in the log; an interruption (Ctrl+C, a stopping
+    worker) leaves a truthful status and propagates. `part` ("shard 2/4") prefixes reasons;
+    `requeue` False keeps an interrupted worker's audit running (a shard: its own message comes
+    back and the other shards go on) instead of queued.
+    """
+    prefix = f"{part}: " if part else ""
+    try:
+        return compute()
     except Cancelled as exc:
-        return _finish(sessions, audit_id, "cancelled", str(exc))
+        return finish(sessions, audit_id, "cancelled", str(exc))
     except AuditorError as exc:
-        return _finish(sessions, audit_id, "failed", str(exc))
+        return finish(sessions, audit_id, "failed", f"{prefix}{exc}")
     except Exception as exc:  # a bug: record it on the audit, keep the traceback in the log
-        log.error("audit %s crashed:\n%s", audit_id, traceback.format_exc())
-        return _finish(sessions, audit_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        where = f" in {part}" if part else ""
+        log.error("audit %s%s crashed:\n%s", audit_id, where, traceback.format_exc())
+        return finish(sessions, audit_id, "failed", f"internal error{where}: {type(exc).__name__}: {exc}")
     except BaseException:  # interrupted: Ctrl+C in process, or the worker is being stopped
-        _interrupted(sessions, audit_id, in_worker=task_id is not None)
+        _interrupted(sessions, audit_id, in_worker=in_worker, requeue=requeue)
         raise
 
 
-def _finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason: str) -> RunOutcome:
+def finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason: str) -> RunOutcome:
     """Move the audit to a final `status`; when another final state won the race, report that one."""
     with sessions() as s, s.begin():
         try:
@@ -165,12 +193,12 @@ def _finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason:
     return RunOutcome(audit_id, status, error=reason if status == "failed" else None)
 
 
-def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: bool) -> None:
+def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: bool, requeue: bool) -> None:
     """Leave a truthful status behind an interrupted run, best effort (we are on our way out).
 
     In a worker the task's message goes back to the queue (Celery's cold shutdown restores
-    unacknowledged messages), so the audit is queued again, unless a cancel was asked for.
-    In process nobody will resume it, so it is cancelled.
+    unacknowledged messages), so the audit is queued again (`requeue`) or stays running (a
+    shard), unless a cancel was asked for. In process nobody will resume it, so it is cancelled.
     """
     try:
         with sessions() as s, s.begin():
@@ -179,9 +207,20 @@ def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: b
             if audit.status != "running":
                 return
             if in_worker and not audit.cancel_requested:
-                repo.set_audit_status(s, audit_id, "queued")
-                audit.message = "worker stopped; the audit goes back to the queue"
+                if requeue:
+                    repo.set_audit_status(s, audit_id, "queued")
+                    audit.message = "worker stopped; the audit goes back to the queue"
             else:
                 repo.set_audit_status(s, audit_id, "cancelled", message="interrupted")
     except Exception:  # the database may be what interrupted us; the next delivery copes
         log.warning("could not record the interruption of audit %s", audit_id, exc_info=True)
+
+
+# What to do with a newly created audit: (sessions, audit_id) -> (action, audit status afterwards).
+# Schedules take one; the embedded default is `run_in_process`, a broker's is in `workers`.
+AuditStarter = Callable[[sessionmaker[Session], int], tuple[str, str]]
+
+
+def run_in_process(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
+    """Embedded default: run the audit here and now."""
+    return "ran", execute_audit(sessions, audit_id).status

@@ -28,7 +28,6 @@ new key and comes back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,10 +35,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.registry import KINDS, NEEDS_TEST
-from auditor.config import get_settings
-from auditor.errors import AuditorError, DataError
-from auditor.resolve import load_dataset_source
+from auditor.analyses.registry import check_request
+from auditor.datasets import snapshotted
+from auditor.errors import AuditorError
+from auditor.runner import AuditStarter
 from auditor.store import repo
 from auditor.store.models import Audit, Schedule, Snapshot, utcnow
 
@@ -48,8 +47,6 @@ log = logging.getLogger(__name__)
 # Key of a schedule's params that names its test set; the rest are the audit's params.
 TEST_DATASET_PARAM = "test_dataset"
 
-# What to do with a new audit: (sessions, audit_id) -> (action, audit status afterwards).
-AuditStarter = Callable[[sessionmaker[Session], int], tuple[str, str]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,10 +107,7 @@ def add_schedule(
     audit the same data twice per period. `due_now` makes the first run due at once instead of
     one period from now.
     """
-    if kind not in KINDS:
-        raise AuditorError(f"unknown audit kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind in NEEDS_TEST and not test_name:
-        raise DataError(f"{kind} audits need a test set: pass --test DATASET")
+    check_request(kind, params, test_name)
     if (every is None) == (cron is None):
         raise AuditorError("give exactly one of --every (e.g. 6h) or --cron (e.g. '0 3 * * *')")
     interval = repo.parse_interval(every) if every is not None else None
@@ -271,30 +265,19 @@ def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> 
     params = dict(claim.params)
     test_name = params.pop(TEST_DATASET_PARAM, None)
     try:
-        with sessions() as s:
-            dataset = repo.get_dataset_by_id(s, claim.dataset_id)
-            test = repo.get_dataset(s, test_name) if test_name else None
-        # Read the files outside any transaction: a slow or bad source holds no database lock.
-        examples = load_dataset_source(dataset)
-        test_examples = load_dataset_source(test) if test is not None else None
-        with sessions() as s, s.begin():
-            dataset = repo.get_dataset_by_id(s, claim.dataset_id)
-            snapshot, diff = repo.record_snapshot(s, dataset, examples)
-            outcome.snapshot_id, outcome.new_snapshot = snapshot.id, diff.new_snapshot
-            test_snapshot: Snapshot | None = None
-            if test is not None and test_examples is not None:
-                test = repo.get_dataset_by_id(s, test.id)
-                test_snapshot, _ = repo.record_snapshot(s, test, test_examples)
-            if claim.skip_unchanged and _unchanged(s, claim.schedule_id, snapshot, test_snapshot):
+        with snapshotted(sessions, claim.dataset_id, test_name) as snap:
+            s = snap.session
+            outcome.snapshot_id, outcome.new_snapshot = snap.snapshot.id, snap.diff.new_snapshot
+            if claim.skip_unchanged and _unchanged(s, claim.schedule_id, snap.snapshot, snap.test_snapshot):
                 outcome.action, outcome.reason = "skipped", "unchanged"
                 return outcome
             audit = repo.create_audit(
                 s,
                 claim.kind,
-                dataset,
-                snapshot=snapshot,
+                snap.dataset,
+                snapshot=snap.snapshot,
                 params=params,
-                test_dataset=test,
+                test_dataset=snap.test,
                 schedule_id=claim.schedule_id,
             )
             outcome.audit_id = audit.id
@@ -318,47 +301,20 @@ def _unchanged(
     return audited_at is not None and test_snapshot.created_at <= audited_at
 
 
-def run_in_process(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
-    """Embedded default: run the audit here and now."""
-    from auditor.runner import execute_audit
-
-    return "ran", execute_audit(sessions, audit_id).status
-
-
-def send_to_worker(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
-    """Broker configured: send the audit to the queue `gpu`. If sending fails the audit is
-    marked failed, so the schedule's next run audits the data again."""
-    from auditor.audits import dispatch
-
-    try:
-        dispatch(audit_id)
-    except Exception as exc:  # kombu raises several types for "cannot send"
-        log.error("could not enqueue audit %s: %s", audit_id, exc)
-        with sessions() as s, s.begin():
-            repo.set_audit_status(s, audit_id, "failed", error=f"could not enqueue: {exc}")
-        return "failed", "failed"
-    return "enqueued", "queued"
-
-
-def default_starter() -> AuditStarter:
-    """Run in process without a broker (embedded), send to a worker with one."""
-    return run_in_process if get_settings().embedded else send_to_worker
-
-
 def run_due(
     sessions: sessionmaker[Session],
     now: datetime | None = None,
     *,
-    start: AuditStarter | None = None,
+    start: AuditStarter,
 ) -> list[ScanOutcome]:
-    """Claim every schedule due at `now` (default: now) and scan each; one outcome per schedule."""
-    start = start or default_starter()
+    """Claim every schedule due at `now` (default: now) and scan each, starting each new audit
+    with `start` (the front door chooses: run in process, or send to a worker)."""
     outcomes = [scan(sessions, claim, start) for claim in claim_due(sessions, now)]
     for outcome in outcomes:
         log.info("%s", outcome.describe())
     return outcomes
 
 
-def tick(sessions: sessionmaker[Session], now: datetime | None = None) -> list[int]:
+def tick(sessions: sessionmaker[Session], now: datetime | None = None, *, start: AuditStarter) -> list[int]:
     """Run or enqueue whatever is due now; returns the ids of the audits created."""
-    return [o.audit_id for o in run_due(sessions, now) if o.audit_id is not None]
+    return [o.audit_id for o in run_due(sessions, now, start=start) if o.audit_id is not None]

@@ -11,20 +11,14 @@ upserts the same rows again.
 
 from __future__ import annotations
 
-import logging
-import traceback
-
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.registry import get_analysis
-from auditor.errors import AuditorError, Cancelled, Conflict
-from auditor.runner import RunOutcome, StoreProgress, _finish, _load_inputs
+from auditor.analyses.registry import KINDS, get_kind
+from auditor.errors import AuditorError, Conflict
+from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs
 from auditor.store import repo
 from auditor.store.models import Finding
-
-log = logging.getLogger(__name__)
-SHARDABLE = {"label-check"}
 
 
 def rerank(session: Session, audit_id: int) -> int:
@@ -46,9 +40,11 @@ def start_sharded(sessions: sessionmaker[Session], audit_id: int, task_id: str |
     """Mark the audit running and return the number of shards to send."""
     with sessions() as s, s.begin():
         audit = repo.get_audit(s, audit_id)
-        if audit.kind not in SHARDABLE:
-            raise AuditorError(f"{audit.kind} audits cannot be sharded; only {', '.join(SHARDABLE)}")
-        count = int((audit.params or {}).get("shards", 1))
+        kind = get_kind(audit.kind)
+        if not kind.shardable:
+            shardable = ", ".join(k.name for k in KINDS.values() if k.shardable)
+            raise AuditorError(f"{audit.kind} audits cannot be sharded; only {shardable}")
+        count = kind.shard_count(audit.params or {})
         if audit.status == "failed":
             repo.set_audit_status(s, audit_id, "queued")
         if audit.status in ("queued", "failed", "running"):
@@ -56,22 +52,29 @@ def start_sharded(sessions: sessionmaker[Session], audit_id: int, task_id: str |
         return count
 
 
-def run_shard(sessions: sessionmaker[Session], audit_id: int, index: int, count: int) -> RunOutcome:
-    """Compute shard `index` of `count`; the shard completing the audit finalises it."""
-    with sessions() as s:
-        audit = repo.get_audit(s, audit_id)
-        if audit.status != "running" or audit.cancel_requested:
-            return RunOutcome(audit_id, audit.status)
-        inp = _load_inputs(s, audit)
-        n_total = audit.snapshot.n
-    inp.params = {**inp.params, "shard": [index, count]}
+def run_shard(
+    sessions: sessionmaker[Session], audit_id: int, index: int, count: int, *, in_worker: bool = True
+) -> RunOutcome:
+    """Compute shard `index` of `count`; the shard completing the audit finalises it.
 
-    tracker = StoreProgress(sessions, audit_id)
-    # shards run in parallel, so each reports its own fraction (capped below 1: only the
-    # finalising shard completes the audit)
-    inp.progress = lambda fraction, message: tracker(min(fraction, 0.99), f"shard {index + 1}/{count}: {message}")
-    try:
-        result = get_analysis(audit.kind)(inp)
+    The lifecycle (cancel, failure, interruption) is the runner's; an interrupted shard in a
+    worker leaves the audit running, since its message comes back and the other shards go on.
+    """
+    part = f"shard {index + 1}/{count}"
+
+    def compute() -> RunOutcome:
+        with sessions() as s:
+            audit = repo.get_audit(s, audit_id)
+            if audit.status != "running" or audit.cancel_requested:
+                return RunOutcome(audit_id, audit.status)
+            inp = load_inputs(audit)
+            n_total, kind = audit.snapshot.n, get_kind(audit.kind)
+        inp.params = {**inp.params, "shard": [index, count]}
+        tracker = StoreProgress(sessions, audit_id)
+        # shards run in parallel, so each reports its own fraction (capped below 1: only the
+        # finalising shard completes the audit)
+        inp.progress = lambda fraction, message: tracker(min(fraction, 0.99), f"{part}: {message}")
+        result = kind.run(inp)
         with sessions() as s, s.begin():
             repo.upsert_findings(s, audit_id, result.findings)
         with sessions() as s, s.begin():
@@ -87,13 +90,8 @@ def run_shard(sessions: sessionmaker[Session], audit_id: int, index: int, count:
             except Conflict:
                 pass  # another shard finalised at the same moment
         return RunOutcome(audit_id, "succeeded", findings=stored)
-    except Cancelled as exc:
-        return _finish(sessions, audit_id, "cancelled", str(exc))
-    except AuditorError as exc:
-        return _finish(sessions, audit_id, "failed", f"shard {index + 1}/{count}: {exc}")
-    except Exception as exc:
-        log.error("audit %s shard %s crashed:\n%s", audit_id, index, traceback.format_exc())
-        return _finish(sessions, audit_id, "failed", f"internal error in shard {index + 1}/{count}: {type(exc).__name__}: {exc}")
+
+    return guarded(sessions, audit_id, compute, in_worker=in_worker, part=part, requeue=False)
 
 
 def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int) -> RunOutcome:
@@ -101,7 +99,7 @@ def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int) -> RunOu
     count = start_sharded(sessions, audit_id)
     outcome = RunOutcome(audit_id, "running")
     for i in range(count):
-        outcome = run_shard(sessions, audit_id, i, count)
+        outcome = run_shard(sessions, audit_id, i, count, in_worker=False)
         if outcome.status in ("failed", "cancelled"):
             break
     return outcome

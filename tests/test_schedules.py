@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 from auditor import schedules
 from auditor.analyses.base import FindingRecord
 from auditor.audit_diff import parse_top
-from auditor.cli.audit import build_params
 from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
 from auditor.errors import AuditorError
+from auditor.runner import run_in_process
 from auditor.store import open_store, repo
 from auditor.store.models import Audit, utcnow
 
@@ -116,7 +116,11 @@ def test_schedule_commands_round_trip_as_json(digits_npz: Path) -> None:
         21600,
     )
     # the same params `auditor audit run label-check dg` with these options would carry
-    expected = build_params("logreg", None, 0.01, "all", "direct", 0.1, 0, {"rank_by": "loss"})
+    expected = {
+        "model": {"name": "logreg", "weights": None, "weight_decay": 0.01, "params": "all", "seed": 0},
+        "solver": {"name": "direct", "damping": 0.1},
+        "rank_by": "loss",
+    }
     assert doc["params"] == expected
     next_run = datetime.fromisoformat(doc["next_run_at"])
     assert before + timedelta(hours=6) <= next_run <= utcnow() + timedelta(hours=6)
@@ -268,9 +272,9 @@ def test_tick_runs_a_due_schedule_then_skips_it_until_the_data_changes(
     always = cli(
         "schedule", "add", "dg", "label-check", "--every", "1h", "--due-now", "--no-skip-unchanged"
     )["schedule"]["id"]
-    assert len(schedules.tick(open_store())) == 1
+    assert len(schedules.tick(open_store(), start=run_in_process)) == 1
     make_due(always)
-    (audit_id,) = schedules.tick(open_store())
+    (audit_id,) = schedules.tick(open_store(), start=run_in_process)
     assert [a.id for a in audits_of(always)][-1] == audit_id and len(audits_of(always)) == 2
 
 

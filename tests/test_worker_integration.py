@@ -262,7 +262,7 @@ def test_an_enqueued_audit_runs_on_a_worker_and_a_redelivery_is_a_no_op(
 
     # The same task delivered again (what a worker lost after the audit finished causes):
     # the runner sees the audit succeeded and returns without touching it.
-    from auditor.audits import dispatch
+    from workers.dispatch import dispatch
 
     again = dispatch(audit_id)
     done = re.compile(rf"Task auditor\.run_audit\[{again}\] succeeded in [0-9.]+s: '(\w+)'")

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that load nothing themselves and call `auditor.runner`."""
+"""Celery tasks: thin wrappers that load nothing themselves and call the library."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def tick_schedules() -> list[int]:
     """Enqueue the audits of every due schedule; returns the new audit ids."""
     from auditor.schedules import tick
     from auditor.store import open_store
+    from workers.dispatch import send_to_worker
 
-    return tick(open_store())
+    return tick(open_store(), start=send_to_worker)
 
 
 @app.task(name="auditor.run_sharded", bind=True, acks_late=True, reject_on_worker_lost=True)

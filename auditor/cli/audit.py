@@ -8,63 +8,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from auditor.cli.audit_options import KIND_HELP, audit_params, with_audit_options
 from auditor.cli.common import err_console, out_console, print_json, user_errors
 from auditor.cli.progress import progress_bar
 
 app = typer.Typer(no_args_is_help=True, help="Audits: run, enqueue, status, list, cancel, diff.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-KIND_HELP = "label-check | explain | domain-mismatch | attack"
-
-
-def build_params(
-    model: str,
-    weights: str | None,
-    weight_decay: float,
-    params_subset: str,
-    solver: str,
-    damping: float,
-    seed: int,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """The audit's params JSON: model and solver specs plus the analysis's own options."""
-    doc: dict[str, Any] = {
-        "model": {"name": model, "weights": weights, "weight_decay": weight_decay, "params": params_subset, "seed": seed},
-        "solver": {"name": solver, "damping": damping},
-    }
-    doc.update({k: v for k, v in extra.items() if v is not None})
-    return doc
-
-
-def audit_params(kind: str, **o: Any) -> dict[str, Any]:
-    """The params JSON an audit (or a schedule) of `kind` gets from the shared CLI options.
-
-    `--solver auto` means EK-FAC-or-exact by model size for label checks, and the exact solver
-    for the analyses that need only a few solves.
-    """
-    solver = "direct" if o["solver"] == "auto" and kind != "label-check" else o["solver"]
-    indices = [int(i) for i in o["test_indices"].split(",")] if o["test_indices"] else None
-    extra = {
-        "rank_by": o["rank_by"],
-        "test_indices": indices,
-        "errors": o["errors"] or None,
-        "top": o["top"],
-        "targets": o["targets"],
-        "budget": o["budget"],
-        "step": o["step"],
-        "iterations": o["iterations"],
-        "top_errors": o["top_errors"],
-    }
-    doc = build_params(o["model"], o["weights"], o["weight_decay"], o["params"], solver, o["damping"], o["seed"], extra)
-    options = solver_options(o.get("lissa_scale"), o.get("lissa_depth"))
-    if options:
-        doc["solver"]["options"] = options
-    return doc
-
-
-def solver_options(lissa_scale: float | None, lissa_depth: int | None) -> dict[str, Any]:
-    """Solver settings users tune (the ones solver errors name)."""
-    return {k: v for k, v in (("scale", lissa_scale), ("depth", lissa_depth)) if v is not None}
 
 
 def _audit_doc(a) -> dict[str, Any]:
@@ -91,66 +41,41 @@ def _audit_doc(a) -> dict[str, Any]:
 
 def _register(name: str, enqueue: bool):
     @user_errors
+    @with_audit_options
     def command(
         kind: Annotated[str, typer.Argument(help=KIND_HELP)],
         dataset: Annotated[str, typer.Argument(help="Registered dataset name (see `auditor dataset add`)")],
         test: Annotated[str | None, typer.Option(help="Test dataset name (explain, domain-mismatch, attack)")] = None,
-        model: Annotated[str, typer.Option(help="logreg | mlp | cnn | MODULE:FACTORY")] = "logreg",
-        weights: Annotated[str | None, typer.Option(help="Weights file (.safetensors or weights-only .pt)")] = None,
-        weight_decay: Annotated[float, typer.Option(help="L2 regularisation in training")] = 0.01,
-        params: Annotated[str, typer.Option("--params", help="Parameters that count: all | last")] = "all",
-        solver: Annotated[str, typer.Option(help="auto | direct | cg | lissa | arnoldi | ekfac")] = "auto",
-        damping: Annotated[float, typer.Option(help="Damping lambda added to the Hessian")] = 0.0,
-        lissa_scale: Annotated[float | None, typer.Option(help="LiSSA scale (default: 1.5 x estimated top eigenvalue)")] = None,
-        lissa_depth: Annotated[int | None, typer.Option(help="LiSSA recursion depth (default: from the spectrum)")] = None,
-        seed: Annotated[int, typer.Option(help="Training seed")] = 0,
-        rank_by: Annotated[str | None, typer.Option(help="label-check ranking: auto (default: margin, or self-influence when the model fits every label) | margin | loo-margin | self-influence | loss | combined")] = None,
-        test_indices: Annotated[str | None, typer.Option(help="explain: comma-separated test rows")] = None,
-        errors: Annotated[bool, typer.Option("--errors", help="explain: the misclassified test points")] = False,
-        top: Annotated[int | None, typer.Option(help="explain/domain-mismatch: rows per list")] = None,
-        top_errors: Annotated[int | None, typer.Option(help="domain-mismatch: how many worst test points")] = None,
-        targets: Annotated[int | None, typer.Option(help="attack: number of target test points")] = None,
-        budget: Annotated[int | None, typer.Option(help="attack: training images to perturb per target")] = None,
-        step: Annotated[float | None, typer.Option(help="attack: step size")] = None,
-        iterations: Annotated[int | None, typer.Option(help="attack: iterations")] = None,
-        shards: Annotated[int, typer.Option(help="label-check: split over N workers (same result)")] = 1,
         json_output: JsonOption = False,
+        audit: dict[str, Any] | None = None,
     ) -> None:
-        from auditor.audits import check_broker, create_audit, dispatch
+        from auditor.audits import create_audit
         from auditor.store import open_store
 
-        doc_params = audit_params(
-            kind, model=model, weights=weights, weight_decay=weight_decay, params=params, solver=solver,
-            damping=damping, lissa_scale=lissa_scale, lissa_depth=lissa_depth, seed=seed, rank_by=rank_by, test_indices=test_indices, errors=errors, top=top,
-            targets=targets, budget=budget, step=step, iterations=iterations, top_errors=top_errors,
-        )
-        if shards > 1:
-            doc_params["shards"] = shards
+        doc_params = audit_params(kind, audit or {})
         if enqueue:
+            from workers.dispatch import check_broker
+
             check_broker()
         sessions = open_store()
         audit_id = create_audit(sessions, kind, dataset, doc_params, test_name=test)
         if enqueue:
-            try:
-                task_id = dispatch(audit_id)
-            except Exception as exc:
-                from auditor.store import repo
+            from workers.dispatch import enqueue as send
 
-                with sessions() as s, s.begin():
-                    repo.set_audit_status(s, audit_id, "failed", error=f"could not enqueue: {exc}")
-                raise
+            task_id = send(sessions, audit_id)
             if json_output:
                 print_json({"id": audit_id, "task_id": task_id, "status": "queued"})
             else:
                 typer.echo(audit_id)
                 err_console.print(f"audit {audit_id} queued; watch it with `auditor audit status {audit_id} --watch`")
             return
+        from auditor.analyses.registry import get_kind
         from auditor.findings_view import finding_doc
         from auditor.runner import execute_audit
         from auditor.store import repo
 
         with progress_bar(f"audit {audit_id} {kind}", enabled=True) as bar:
-            if shards > 1:
+            if get_kind(kind).shard_count(doc_params) > 1:
                 from auditor.shards import run_all_shards_here
 
                 outcome = run_all_shards_here(sessions, audit_id)

@@ -12,16 +12,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from auditor.cli.common import out_console, print_json, user_errors
-from auditor.data.imagefolder import parse_resize
-from auditor.data.load import sniff_format
-from auditor.errors import Conflict, DataError, NotFound
-from auditor.resolve import load_dataset_source, read_source
-from auditor.store import open_store, repo
-from auditor.store.models import Dataset, Snapshot
-from auditor.store.repo import SnapshotDiff
+from auditor.store import open_store
 
 app = typer.Typer(no_args_is_help=True, help="Datasets: add, list, show, re-scan.")
 
@@ -33,56 +26,6 @@ class Format(str, Enum):
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-
-
-def _reader_options(
-    label_column: str | None, group_column: str | None, resize: str | None
-) -> dict[str, Any]:
-    """What a re-scan needs to read the source the same way (stored with the dataset)."""
-    options: dict[str, Any] = {}
-    if label_column is not None:
-        options["label_column"] = label_column
-    if group_column is not None:
-        options["group_column"] = group_column
-    if resize is not None:
-        options["resize"] = list(parse_resize(resize))
-    return options
-
-
-def _dataset_doc(session: Session, dataset: Dataset) -> dict[str, Any]:
-    latest = repo.latest_snapshot(session, dataset.id)
-    return {
-        "id": dataset.id,
-        "name": dataset.name,
-        "source_path": dataset.source_path,
-        "format": dataset.format,
-        "options": dataset.options,
-        "created_at": dataset.created_at.isoformat(),
-        "n": latest.n if latest is not None else None,
-        "snapshot_id": latest.id if latest is not None else None,
-        "content_hash": latest.content_hash if latest is not None else None,
-        "scanned_at": latest.created_at.isoformat() if latest is not None else None,
-    }
-
-
-def _snapshot_doc(snapshot: Snapshot) -> dict[str, Any]:
-    return {
-        "id": snapshot.id,
-        "content_hash": snapshot.content_hash,
-        "n": snapshot.n,
-        "created_at": snapshot.created_at.isoformat(),
-    }
-
-
-def _describe_diff(name: str, snapshot: Snapshot, diff: SnapshotDiff) -> str:
-    if not diff.new_snapshot:
-        return f"dataset {name}: unchanged ({snapshot.n} examples, snapshot {snapshot.id})"
-    if diff.previous_snapshot_id is None:
-        return f"dataset {name}: {snapshot.n} examples (snapshot {snapshot.id})"
-    return (
-        f"dataset {name}: snapshot {snapshot.id}, {snapshot.n} examples: {diff.added} added, "
-        f"{diff.changed} changed, {diff.removed} removed"
-    )
 
 
 @app.command("add")
@@ -108,55 +51,34 @@ def add(
     json_output: JsonOption = False,
 ) -> None:
     """Register a dataset and record its first snapshot."""
-    source = path.expanduser().resolve()
-    sessions = open_store()
-    with sessions() as session, session.begin():
-        exists = _find(session, name) is not None
-    if exists and not update:
-        raise Conflict(f"dataset {name!r} already exists; pass --update to re-read it")
-    if not source.exists():
-        raise DataError(f"{source}: no such file or folder")
-    fmt = format.value if format is not None else sniff_format(source)
-    options = _reader_options(label_column, group_column, resize)
-    examples = read_source(source, fmt, options)
+    from auditor.datasets import reader_options, register_dataset
 
-    with sessions() as session, session.begin():
-        dataset = _find(session, name)
-        created = dataset is None
-        if dataset is None:
-            dataset = repo.create_dataset(session, name, str(source), fmt, options)
-        elif update:
-            repo.update_dataset_source(session, dataset, str(source), fmt, options)
-        else:
-            raise Conflict(f"dataset {name!r} was just added by someone else")
-        session.flush()
-        snapshot, diff = repo.record_snapshot(session, dataset, examples)
-        doc = {
-            "created": created,
-            "dataset": _dataset_doc(session, dataset),
-            "snapshot": _snapshot_doc(snapshot),
-            "diff": diff.to_dict(),
-        }
+    doc = register_dataset(
+        open_store(),
+        name,
+        path,
+        format=format.value if format is not None else None,
+        options=reader_options(label_column, group_column, resize),
+        update=update,
+    )
+    _print_scan(doc, json_output)
+
+
+def _print_scan(doc: dict[str, Any], json_output: bool) -> None:
+    message = doc.pop("message")
     if json_output:
         print_json(doc)
     else:
-        out_console.print(_describe_diff(name, snapshot, diff))
-
-
-def _find(session: Session, name: str) -> Dataset | None:
-    try:
-        return repo.get_dataset(session, name)
-    except NotFound:
-        return None
+        out_console.print(message)
 
 
 @app.command("list")
 @user_errors
 def list_command(json_output: JsonOption = False) -> None:
     """List datasets with their size and last scan."""
-    sessions = open_store()
-    with sessions() as session, session.begin():
-        docs = [_dataset_doc(session, dataset) for dataset in repo.list_datasets(session)]
+    from auditor.datasets import list_dataset_docs
+
+    docs = list_dataset_docs(open_store())
     if json_output:
         print_json(docs)
         return
@@ -174,18 +96,9 @@ def list_command(json_output: JsonOption = False) -> None:
 @user_errors
 def show(name: str, json_output: JsonOption = False) -> None:
     """Show a dataset, its snapshots and its label counts."""
-    sessions = open_store()
-    with sessions() as session, session.begin():
-        dataset = repo.get_dataset(session, name)
-        doc = _dataset_doc(session, dataset)
-        snapshots = repo.list_snapshots(session, dataset.id)
-        doc["snapshots"] = [_snapshot_doc(snapshot) for snapshot in snapshots]
-        doc["label_counts"] = (
-            {str(k): v for k, v in repo.label_counts(session, snapshots[-1].id).items()}
-            if snapshots
-            else {}
-        )
-        doc["reviewed"] = len(repo.settled_keys(session, dataset.id))
+    from auditor.datasets import show_dataset
+
+    doc = show_dataset(open_store(), name)
     if json_output:
         print_json(doc)
         return
@@ -204,19 +117,6 @@ def show(name: str, json_output: JsonOption = False) -> None:
 @user_errors
 def scan(name: str, json_output: JsonOption = False) -> None:
     """Re-read a dataset's source; record a new snapshot if its content changed."""
-    sessions = open_store()
-    with sessions() as session:
-        dataset = repo.get_dataset(session, name)
-    examples = load_dataset_source(dataset)  # outside any transaction: a bad file writes nothing
-    with sessions() as session, session.begin():
-        dataset = repo.get_dataset(session, name)
-        snapshot, diff = repo.record_snapshot(session, dataset, examples)
-        doc = {
-            "dataset": _dataset_doc(session, dataset),
-            "snapshot": _snapshot_doc(snapshot),
-            "diff": diff.to_dict(),
-        }
-    if json_output:
-        print_json(doc)
-    else:
-        out_console.print(_describe_diff(name, snapshot, diff))
+    from auditor.datasets import scan_dataset
+
+    _print_scan(scan_dataset(open_store(), name), json_output)

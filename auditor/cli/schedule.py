@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from auditor.cli.audit_options import KIND_HELP, audit_params, with_audit_options
 from auditor.cli.common import err_console, out_console, print_json, user_errors
 
 app = typer.Typer(
@@ -22,14 +23,6 @@ app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-KIND_HELP = "label-check | explain | domain-mismatch | attack"
-
-
-def _audit_params(kind: str, o: dict[str, Any]) -> dict[str, Any]:
-    """The params `auditor audit run KIND ...` builds from the same options."""
-    from auditor.cli.audit import audit_params
-
-    return audit_params(kind, **o)
 
 
 def _when(doc: dict[str, Any]) -> str:
@@ -38,6 +31,7 @@ def _when(doc: dict[str, Any]) -> str:
 
 @app.command("add")
 @user_errors
+@with_audit_options
 def add(
     dataset: Annotated[str, typer.Argument(help="Registered dataset name")],
     kind: Annotated[str, typer.Argument(help=KIND_HELP)],
@@ -60,75 +54,22 @@ def add(
     test: Annotated[
         str | None, typer.Option(help="Test dataset name (explain, domain-mismatch, attack)")
     ] = None,
-    model: Annotated[str, typer.Option(help="logreg | mlp | cnn | MODULE:FACTORY")] = "logreg",
-    weights: Annotated[
-        str | None, typer.Option(help="Weights file (.safetensors or weights-only .pt)")
-    ] = None,
-    weight_decay: Annotated[float, typer.Option(help="L2 regularisation in training")] = 0.01,
-    params: Annotated[
-        str, typer.Option("--params", help="Parameters that count: all | last")
-    ] = "all",
-    solver: Annotated[
-        str, typer.Option(help="auto | direct | cg | lissa | arnoldi | ekfac")
-    ] = "auto",
-    damping: Annotated[float, typer.Option(help="Damping lambda added to the Hessian")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Training seed")] = 0,
-    rank_by: Annotated[
-        str | None, typer.Option(help="label-check ranking: auto (default: margin, or self-influence when the model fits every label) | margin | loo-margin | self-influence | loss | combined")
-    ] = None,
-    test_indices: Annotated[
-        str | None, typer.Option(help="explain: comma-separated test rows")
-    ] = None,
-    errors: Annotated[
-        bool, typer.Option("--errors", help="explain: the misclassified test points")
-    ] = False,
-    top: Annotated[int | None, typer.Option(help="explain/domain-mismatch: rows per list")] = None,
-    top_errors: Annotated[
-        int | None, typer.Option(help="domain-mismatch: how many worst test points")
-    ] = None,
-    targets: Annotated[
-        int | None, typer.Option(help="attack: number of target test points")
-    ] = None,
-    budget: Annotated[
-        int | None, typer.Option(help="attack: training images to perturb per target")
-    ] = None,
-    step: Annotated[float | None, typer.Option(help="attack: step size")] = None,
-    iterations: Annotated[int | None, typer.Option(help="attack: iterations")] = None,
     json_output: JsonOption = False,
+    audit: dict[str, Any] | None = None,
 ) -> None:
     """Audit DATASET every period (--every) or on a cron expression (--cron).
 
-    Adding a schedule identical to an existing one returns that one (created: false).
+    Takes the same audit options as `auditor audit run`. Adding a schedule identical to an
+    existing one returns that one (created: false).
     """
     from auditor import schedules
     from auditor.store import open_store
 
-    audit_params = _audit_params(
-        kind,
-        dict(
-            model=model,
-            weights=weights,
-            weight_decay=weight_decay,
-            params=params,
-            solver=solver,
-            damping=damping,
-            seed=seed,
-            rank_by=rank_by,
-            test_indices=test_indices,
-            errors=errors,
-            top=top,
-            top_errors=top_errors,
-            targets=targets,
-            budget=budget,
-            step=step,
-            iterations=iterations,
-        ),
-    )
     doc, created = schedules.add_schedule(
         open_store(),
         dataset,
         kind,
-        audit_params,
+        audit_params(kind, audit or {}),
         every=every,
         cron=cron,
         test_name=test,
@@ -227,14 +168,14 @@ def tick_command(json_output: JsonOption = False) -> None:
     For cron jobs and tests; `auditor beat` does the same continuously.
     """
     from auditor import schedules
-    from auditor.audits import check_broker
     from auditor.config import get_settings
     from auditor.store import open_store
+    from workers.dispatch import check_broker, default_starter
 
     sessions = open_store()
     if not get_settings().embedded:
         check_broker()  # before claiming anything, so a broker outage loses no run
-    outcomes = schedules.run_due(sessions)
+    outcomes = schedules.run_due(sessions, start=default_starter())
     if json_output:
         print_json(
             {

@@ -31,15 +31,17 @@ def validate_command(
     """Predict the change in a test point's loss from removing each of the K most influential
     training points, retrain without each, and report Pearson and Spearman r."""
     from auditor.analyses.common import ModelSpec, SolverSpec
+    from auditor.analyses.settings import SOLVER_OPTIONS
     from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
-    from auditor.cli.audit import solver_options
     from auditor.resolve import resolve_examples
 
+    given = {"lissa_scale": lissa_scale, "lissa_depth": lissa_depth}
+    solver_options = {SOLVER_OPTIONS[k][0]: v for k, v in given.items() if v is not None}
     train_set = resolve_examples(dataset)
     test_set = resolve_examples(test) if test else None
     cfg = ValidationConfig(
         model=ModelSpec(name=model, weights=weights, weight_decay=weight_decay, seed=seed),
-        solver=SolverSpec(name=solver, damping=damping, options=solver_options(lissa_scale, lissa_depth)),
+        solver=SolverSpec(name=solver, damping=damping, options=solver_options),
         test_index=test_index,
         retrains=retrains,
         seed=seed,

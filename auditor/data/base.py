@@ -29,6 +29,26 @@ class Examples:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def subset(self, rows: np.ndarray | slice | list[int]) -> Examples:
+        """The examples at `rows` (indices, a boolean mask or a slice), with everything that
+        belongs to each example (key, group, per-example lists in `extra` such as ImageFolder's
+        file paths) taken along and the data set's own facts (source, feature and class names)
+        kept, so a subset is described like its parent."""
+        n = len(self)
+        idx = np.arange(n)[rows]
+        per_example = lambda v: isinstance(v, (list, np.ndarray)) and len(v) == n  # noqa: E731
+        return Examples(
+            x=self.x[idx],
+            y=self.y[idx],
+            keys=[self.keys[i] for i in idx],
+            source=self.source,
+            is_image=self.is_image,
+            feature_names=self.feature_names,
+            groups=None if self.groups is None else self.groups[idx],
+            class_names=self.class_names,
+            extra={k: [v[i] for i in idx] if per_example(v) else v for k, v in self.extra.items()},
+        )
+
     @property
     def num_classes(self) -> int:
         if self.class_names is not None:

@@ -1,0 +1,193 @@
+"""Registering and scanning data sets: the library behind `auditor dataset ...`, audit creation
+and scheduled scans.
+
+Every function reads the source files completely *before* it opens a write transaction: a bad
+file leaves the database as it was, and SQLite's write lock is not held while a large source is
+decoded. `snapshotted` is that sequence, written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from auditor.data.base import Examples
+from auditor.data.imagefolder import parse_resize
+from auditor.data.load import sniff_format
+from auditor.errors import Conflict, DataError, NotFound
+from auditor.resolve import load_dataset_source, read_source
+from auditor.store import repo
+from auditor.store.models import Dataset, Snapshot
+from auditor.store.repo import SnapshotDiff
+
+
+@dataclass
+class Snapshotted:
+    """Inside `snapshotted`'s write transaction: the data set(s) with fresh snapshots."""
+
+    session: Session
+    dataset: Dataset
+    snapshot: Snapshot
+    diff: SnapshotDiff
+    test: Dataset | None = None
+    test_snapshot: Snapshot | None = None
+
+
+@contextmanager
+def snapshotted(
+    sessions: sessionmaker[Session], dataset: str | int, test: str | None = None
+) -> Iterator[Snapshotted]:
+    """Re-read a data set (by name or id) and optionally a test set, then open one write
+    transaction that records a snapshot of each where the content changed; the caller adds its
+    own writes (an audit row) to the same transaction, which commits when the block ends."""
+    with sessions() as s:
+        row = _get(s, dataset)
+        test_row = repo.get_dataset(s, test) if test else None
+        dataset_id, test_id = row.id, test_row.id if test_row is not None else None
+    # read the files outside any transaction (see the module docstring)
+    examples = load_dataset_source(row)
+    test_examples = load_dataset_source(test_row) if test_row is not None else None
+    with sessions() as s, s.begin():
+        row = repo.get_dataset_by_id(s, dataset_id)
+        snapshot, diff = repo.record_snapshot(s, row, examples)
+        out = Snapshotted(s, row, snapshot, diff)
+        if test_id is not None and test_examples is not None:
+            out.test = repo.get_dataset_by_id(s, test_id)
+            out.test_snapshot, _ = repo.record_snapshot(s, out.test, test_examples)
+        yield out
+
+
+def _get(session: Session, dataset: str | int) -> Dataset:
+    return repo.get_dataset_by_id(session, dataset) if isinstance(dataset, int) else repo.get_dataset(session, dataset)
+
+
+def find_dataset(session: Session, name: str) -> Dataset | None:
+    try:
+        return repo.get_dataset(session, name)
+    except NotFound:
+        return None
+
+
+def reader_options(label_column: str | None, group_column: str | None, resize: str | None) -> dict[str, Any]:
+    """What a re-scan needs to read the source the same way (stored with the dataset)."""
+    options: dict[str, Any] = {}
+    if label_column is not None:
+        options["label_column"] = label_column
+    if group_column is not None:
+        options["group_column"] = group_column
+    if resize is not None:
+        options["resize"] = list(parse_resize(resize))
+    return options
+
+
+def register_dataset(
+    sessions: sessionmaker[Session],
+    name: str,
+    path: str | Path,
+    *,
+    format: str | None = None,
+    options: dict[str, Any] | None = None,
+    update: bool = False,
+) -> dict[str, Any]:
+    """Register a data set and record its first snapshot (with `update`: re-point an existing
+    one and re-scan it). Returns {"created", "dataset", "snapshot", "diff"}."""
+    source = Path(path).expanduser().resolve()
+    with sessions() as session:
+        exists = find_dataset(session, name) is not None
+    if exists and not update:
+        raise Conflict(f"dataset {name!r} already exists; pass --update to re-read it")
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    fmt = format or sniff_format(source)
+    options = dict(options or {})
+    examples: Examples = read_source(source, fmt, options)
+    with sessions() as session, session.begin():
+        dataset = find_dataset(session, name)
+        created = dataset is None
+        if dataset is None:
+            dataset = repo.create_dataset(session, name, str(source), fmt, options)
+        elif update:
+            repo.update_dataset_source(session, dataset, str(source), fmt, options)
+        else:
+            raise Conflict(f"dataset {name!r} was just added by someone else")
+        session.flush()
+        snapshot, diff = repo.record_snapshot(session, dataset, examples)
+        return {"created": created, **_scan_doc(session, dataset, snapshot, diff)}
+
+
+def scan_dataset(sessions: sessionmaker[Session], name: str) -> dict[str, Any]:
+    """Re-read a data set's source; record a new snapshot if its content changed.
+    Returns {"dataset", "snapshot", "diff"}."""
+    with snapshotted(sessions, name) as snap:
+        return _scan_doc(snap.session, snap.dataset, snap.snapshot, snap.diff)
+
+
+def _scan_doc(session: Session, dataset: Dataset, snapshot: Snapshot, diff: SnapshotDiff) -> dict[str, Any]:
+    return {
+        "dataset": dataset_doc(session, dataset),
+        "snapshot": snapshot_doc(snapshot),
+        "diff": diff.to_dict(),
+        "message": describe_diff(dataset.name, snapshot, diff),
+    }
+
+
+def dataset_doc(session: Session, dataset: Dataset) -> dict[str, Any]:
+    latest = repo.latest_snapshot(session, dataset.id)
+    return {
+        "id": dataset.id,
+        "name": dataset.name,
+        "source_path": dataset.source_path,
+        "format": dataset.format,
+        "options": dataset.options,
+        "created_at": dataset.created_at.isoformat(),
+        "n": latest.n if latest is not None else None,
+        "snapshot_id": latest.id if latest is not None else None,
+        "content_hash": latest.content_hash if latest is not None else None,
+        "scanned_at": latest.created_at.isoformat() if latest is not None else None,
+    }
+
+
+def snapshot_doc(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "id": snapshot.id,
+        "content_hash": snapshot.content_hash,
+        "n": snapshot.n,
+        "created_at": snapshot.created_at.isoformat(),
+    }
+
+
+def describe_diff(name: str, snapshot: Snapshot, diff: SnapshotDiff) -> str:
+    if not diff.new_snapshot:
+        return f"dataset {name}: unchanged ({snapshot.n} examples, snapshot {snapshot.id})"
+    if diff.previous_snapshot_id is None:
+        return f"dataset {name}: {snapshot.n} examples (snapshot {snapshot.id})"
+    return (
+        f"dataset {name}: snapshot {snapshot.id}, {snapshot.n} examples: {diff.added} added, "
+        f"{diff.changed} changed, {diff.removed} removed"
+    )
+
+
+def list_dataset_docs(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
+    with sessions() as session:
+        return [dataset_doc(session, dataset) for dataset in repo.list_datasets(session)]
+
+
+def show_dataset(sessions: sessionmaker[Session], name: str) -> dict[str, Any]:
+    """A data set with its snapshots, the label counts of the newest and how many are reviewed."""
+    with sessions() as session:
+        dataset = repo.get_dataset(session, name)
+        doc = dataset_doc(session, dataset)
+        snapshots = repo.list_snapshots(session, dataset.id)
+        doc["snapshots"] = [snapshot_doc(snapshot) for snapshot in snapshots]
+        doc["label_counts"] = (
+            {str(k): v for k, v in repo.label_counts(session, snapshots[-1].id).items()}
+            if snapshots
+            else {}
+        )
+        doc["reviewed"] = len(repo.settled_keys(session, dataset.id))
+    return doc

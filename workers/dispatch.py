@@ -1,0 +1,97 @@
+"""Sending audits to the Celery queue: the front doors' way onto the workers.
+
+Tasks are sent by name (`send_task`), so nothing here, and nothing in the library, imports the
+task module; the library never imports `workers` at all. Which task an audit needs (one task, or
+a fan-out over shards) the audit kind's declaration says (`AuditKind.shard_count`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from auditor.analyses.registry import get_kind
+from auditor.config import get_settings
+from auditor.errors import ServiceError
+from auditor.runner import AuditStarter, run_in_process
+from auditor.store import repo
+
+log = logging.getLogger(__name__)
+
+RUN_AUDIT = "auditor.run_audit"
+RUN_SHARDED = "auditor.run_sharded"
+
+
+def _redact(url: str) -> str:
+    """The broker URL without its password, fit for messages."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+def check_broker(timeout: float = 3.0) -> None:
+    """Fail fast (before anything is written) when the broker is not configured or down."""
+    url = get_settings().require_broker()
+    from workers.celery_app import app
+
+    try:
+        # The URL configured now, not the one the app was imported with (see `dispatch`).
+        with app.connection_for_write(url) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # kombu raises several types for "cannot connect"
+        raise ServiceError(f"cannot reach the broker at {_redact(url)}: {exc}") from None
+
+
+def task_for(sessions: sessionmaker[Session], audit_id: int) -> str:
+    """The task an audit goes to: its kind's fan-out over shards, or one task."""
+    with sessions() as s:
+        audit = repo.get_audit(s, audit_id)
+        shards = get_kind(audit.kind).shard_count(audit.params or {})
+    return RUN_SHARDED if shards > 1 else RUN_AUDIT
+
+
+def dispatch(audit_id: int, sessions: sessionmaker[Session] | None = None) -> str:
+    """Send the audit to its Celery queue; returns the task id. Needs a broker."""
+    url = get_settings().require_broker()
+    from kombu.exceptions import OperationalError
+
+    from auditor.store import open_store
+    from workers.celery_app import app
+
+    name = task_for(sessions or open_store(), audit_id)
+    try:
+        # An explicit connection to the broker configured now: the Celery app read the settings
+        # when it was imported, and a long-lived process (tests, a shell) may have changed them.
+        with app.connection_for_write(url) as conn:
+            result = app.send_task(name, args=[audit_id], retry=False, connection=conn)
+    except OperationalError as exc:
+        raise ServiceError(f"cannot reach the broker at {_redact(url)}: {exc}") from None
+    return result.id
+
+
+def enqueue(sessions: sessionmaker[Session], audit_id: int) -> str:
+    """Send a created audit to its queue; returns the task id. If sending fails the audit is
+    marked failed with the reason (nothing will ever pick it up) and the error is raised."""
+    try:
+        return dispatch(audit_id, sessions)
+    except Exception as exc:  # kombu raises several types for "cannot send"
+        with sessions() as s, s.begin():
+            repo.set_audit_status(s, audit_id, "failed", error=f"could not enqueue: {exc}")
+        raise
+
+
+def send_to_worker(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
+    """An `AuditStarter` for schedules: enqueue, and report a failure instead of raising it, so
+    the other due schedules still run."""
+    try:
+        enqueue(sessions, audit_id)
+    except Exception as exc:
+        log.error("could not enqueue audit %s: %s", audit_id, exc)
+        return "failed", "failed"
+    return "enqueued", "queued"
+
+
+def default_starter() -> AuditStarter:
+    """Run in process without a broker (embedded), send to a worker with one."""
+    return run_in_process if get_settings().embedded else send_to_worker
