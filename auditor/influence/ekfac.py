@@ -24,6 +24,22 @@ from auditor.influence.model import FunctionalModel
 from auditor.influence.solvers import InverseHVP
 
 
+def kfac_parameters(module: nn.Module, names: list[str]) -> list[str]:
+    """The parameters among `names` that EK-FAC can cover: weights (and their biases) of Linear
+    and ungrouped Conv2d layers. The rest of a model (BatchNorm's affine parameters, embeddings,
+    ...) is held fixed when EK-FAC is used, and the audit summary says so."""
+    counted, out = set(names), set()
+    for mname, mod in module.named_modules():
+        if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1):
+            w = f"{mname}.weight" if mname else "weight"
+            b = f"{mname}.bias" if mname else "bias"
+            if w in counted:
+                out.add(w)
+                if mod.bias is not None and b in counted:
+                    out.add(b)
+    return [n for n in names if n in out]
+
+
 class _Layer:
     def __init__(self, name: str, module: nn.Module, weight: str, bias: str | None) -> None:
         self.name, self.module, self.weight, self.bias = name, module, weight, bias
@@ -36,7 +52,7 @@ class EKFACSolver(InverseHVP):
 
     name = "ekfac"
 
-    def __init__(self, damping: float = 0.0, batch_size: int = 256, seed: int = 0) -> None:
+    def __init__(self, damping: float | None = 0.0, batch_size: int = 256, seed: int = 0) -> None:
         super().__init__(damping)
         self.batch_size, self.seed = batch_size, seed
 
@@ -91,6 +107,8 @@ class EKFACSolver(InverseHVP):
             for layer in self.layers:
                 M = self._rotate(self._matrix(layer, G), layer)
                 layer.lam += (M**2).sum(0) / n
+        undamped = torch.cat([layer.lam.reshape(-1) for layer in self.layers]) + fm.weight_decay
+        self.choose_damping(float(undamped.mean()), float(undamped.min()))
         for layer in self.layers:
             layer.lam = layer.lam + fm.weight_decay + self.damping
             if float(layer.lam.min()) <= 0:

@@ -5,6 +5,13 @@ and then answers `solve(V)` for any number of right-hand sides, and `quadratic(G
 diagonal g_i^T (H + lambda I)^-1 g_i that self-influence needs. Solvers that can do the
 diagonal without a solve per row (direct, Arnoldi, EK-FAC) override `quadratic`.
 
+Damping lambda is given, or chosen at fit time (`damping=None`): kronfluence's rule, a tenth of
+the mean eigenvalue of the curvature (from the eigenvalues where the solver has them, otherwise a
+Hutchinson estimate of trace(H) / p), raised where needed so that H + lambda I is positive
+definite. A model trained here to a minimum usually needs none: with `prefer_undamped` the solver
+keeps lambda = 0 when the undamped curvature is positive definite. The value and the reason are in
+`describe()`.
+
 Failure is loud: a Hessian that is not positive definite without damping, CG meeting negative
 curvature, LiSSA's recursion growing or producing NaN all raise `SolverError` with a message that
 names the setting to change, so a caller never ranks examples by garbage.
@@ -20,10 +27,26 @@ import torch
 from torch import Tensor
 
 from auditor.errors import SolverError
+from auditor.influence.budget import dense_budget, dense_bytes
 from auditor.influence.hvp import exact_hessian, hvp
 from auditor.influence.model import FunctionalModel
 
 log = logging.getLogger(__name__)
+
+AUTO_DAMPING_FRACTION = 0.1  # of the mean eigenvalue (kronfluence's default damping)
+
+
+def mean_eigenvalue(
+    fm: FunctionalModel, x: Tensor, y: Tensor, probes: int = 8, rows: int = 2048, seed: int = 0
+) -> float:
+    """trace(H) / p by Hutchinson's estimator (Rademacher probes, one HVP pass each) on at most
+    `rows` rows: what the automatic damping needs when a solver has no eigenvalues of its own."""
+    theta = fm.flat_params()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=gen)[:rows]
+    Z = (torch.randint(0, 2, (probes, theta.numel()), generator=gen) * 2 - 1).to(theta)
+    HZ = hvp(fm, x[idx], y[idx], Z)
+    return float((Z * HZ).sum(1).mean()) / theta.numel()
 
 
 class InverseHVP(ABC):
@@ -31,11 +54,36 @@ class InverseHVP(ABC):
 
     name: str = "base"
 
-    def __init__(self, damping: float = 0.0) -> None:
-        if damping < 0 or not math.isfinite(damping):
+    def __init__(self, damping: float | None = 0.0) -> None:
+        if damping is not None and (damping < 0 or not math.isfinite(damping)):
             raise SolverError(f"damping must be a finite number >= 0, got {damping}")
-        self.damping = float(damping)
+        self.auto_damping = damping is None
+        self.damping = 0.0 if damping is None else float(damping)
+        self.damping_reason = "automatic" if damping is None else "given"
+        # with automatic damping: keep lambda = 0 when the undamped curvature is positive definite
+        # (a model trained to a minimum of the regularised objective)
+        self.prefer_undamped = False
         self.fm: FunctionalModel | None = None
+
+    def choose_damping(self, mean_eig: float, lam_min: float | None = None) -> None:
+        """Set the automatic damping from the undamped curvature's mean eigenvalue and, where the
+        solver knows it, its smallest (see the module docstring). No-op for a given damping."""
+        if not self.auto_damping:
+            return
+        if self.prefer_undamped and lam_min is not None and lam_min > 1e-8 * max(abs(mean_eig), 1e-30):
+            self.damping, self.damping_reason = 0.0, "none needed: the curvature is positive definite at these weights"
+            return
+        if self.prefer_undamped and lam_min is None:
+            self.damping, self.damping_reason = 0.0, "none: the model was trained to a minimum here"
+            return
+        lam = AUTO_DAMPING_FRACTION * abs(mean_eig)
+        reason = f"{AUTO_DAMPING_FRACTION:g} x the mean eigenvalue ({mean_eig:.3g}) of the curvature"
+        if lam_min is not None and lam_min + lam <= 1e-6 * abs(mean_eig):
+            lam = 1.1 * -lam_min + 1e-3 * abs(mean_eig)
+            reason += f", raised above the most negative eigenvalue ({lam_min:.3g}) so H + damping is positive definite"
+        if not math.isfinite(lam) or lam <= 0:
+            raise SolverError(f"cannot choose a damping: the curvature's mean eigenvalue is {mean_eig}; set --damping")
+        self.damping, self.damping_reason = float(lam), reason
 
     @abstractmethod
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> InverseHVP: ...
@@ -64,7 +112,12 @@ class InverseHVP(ABC):
         return torch.cat(out)
 
     def describe(self) -> dict:
-        return {"solver": self.name, "damping": self.damping}
+        return {"solver": self.name, "damping": self.damping, "damping_reason": self.damping_reason}
+
+    def _auto_from_trace(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> None:
+        """Automatic damping for solvers without eigenvalues of their own."""
+        if self.auto_damping:
+            self.choose_damping(mean_eigenvalue(fm, x, y) if not self.prefer_undamped else 0.0)
 
 
 def _hessian_hint(lam_min: float) -> str:
@@ -77,25 +130,30 @@ def _hessian_hint(lam_min: float) -> str:
 class DirectSolver(InverseHVP):
     """Exact: eigendecomposition of the full Hessian. O(p^3) once, then O(p^2) per vector.
 
-    The reference every other solver is compared with; only for p up to a few thousand.
+    The reference every other solver is compared with. The Hessian is built in the model's dtype
+    and decomposed in float64; how large it may be is a memory budget taken from the device
+    (`budget.dense_budget`), not a fixed parameter count.
     """
 
     name = "direct"
 
-    def __init__(self, damping: float = 0.0, max_params: int = 6000) -> None:
+    def __init__(self, damping: float | None = 0.0, max_bytes: int | None = None) -> None:
         super().__init__(damping)
-        self.max_params = max_params
+        self.max_bytes = max_bytes
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> DirectSolver:
         p = fm.num_params
-        if p > self.max_params:
+        budget = self.max_bytes if self.max_bytes is not None else dense_budget(fm.device)
+        if dense_bytes(p) > budget:
             raise SolverError(
-                f"the direct solver forms the {p} x {p} Hessian, too large (limit {self.max_params}); "
-                "use --solver cg, arnoldi or ekfac, or count only the last layer"
+                f"the direct solver needs {dense_bytes(p) / 2**30:.1f} GiB for the {p} x {p} Hessian, "
+                f"more than this device's budget ({budget / 2**30:.1f} GiB); use --solver ekfac or cg, "
+                "or count fewer parameters (--params last)"
             )
         self.fm = fm
-        H = exact_hessian(fm, x, y)
+        H = exact_hessian(fm, x, y).to(torch.float64)
         evals, evecs = torch.linalg.eigh(H)
+        self.choose_damping(float(evals.mean()), float(evals[0]))
         evals = evals + self.damping
         lam_min, lam_max = float(evals[0]), float(evals[-1])
         if not math.isfinite(lam_max):
@@ -109,11 +167,11 @@ class DirectSolver(InverseHVP):
         return self
 
     def _solve(self, V: Tensor) -> Tensor:
-        return ((V @ self.evecs) / self.evals) @ self.evecs.T
+        return (((V.to(self.evecs) @ self.evecs) / self.evals) @ self.evecs.T).to(V.dtype)
 
     def quadratic(self, G: Tensor, chunk: int = 4096) -> Tensor:
-        G = G.to(self.evecs)
-        return (((G @ self.evecs) ** 2) / self.evals).sum(1)
+        out = (((G.to(self.evecs) @ self.evecs) ** 2) / self.evals).sum(1)
+        return out.to(G.dtype) if G.is_floating_point() else out
 
 
 class CGSolver(InverseHVP):
@@ -126,7 +184,7 @@ class CGSolver(InverseHVP):
 
     def __init__(
         self,
-        damping: float = 0.0,
+        damping: float | None = 0.0,
         max_iter: int = 500,
         tol: float = 1e-8,
         batch_size: int = 2048,
@@ -137,6 +195,7 @@ class CGSolver(InverseHVP):
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> CGSolver:
         self.fm, self.x, self.y = fm, x, y
+        self._auto_from_trace(fm, x, y)
         return self
 
     def _matvec(self, P: Tensor) -> Tensor:
@@ -221,7 +280,7 @@ class LissaSolver(InverseHVP):
 
     def __init__(
         self,
-        damping: float = 0.0,
+        damping: float | None = 0.0,
         scale: float | None = None,
         depth: int | None = None,
         repeats: int = 1,
@@ -245,6 +304,7 @@ class LissaSolver(InverseHVP):
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> LissaSolver:
         self.fm, self.x, self.y = fm, x, y
+        self._auto_from_trace(fm, x, y)
         theta = fm.flat_params()
         p, n = theta.numel(), x.shape[0]
         full = lambda v: hvp(fm, x, y, v) + self.damping * v  # noqa: E731
@@ -357,7 +417,7 @@ class ArnoldiSolver(InverseHVP):
 
     def __init__(
         self,
-        damping: float = 0.0,
+        damping: float | None = 0.0,
         rank: int = 100,
         iterations: int | None = None,
         batch_size: int = 2048,
@@ -368,6 +428,7 @@ class ArnoldiSolver(InverseHVP):
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> ArnoldiSolver:
         self.fm = fm
+        self._auto_from_trace(fm, x, y)
         theta = fm.flat_params()
         p = theta.numel()
         m = min(p, self.iterations or max(2 * self.rank, self.rank + 20))
