@@ -4,7 +4,9 @@ Influence functions describe the minimiser of the training objective, so the bui
 trained to convergence on exactly the objective the engine differentiates:
 R(theta) = sum_i w_i L_i / n + weight_decay / 2 ||theta||^2. Full-batch L-BFGS (as the paper's
 logistic regression) is deterministic on CPU and converges tightly, which leave-one-out
-validation needs; large data sets use seeded minibatch Adam first and L-BFGS to finish.
+validation needs; larger or non-convex models (the CNN) use seeded minibatch Adam first, which
+gets through the flat start that full-batch L-BFGS stalls in, and L-BFGS to finish. Both phases
+stop when progress stalls instead of running to their step limits.
 Removing a point for leave-one-out is weight 0 with n unchanged: exactly the epsilon = -1/n
 perturbation that the influence formulas predict.
 """
@@ -31,6 +33,12 @@ class TrainConfig:
     lr: float = 1e-2
     seed: int = 0
     max_lbfgs_rows: int = 20000  # above this, L-BFGS polishes on minibatches of this size
+    stall_epochs: int = 2  # Adam: halve the step after this many epochs without a 1% lower loss
+    lr_halvings: int = 4  # ... and stop once it has been halved this often
+    stall_tol: float = 1e-10  # L-BFGS: stop when LBFGS_CHUNK steps lower the objective less (relative)
+
+
+LBFGS_CHUNK = 50  # L-BFGS steps between stall checks
 
 
 def objective(
@@ -65,12 +73,15 @@ def train(
     n = x.shape[0]
     w = None if sample_weight is None else sample_weight.to(dtype)
     model.train()
+    epochs_run = 0
     if cfg.adam_epochs > 0:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
+        best, stalled, halvings = float("inf"), 0, 0
         for epoch in range(cfg.adam_epochs):
             report(0.5 * epoch / cfg.adam_epochs, f"training: Adam epoch {epoch + 1}/{cfg.adam_epochs}")
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(x.device)
+            total = 0.0
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
                 opt.zero_grad()
@@ -79,18 +90,33 @@ def train(
                 )
                 loss.backward()
                 opt.step()
+                total += float(loss.detach()) * len(idx)
+            epochs_run = epoch + 1
+            epoch_loss = total / n
+            if not epoch_loss < float("inf"):
+                break  # NaN/inf: reported below, after the final check
+            stalled = stalled + 1 if epoch_loss > best * 0.99 else 0
+            best = min(best, epoch_loss)
+            if stalled >= cfg.stall_epochs:
+                halvings += 1
+                if halvings > cfg.lr_halvings:
+                    break
+                stalled = 0
+                for group in opt.param_groups:
+                    group["lr"] *= 0.5
     rows = torch.arange(n)
     if n > cfg.max_lbfgs_rows:
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[
             : cfg.max_lbfgs_rows
         ]
+    rows = rows.to(x.device)
     xl, yl = x[rows], y[rows]
     wl = None if w is None else w[rows]
     nl = len(rows)
     opt = torch.optim.LBFGS(
         model.parameters(),
         lr=1,
-        max_iter=cfg.max_iter,
+        max_iter=min(LBFGS_CHUNK, max(cfg.max_iter, 1)),
         tolerance_grad=cfg.tol,
         tolerance_change=1e-15,
         history_size=50,
@@ -109,8 +135,15 @@ def train(
             report(start + (1 - start) * done, f"training: L-BFGS step {state['iterations']}, loss {float(loss.detach()):.4g}")
         return loss
 
-    if cfg.max_iter > 0:
-        opt.step(closure)
+    previous = None
+    while state["iterations"] < cfg.max_iter:
+        before = state["iterations"]
+        current = float(opt.step(closure).detach())
+        if state["iterations"] == before or not current < float("inf"):
+            break  # converged (L-BFGS returns at once) or diverged
+        if previous is not None and previous - current <= cfg.stall_tol * max(abs(previous), 1e-12):
+            break  # stalled: another chunk of steps would not change the model
+        previous = current
     model.eval()
     loss = objective(model, x, y, cfg.weight_decay, w, n)
     grads = torch.autograd.grad(loss, list(model.parameters()))
@@ -119,4 +152,9 @@ def train(
         raise ModelError(
             "training loss became NaN/inf; check the data for extreme values or lower the learning rate"
         )
-    return {"loss": float(loss.detach()), "grad_norm": gnorm, "iterations": state["iterations"]}
+    return {
+        "loss": float(loss.detach()),
+        "grad_norm": gnorm,
+        "iterations": state["iterations"],
+        "adam_epochs": epochs_run,
+    }
