@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
-from auditor.analyses.common import ModelSpec, as_tensors, fit_model, resolve_solver
+from auditor.analyses.common import ModelSpec, as_tensors, choose_solver, fit_model
 from auditor.analyses.explain import ROW_PAYLOAD, ExplainConfig
 from auditor.analyses.explain import run as explain
 from auditor.analyses.settings import parse_specs
 from auditor.data.base import Examples
-from auditor.data.bundled import breast_cancer
+from auditor.data.bundled import breast_cancer, digits
 from auditor.data.keys import example_keys
 from auditor.errors import AuditorError, DataError
 from auditor.models import TrainConfig, train
@@ -70,7 +70,7 @@ def test_removing_the_top_harmful_point_lowers_the_test_loss_and_helpful_raises_
     train_set, test_set = split
     fitted = fit_model(train_set, ModelSpec())
     x_test, y_test = as_tensors(test_set)
-    config = TrainConfig(weight_decay=ModelSpec().weight_decay)
+    config = TrainConfig(weight_decay=ModelSpec().l2)
 
     def retrained(drop: int | None) -> torch.nn.Module:
         module = copy.deepcopy(fitted.module)  # warm start: same optimum up to the removal
@@ -162,8 +162,10 @@ def test_params_nested_or_flat() -> None:
     assert (model.name, model.hidden, solver.name, solver.damping) == ("mlp", 8, "cg", 0.01)
     model, solver = parse_specs({"model": {"name": "logreg", "weight_decay": 0.1}})
     assert (model.weight_decay, solver.name) == (0.1, "auto")
-    # `auto` is resolved in the library, for params from any source: exact for explain's solves
-    assert resolve_solver(solver, num_params=10**6).name == "direct"
+    # `auto` is resolved in the library, for params from any source: exact for a small model
+    fitted = fit_model(digits().subset(slice(0, 100)), model)
+    chosen, why = choose_solver(solver, fitted.functional(), fitted.x, fitted.y, few_solves=True)
+    assert chosen.name == "direct" and why.startswith("exact")
     cfg = ExplainConfig.from_params({"errors": "true", "max_tests": 3})
     assert cfg.errors and cfg.max_tests == 3 and cfg.test_indices is None
     with pytest.raises(AuditorError, match="bad model"):

@@ -117,7 +117,10 @@ def test_schedule_commands_round_trip_as_json(digits_npz: Path) -> None:
     )
     # the same params `auditor audit run label-check dg` with these options would carry
     expected = {
-        "model": {"name": "logreg", "weights": None, "weight_decay": 0.01, "params": "all", "seed": 0},
+        "model": {
+            "name": "logreg", "weights": None, "weight_decay": None, "params": "all", "train": True,
+            "device": "auto", "seed": 0,
+        },  # fmt: skip
         "solver": {"name": "direct", "damping": 0.1},
         "rank_by": "loss",
     }

@@ -70,11 +70,11 @@ from auditor.analyses.base import (
     Progress,
     no_progress,
 )
-from auditor.analyses.common import as_tensors, fit_model, require_test_set, resolve_solver
+from auditor.analyses.common import as_tensors, fit_model, require_test_set
 from auditor.analyses.registry import OBJECTIVES, SELECT, AttackConfig
 from auditor.data.base import Examples
 from auditor.errors import DataError, ModelError
-from auditor.influence import FunctionalModel, InfluenceModel, make_solver, select_parameters
+from auditor.influence import FunctionalModel, InfluenceModel, select_parameters
 from auditor.progress import scaled
 
 __all__ = ["OBJECTIVES", "SELECT", "AttackConfig", "attack", "prepare", "run"]
@@ -331,14 +331,14 @@ def _prepare(
     train: Examples, test: Examples, cfg: AttackConfig, progress: Progress | None
 ) -> AttackSetup:
     start_time = time.perf_counter()
-    fitted = fit_model(train, cfg.model, num_classes=train.num_classes, progress=progress)
+    # float64: the retrain check polishes to a gradient float32 cannot resolve
+    fitted = fit_model(train, cfg.model, num_classes=train.num_classes, progress=progress).as_float64()
     names = trainable_names(fitted.module, cfg.frozen)
-    fm = FunctionalModel(fitted.module, names, weight_decay=cfg.model.weight_decay)
-    x_test, y_test = as_tensors(test, fitted.x.dtype)
+    fm = FunctionalModel(fitted.module, names, weight_decay=cfg.model.l2)
+    x_test, y_test = as_tensors(test, fitted.x.dtype, fitted.device)
     retrainer = Retrainer(fm, fitted.x, fitted.y)
-    solver = resolve_solver(cfg.solver, fm.num_params)
-    engine = make_solver(solver.name, solver.damping, **solver.options)
-    inf = InfluenceModel(fm, engine).fit(fitted.x, fitted.y)
+    inf = fitted.influence(cfg.solver, few_solves=True, fm=fm)
+    fm, engine = inf.fm, inf.solver
     # Polish the trainable parameters to the optimum of exactly the objective used after
     # poisoning (so "before" and "after" differ by the poison only, not by extra training), then
     # take the curvature there: influence is a statement about that optimum.

@@ -6,7 +6,8 @@ all train (or load) the model the same way, with the same settings recorded in a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -15,60 +16,190 @@ from torch import Tensor, nn
 from auditor.analyses.base import AnalysisInput
 from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples
-from auditor.errors import DataError
+from auditor.errors import DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver
+from auditor.influence.budget import dense_budget, dense_bytes
+from auditor.influence.ekfac import kfac_parameters
 from auditor.influence.grads import example_losses
+from auditor.influence.hvp import hvp
 from auditor.models import MODEL_NAMES, TrainConfig, build_model, train
+from auditor.models.device import resolve_device
 from auditor.models.loading import build_user_model, load_weights
 from auditor.progress import Progress
 
-__all__ = ["Fitted", "ModelSpec", "SolverSpec", "TestSetup", "fit_for_test", "fit_model", "resolve_solver"]
+__all__ = ["Fitted", "ModelSpec", "SolverSpec", "TestSetup", "choose_solver", "fit_for_test", "fit_model"]
+
+# `--solver auto` takes the exact solver while the Hessian fits the device's memory budget and
+# building it takes at most this long (estimated from a timed HVP on the data); EK-FAC (or CG)
+# otherwise. Time matters as much as memory: the exact CNN Hessian on 1,000 28x28 images fits in
+# 90 MB but takes half an hour on two cores.
+EXACT_SECONDS = 60.0
 
 
-def resolve_solver(spec: SolverSpec, num_params: int, exact_limit: int | None = None) -> SolverSpec:
-    """`auto` made concrete, in one place for every analysis: the exact solver up to
-    `exact_limit` parameters (no limit: always exact, for analyses that solve for a few test
-    points), EK-FAC above it. Any other name is returned as it is."""
+def estimate_exact_seconds(fm: FunctionalModel, x: Tensor, y: Tensor, probes: int = 16) -> float:
+    """Seconds for the exact solve: building the Hessian (p HVPs over all n rows, from one timed
+    HVP block) and its eigendecomposition (p^3, from one timed smaller `eigh`)."""
+    rows = min(x.shape[0], 64)
+    p = fm.num_params
+    V = torch.zeros(min(probes, p), p, dtype=fm.dtype, device=fm.device)
+    V[torch.arange(V.shape[0]), torch.arange(V.shape[0])] = 1.0
+    hvp(fm, x[:2], y[:2], V[:2])  # warm-up: vmap traces the model once
+    start = time.perf_counter()
+    hvp(fm, x[:rows], y[:rows], V)
+    per = (time.perf_counter() - start) / (V.shape[0] * rows)
+    build = per * p * x.shape[0]
+    m = min(p, 1000)
+    A = torch.randn(m, m, dtype=torch.float64, device=fm.device)
+    start = time.perf_counter()
+    torch.linalg.eigh(A @ A.T)
+    decompose = (time.perf_counter() - start) * (p / m) ** 3
+    return build + decompose
+
+
+def choose_solver(
+    spec: SolverSpec, fm: FunctionalModel, x: Tensor, y: Tensor, *, few_solves: bool
+) -> tuple[SolverSpec, str]:
+    """`auto` made concrete, in one place for every analysis and `validate`, with the reason.
+
+    Exact while the Hessian fits the device's memory budget and EXACT_SECONDS; otherwise EK-FAC
+    when the model's counted layers are Linear/Conv2d (they always are after `kfac_parameters`
+    unless none is), or CG for analyses that solve for a few test points only. Never refuses.
+    """
     if spec.name != "auto":
-        return spec
-    exact = exact_limit is None or num_params <= exact_limit
-    return SolverSpec("direct" if exact else "ekfac", spec.damping, dict(spec.options))
+        return spec, "requested"
+    p = fm.num_params
+    need, budget = dense_bytes(p), dense_budget(fm.device)
+    if need > budget:
+        why = f"the {p} x {p} Hessian needs {need / 2**30:.2f} GiB, over this device's budget of {budget / 2**30:.2f} GiB"
+    else:
+        seconds = estimate_exact_seconds(fm, x, y)
+        if seconds <= EXACT_SECONDS:
+            return replace(spec, name="direct"), (
+                f"exact: the {p} x {p} Hessian takes {need / 2**20:.0f} MiB and about {seconds:.0f} s here"
+            )
+        why = f"the exact {p} x {p} Hessian would take about {seconds:.0f} s here (budget {EXACT_SECONDS:.0f} s)"
+    if kfac_parameters(fm.module, fm.names):
+        return replace(spec, name="ekfac"), f"EK-FAC: {why}"
+    if few_solves:
+        return replace(spec, name="cg"), f"CG: {why}, and the model has no Linear/Conv2d layer for EK-FAC"
+    return replace(spec, name="arnoldi"), f"Arnoldi: {why}, and the model has no Linear/Conv2d layer for EK-FAC"
 
 
 @dataclass
 class Fitted:
-    """A trained model with its data as tensors, ready for influence queries."""
+    """A trained model with its data as tensors (on the model's device, in its dtype), ready for
+    influence queries. `curvature` describes the last fitted curvature (for audit summaries)."""
 
     module: nn.Module
     spec: ModelSpec
     x: Tensor
     y: Tensor
     train_info: dict
+    curvature: dict = field(default_factory=dict)
 
-    def functional(self) -> FunctionalModel:
-        which = self.spec.params if self.spec.params in ("all", "last") else self.spec.params.split(",")
-        return FunctionalModel.from_module(self.module, which, weight_decay=self.spec.weight_decay)
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
-    def influence(self, solver: SolverSpec, exact_limit: int | None = None) -> InfluenceModel:
-        fm = self.functional()
-        solver = resolve_solver(solver, fm.num_params, exact_limit)
-        engine = make_solver(solver.name, solver.damping, **solver.options)
-        return InfluenceModel(fm, engine).fit(self.x, self.y)
+    def functional(self, which: str | list[str] | None = None) -> FunctionalModel:
+        if which is None:
+            which = self.spec.params if self.spec.params in ("all", "last") else self.spec.params.split(",")
+        return FunctionalModel.from_module(self.module, which, weight_decay=self.spec.l2)
+
+    def influence(
+        self, solver: SolverSpec, *, few_solves: bool, fm: FunctionalModel | None = None
+    ) -> InfluenceModel:
+        """Fit the curvature of `fm` (default: the counted parameters of `spec.params`) with the
+        solver `solver` names, `auto` and automatic damping resolved, and record in `curvature`
+        what was fitted and why."""
+        fm = fm or self.functional()
+        chosen, why = choose_solver(solver, fm, self.x, self.y, few_solves=few_solves)
+        counted = fm.names
+        if chosen.name == "ekfac":
+            counted = kfac_parameters(fm.module, fm.names)
+            if not counted:
+                raise ModelError("ekfac needs Linear or Conv2d layers among the counted parameters; use --solver cg")
+            if counted != fm.names:
+                fm = FunctionalModel(fm.module, counted, fm.weight_decay, fm.loss_fn)
+        engine = make_solver(chosen.name, chosen.damping, **chosen.options)
+        engine.prefer_undamped = self.spec.train  # trained here to a minimum: no damping if PD
+        inf = InfluenceModel(fm, engine).fit(self.x, self.y)
+        described = engine.describe()
+        self.curvature = {
+            **described,
+            "solver_reason": why,
+            "parameters": self._coverage(counted),
+            "dtype": str(fm.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
+        return inf
+
+    def _coverage(self, counted: list[str]) -> dict:
+        """Which parameters the curvature covers and how the rest are treated (for the summary)."""
+        sizes = {n: p.numel() for n, p in self.module.named_parameters()}
+        fixed = [n for n in sizes if n not in set(counted)]
+        doc = {
+            "counted": sum(sizes[n] for n in counted),
+            "total": sum(sizes.values()),
+            "counted_tensors": len(counted),
+        }
+        if fixed:
+            doc["held_fixed"] = fixed if len(fixed) <= 12 else fixed[:12] + [f"... {len(fixed) - 12} more"]
+            doc["held_fixed_note"] = (
+                "held at their trained values: influence is taken with respect to the counted "
+                "parameters only (for EK-FAC, the Linear/Conv2d weights; BatchNorm and other "
+                "parameters are fixed)"
+            )
+        return doc
 
     def tensor(self, x: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.asarray(x), dtype=next(self.module.parameters()).dtype)
+        return torch.as_tensor(np.asarray(x), dtype=self.x.dtype, device=self.device)
 
-    def predict_proba(self, x: Tensor) -> Tensor:
+    def predict_proba(self, x: Tensor, batch_size: int = 4096) -> Tensor:
         with torch.no_grad():
-            return torch.softmax(self.module(x.to(self.x.dtype)), -1)
+            out = [
+                torch.softmax(self.module(x[i : i + batch_size].to(self.device, self.x.dtype)), -1)
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        return torch.cat(out) if out else torch.empty(0, device=self.device)
+
+    def as_float64(self) -> Fitted:
+        """The same model and data in float64: for validation against retraining and the attack's
+        retrain check, which need tolerances float32 cannot reach."""
+        if self.x.dtype == torch.float64:
+            return self
+        return replace(self, module=self.module.to(torch.float64), x=self.x.to(torch.float64))
 
 
-def as_tensors(examples: Examples, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+def as_tensors(
+    examples: Examples, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     if len(examples) == 0:
         raise DataError(f"dataset {examples.source or ''} has no examples".replace("  ", " "))
-    x = torch.as_tensor(np.asarray(examples.x), dtype=dtype)
-    y = torch.as_tensor(np.asarray(examples.y), dtype=torch.long)
+    x = torch.as_tensor(np.asarray(examples.x), dtype=dtype).to(device)
+    y = torch.as_tensor(np.asarray(examples.y), dtype=torch.long).to(device)
     return x, y
+
+
+def train_config(spec: ModelSpec) -> TrainConfig:
+    """The training recipe: full-batch L-BFGS for the convex and small models; for the cnn,
+    minibatch Adam first (full-batch L-BFGS alone stalls on it), then a short L-BFGS polish."""
+    adam = spec.adam_epochs if spec.adam_epochs is not None else (60 if spec.name == "cnn" else 0)
+    max_iter = spec.max_iter if spec.max_iter is not None else (100 if adam > 0 else 2000)
+    return TrainConfig(weight_decay=spec.l2, max_iter=max_iter, adam_epochs=adam, seed=spec.seed)
+
+
+def check_outputs(module: nn.Module, x: Tensor, name: str, batch_size: int = 4096) -> None:
+    """One line naming the first example whose outputs are NaN or infinite (a diverged or broken
+    model), before any curvature is fitted on it."""
+    module.eval()
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            out = module(x[start : start + batch_size])
+            bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+            if bad.any():
+                row = start + int(bad.nonzero()[0])
+                raise ModelError(f"model {name} gives NaN or infinite outputs for example {row}; check its weights")
 
 
 def fit_model(
@@ -79,33 +210,35 @@ def fit_model(
 ) -> Fitted:
     """Build (or load) and train the model described by `spec` on `examples`.
 
-    `progress` receives training progress in [0, 1]; callers map it into their own range."""
+    A user's model keeps its own dtype (float32, typically) and the data follow it; built-in
+    models are float64 (small, and validated against exact retraining). With `spec.train` False
+    the weights are used exactly as given. `progress` receives training progress in [0, 1]."""
     k = num_classes or examples.num_classes
+    device = resolve_device(spec.device)
+    if not spec.train and not spec.weights:
+        raise ModelError("--no-train scores a trained model as it is: give its weights with --weights FILE")
     if spec.name in MODEL_NAMES:
         module = build_model(spec.name, examples.x, k, examples.is_image, hidden=spec.hidden, seed=spec.seed)
     else:
         torch.manual_seed(spec.seed)
-        module = build_user_model(spec.name, tuple(examples.x.shape[1:]), k).to(torch.float64)
+        module = build_user_model(spec.name, tuple(examples.x.shape[1:]), k)
     if spec.weights:
         load_weights(module, spec.weights)
-    dtype = next(module.parameters()).dtype
-    x, y = as_tensors(examples, dtype)
+    module = module.to(device)
+    params = list(module.parameters())
+    if not params:
+        raise ModelError(f"model {spec.name} has no parameters")
+    dtype = params[0].dtype
+    if not dtype.is_floating_point:
+        raise ModelError(f"model {spec.name} has {dtype} parameters; influence needs floating point")
+    x, y = as_tensors(examples, dtype, device)
     fm = FunctionalModel.from_module(module, "all")
     fm.check_inputs(x, y)
-    info: dict = {}
+    if not spec.train:
+        check_outputs(module, x, spec.name)
+    info: dict = {"trained": spec.train}
     if spec.train:
-        info = train(
-            module,
-            x,
-            y,
-            TrainConfig(
-                weight_decay=spec.weight_decay,
-                max_iter=spec.max_iter,
-                adam_epochs=spec.adam_epochs,
-                seed=spec.seed,
-            ),
-            progress=progress,
-        )
+        info.update(train(module, x, y, train_config(spec), progress=progress))
     module.eval()
     return Fitted(module, spec, x, y, info)
 
@@ -151,6 +284,6 @@ def fit_for_test(inp: AnalysisInput, model: ModelSpec, solver: SolverSpec, analy
         train, model, num_classes=train.num_classes, progress=lambda f, m: progress(0.25 * f, m)
     )
     progress(0.25, "fitting the curvature")
-    influence = fitted.influence(solver)
-    x_test, y_test = as_tensors(test, fitted.x.dtype)
+    influence = fitted.influence(solver, few_solves=True)
+    x_test, y_test = as_tensors(test, fitted.x.dtype, fitted.device)
     return TestSetup(fitted, influence, x_test, y_test, example_losses(influence.fm, x_test, y_test))

@@ -171,6 +171,7 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         "n_test": len(test),
         "groups": train.groups is not None and test.groups is not None,
         "solver": inf.solver.describe(),
+        "curvature": setup.fitted.curvature,
         "train_info": fitted.train_info,
     }
     progress(1.0, "done")
@@ -291,7 +292,7 @@ def _feature_rows(
     train = ctx.train
     if train.is_image or not top:
         return []
-    x, y = as_tensors(train, inf.fm.dtype)
+    x, y = as_tensors(train, inf.fm.dtype, inf.fm.device)
     P = inf.pert_loss(x[top], y[top], s_mean).reshape(len(top), -1)
     std = torch.as_tensor(np.asarray(train.x, dtype=np.float64).reshape(len(train), -1).std(0))
     std = torch.where(std > 1e-12, std, torch.ones_like(std)).to(P)

@@ -114,6 +114,7 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         "n_test": len(test),
         "top": cfg.top,
         "solver": inf.solver.describe(),
+        "curvature": setup.fitted.curvature,
         "train_info": fitted.train_info,
         "finding_kinds": [
             "helpful:t{test_index}",

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, Progress
-from auditor.analyses.common import fit_model, resolve_solver
+from auditor.analyses.common import fit_model
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
 from auditor.influence.grads import example_losses
@@ -38,7 +38,6 @@ from auditor.influence.grads import example_losses
 __all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
 
 MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
-DIRECT_LIMIT = 3000  # "auto" solver: exact below this many parameters, EK-FAC above
 
 
 @dataclass
@@ -56,6 +55,8 @@ class LabelScores:
     suggested: np.ndarray  # best other label of the leave-one-out model
     solver: dict
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
+    curvature: dict  # what the curvature covers, which solver and damping, and why
+    train_info: dict
 
 
 def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress) -> LabelScores:
@@ -63,21 +64,17 @@ def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress
     (shard) example."""
     progress(0.02, "training model")
     fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.02 + 0.33 * f, m))
-    fm = fitted.functional()
-    solver = resolve_solver(cfg.solver, fm.num_params, exact_limit=DIRECT_LIMIT)
-    progress(0.35, f"fitting {solver.name} curvature on {fm.num_params} parameters")
-    influence = fitted.influence(solver)
+    progress(0.35, f"fitting the curvature ({cfg.solver.name} solver)")
+    influence = fitted.influence(cfg.solver, few_solves=False)
+    fm = influence.fm
+    progress(0.45, f"scoring with {fitted.curvature['solver']} curvature on {fm.num_params} parameters")
     idx = np.arange(len(examples))
     if cfg.shard is not None:
         i, k = cfg.shard
         idx = idx[idx % k == i]
     x, y = fitted.x[idx], fitted.y[idx]
     # over all rows, not the shard's: every shard must make the same `auto` choice
-    agreed = sum(
-        int((fitted.predict_proba(fitted.x[s : s + 4096]).argmax(1) == fitted.y[s : s + 4096]).sum())
-        for s in range(0, len(fitted.y), 4096)
-    )
-    agreement = agreed / len(fitted.y)
+    agreement = float((fitted.predict_proba(fitted.x).argmax(1) == fitted.y).float().mean())
 
     def sub(frac: float, msg: str) -> None:
         progress(0.45 + 0.5 * frac, msg)
@@ -100,6 +97,8 @@ def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress
         suggested=suggested.cpu().numpy(),
         solver=influence.solver.describe(),
         train_agreement=agreement,
+        curvature=fitted.curvature,
+        train_info=fitted.train_info,
     )
 
 
@@ -188,6 +187,8 @@ def run(inp: AnalysisInput) -> AnalysisResult:
             "rank_by_reason": reason,
             "train_agreement": scores.train_agreement,
             "solver": scores.solver,
+            "curvature": scores.curvature,
+            "training": scores.train_info,
             "model": cfg.model.to_dict(),
             "train_disagreements": disagree,
         },

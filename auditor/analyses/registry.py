@@ -214,6 +214,20 @@ def kind_fields() -> dict[str, list[str]]:
     return out
 
 
+def spec_params(options: Mapping[str, Any]) -> dict[str, Any]:
+    """{"model": {...}, "solver": {...}} for the CLI's model and solver option values."""
+    doc: dict[str, Any] = {
+        key: {f.name: options[option_key(f)] for f, _ in cli_fields(cls)}
+        for key, cls in (("model", ModelSpec), ("solver", SolverSpec))
+    }
+    solver_options = {
+        key: options[flag] for flag, (key, _, _) in SOLVER_OPTIONS.items() if options.get(flag) is not None
+    }
+    if solver_options:
+        doc["solver"]["options"] = solver_options
+    return doc
+
+
 def params_from_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The params JSON an audit of `kind` records for the CLI's option values (keyed by
     `option_key`).
@@ -224,15 +238,7 @@ def params_from_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]
     another kind is an error rather than silently ignored.
     """
     spec = get_kind(kind)
-    doc: dict[str, Any] = {
-        key: {f.name: options[option_key(f)] for f, _ in cli_fields(cls)}
-        for key, cls in (("model", ModelSpec), ("solver", SolverSpec))
-    }
-    solver_options = {
-        key: options[flag] for flag, (key, _, _) in SOLVER_OPTIONS.items() if options.get(flag) is not None
-    }
-    if solver_options:
-        doc["solver"]["options"] = solver_options
+    doc = spec_params(options)
     own = {f.name for f, _ in cli_fields(spec.settings)}
     for name, kinds in kind_fields().items():
         if options.get(name) is None:

@@ -99,20 +99,39 @@ class ModelSpec(Declared):
 
     name: str = setting("logreg", MODEL_HELP, flag="model")
     weights: str | None = setting(None, "Weights file (.safetensors or weights-only .pt)")
-    weight_decay: float = setting(0.01, "L2 regularisation in training")
+    weight_decay: float | None = setting(
+        None,
+        "L2 regularisation of the training objective (default: 0.01 when trained here; 0 with "
+        "--no-train, where the team's own regulariser is unknown and damping takes its place)",
+        check=Check(lambda v: v >= 0, "a number >= 0"),
+    )
     params: str = setting(
         "all", "Parameters that count: all | last | comma-separated prefixes", flag="params"
     )
     train: bool = setting(
-        True, "With user weights: train further (false: use them as they are)", cli=False
+        True,
+        "Train the model on the data set (--no-train: score the --weights as they are, the "
+        "trained model a team already has)",
     )
-    max_iter: int = setting(2000, "Full-batch L-BFGS steps at most", check=POSITIVE_INT, cli=False)
-    adam_epochs: int = setting(0, "Adam epochs before L-BFGS", check=at_least(0), cli=False)
+    device: str = setting("auto", "Where training and influence run: auto (the GPU if any) | cpu | cuda[:N]")
+    max_iter: int | None = setting(
+        None, "Full-batch L-BFGS steps at most (default: 2000; 100 after Adam)", check=POSITIVE_INT, cli=False
+    )
+    adam_epochs: int | None = setting(
+        None, "Minibatch Adam epochs before L-BFGS, fewer when progress stalls (default: 60 for the cnn, else 0)", check=at_least(0), cli=False
+    )
     seed: int = setting(0, "Training seed")
     hidden: int = setting(32, "Hidden units of the built-in mlp", check=POSITIVE_INT, cli=False)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def l2(self) -> float:
+        """The weight decay in effect (see `weight_decay`)."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.train else 0.0
 
 
 SOLVER_NAMES = ("auto", "direct", "cg", "lissa", "arnoldi", "ekfac")
@@ -128,7 +147,12 @@ class SolverSpec(Declared):
         choices=SOLVER_NAMES,
         flag="solver",
     )
-    damping: float = setting(0.0, "Damping lambda added to the Hessian", check=Check(lambda v: v >= 0, "a number >= 0"))
+    damping: float | None = setting(
+        None,
+        "Damping lambda added to the Hessian (default: automatic; none for a model trained here to a "
+        "minimum, else 0.1 x the curvature's mean eigenvalue; the audit summary says which and why)",
+        check=Check(lambda v: v >= 0, "a number >= 0"),
+    )
     options: dict = setting({}, "Solver-specific options (see SOLVER_OPTIONS)", cli=False)
 
 

@@ -78,10 +78,10 @@ def choose_test_point(fitted: Fitted, x_test: torch.Tensor, y_test: torch.Tensor
 
 def retrain_without(fitted: Fitted, index: int, max_iter: int = 2000) -> torch.nn.Module:
     module = copy.deepcopy(fitted.module)
-    w = torch.ones(fitted.x.shape[0], dtype=fitted.x.dtype)
+    w = torch.ones(fitted.x.shape[0], dtype=fitted.x.dtype, device=fitted.device)
     w[index] = 0.0
     spec = fitted.spec
-    train(module, fitted.x, fitted.y, TrainConfig(weight_decay=spec.weight_decay, max_iter=max_iter, seed=spec.seed, tol=1e-10), sample_weight=w)
+    train(module, fitted.x, fitted.y, TrainConfig(weight_decay=spec.l2, max_iter=max_iter, seed=spec.seed, tol=1e-10), sample_weight=w)
     return module
 
 
@@ -99,17 +99,19 @@ def validate(
         )
     k = max(train_set.num_classes, test_set.num_classes)
     progress(0.02, "training model")
+    # float64: leave-one-out retraining must converge far below the effects it measures
     fitted = fit_model(
         train_set, cfg.model, num_classes=k, progress=lambda f, m: progress(0.02 + 0.08 * f, m)
-    )
-    x_test, y_test = fitted.tensor(test_set.x), torch.as_tensor(test_set.y, dtype=torch.long)
+    ).as_float64()
+    x_test = fitted.tensor(test_set.x)
+    y_test = torch.as_tensor(test_set.y, dtype=torch.long, device=fitted.device)
     fitted.functional().check_inputs(x_test, y_test)
     t = choose_test_point(fitted, x_test, y_test) if cfg.test_index is None else cfg.test_index
     if not 0 <= t < len(test_set):
         raise DataError(f"--test-index {t} is out of range for {len(test_set)} test examples")
     xt, yt = x_test[t : t + 1], y_test[t : t + 1]
     progress(0.1, f"fitting {cfg.solver.name} solver")
-    influence = fitted.influence(cfg.solver)
+    influence = fitted.influence(cfg.solver, few_solves=True)
     predicted_all = influence.removal_effect(influence.up_loss(fitted.x, fitted.y, xt, yt))[:, 0]
     K = min(cfg.retrains, len(train_set))
     top = torch.argsort(predicted_all.abs(), descending=True)[:K]
@@ -132,9 +134,9 @@ def validate(
         pearson=pear,
         spearman=spear,
         retrains=K,
-        solver=cfg.solver.name,
+        solver=influence.solver.name,
         model=cfg.model.name,
-        damping=cfg.solver.damping,
+        damping=influence.solver.damping,
         test_index=t,
         test_label=int(yt[0]),
         test_pred=pred_label,
@@ -142,7 +144,7 @@ def validate(
         train_indices=top.tolist(),
         predicted=predicted,
         actual=actual,
-        solver_info=influence.solver.describe(),
+        solver_info=fitted.curvature,
     )
 
 

@@ -92,16 +92,27 @@ OPTION_NAMES = tuple(p.name for p in SPEC_PARAMETERS + KIND_PARAMETERS)
 def with_audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add every audit option to a Typer command; it receives them as `audit: dict` (keyed by
     option name), ready for `audit_params`."""
+    return _with_options(command, SPEC_PARAMETERS + KIND_PARAMETERS)
+
+
+def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the model and solver options (`validate`); the command receives them as `audit`,
+    ready for `registry.spec_params`."""
+    return _with_options(command, SPEC_PARAMETERS)
+
+
+def _with_options(command: Callable[..., Any], extra: list[inspect.Parameter]) -> Callable[..., Any]:
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "audit"]
+    names = [p.name for p in extra]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        audit = {name: kwargs.pop(name) for name in OPTION_NAMES}
+        audit = {name: kwargs.pop(name) for name in names}
         return command(audit=audit, **kwargs)
 
     # all keyword-only (Typer passes keywords; the order is the order of --help)
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + SPEC_PARAMETERS + KIND_PARAMETERS]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + extra]
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     # evaluated annotations: Typer resolves them against this module, not the command's
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
