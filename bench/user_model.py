@@ -174,9 +174,18 @@ def run_kronfluence(data: Path, weights: Path) -> dict:
 METHODS = {"ours": run_ours, "loss": run_loss, "kronfluence": run_kronfluence}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage: Linux carries ru_maxrss over from the
+    parent through fork and exec, so every child would report at least the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(method: str, data: str, weights: str, out: str) -> None:
     doc = METHODS[method](Path(data), Path(weights))
-    doc["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    doc["peak_rss_mb"] = peak_rss_mb()
     Path(out).write_text(json.dumps(doc))
 
 

@@ -1,13 +1,31 @@
-"""Small shared builders for tests: bundled data as `Examples`, without the store."""
+"""Small shared builders for tests: bundled data as `Examples`, without the store, and the CLI
+run in process."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 import numpy as np
 from sklearn.datasets import load_digits
+from typer.testing import CliRunner
 
 from auditor.data.base import Examples
+
+_runner = CliRunner()
+
+
+def cli(*args: str, ok: bool = True) -> Any:
+    """`auditor ARGS` in process. With ok (default) it must succeed, and the parsed JSON (when
+    --json was given) or stdout comes back; otherwise the click Result, to inspect a failure."""
+    from auditor.cli.main import app
+
+    result = _runner.invoke(app, list(args))
+    if ok:
+        assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout}"
+        return json.loads(result.stdout) if "--json" in args else result.stdout
+    return result
 
 
 def key(x: np.ndarray, y: int) -> str:

@@ -4,29 +4,22 @@ AUDITOR_HOME, no broker; audits run in process."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.store import open_store, repo
+from tests.helpers import cli
 
 runner = CliRunner()
 N = 150
 
 
-def run(*args: str, ok: bool = True) -> Any:
-    """`auditor ARGS` in process; parsed JSON when --json was given."""
-    result = runner.invoke(app, list(args))
-    if ok:
-        assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout}"
-        return json.loads(result.stdout) if "--json" in args else result.stdout
-    return result
+run = cli
 
 
 @pytest.fixture

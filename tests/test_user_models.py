@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,13 +20,13 @@ from typer.testing import CliRunner
 
 from auditor.analyses.common import fit_model
 from auditor.analyses.settings import ModelSpec, SolverSpec
-from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
 from auditor.influence import FunctionalModel, make_solver
 from auditor.influence.hvp import exact_hessian
 from auditor.store import open_store, repo
+from tests.helpers import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 runner = CliRunner()
@@ -41,14 +40,6 @@ def digits28(rows: slice) -> Examples:
     x = (x * 255 / 16).round().clamp(0, 255).to(torch.uint8).numpy()
     y = d.y[rows]
     return Examples(x, y, example_keys(x, y), source="digits28", is_image=True, class_names=d.class_names)
-
-
-def cli(*args: str, ok: bool = True) -> Any:
-    result = runner.invoke(app, list(args))
-    if ok:
-        assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout}"
-        return json.loads(result.stdout) if "--json" in args else result.stdout
-    return result
 
 
 @pytest.fixture

@@ -181,7 +181,6 @@ KINDS: dict[str, AuditKind] = {
         ),
     )
 }
-KIND_NAMES = tuple(KINDS)
 
 
 def get_kind(name: str) -> AuditKind:

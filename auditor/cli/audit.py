@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from auditor.cli.audit_options import KIND_HELP, audit_params, with_audit_options
+from auditor.cli.audit_options import KIND_HELP, KINDS_DOC, audit_params, with_audit_options
 from auditor.cli.common import err_console, out_console, print_json, user_errors
 from auditor.cli.progress import progress_bar
 
@@ -95,7 +95,7 @@ def _register(name: str, enqueue: bool):
         "Queue an audit for a Celery worker; prints the audit id."
         if enqueue
         else "Run an audit in this process (no broker needed) and show its top findings."
-    )
+    ) + KINDS_DOC
     app.command(name)(command)
 
 

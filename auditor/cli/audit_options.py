@@ -30,6 +30,7 @@ from auditor.analyses.settings import (
 )
 
 KIND_HELP = " | ".join(KINDS)
+KINDS_DOC = "".join(f"\n\n{kind.name}: {kind.help}" for kind in KINDS.values())
 
 
 def _cli_type(hint: Any) -> Any:
