@@ -43,7 +43,7 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
     d = digits()
     rng = np.random.default_rng(seed)
     base = torch.tensor(d.x, dtype=torch.float32)[:, None]
-    base = torch.nn.functional.interpolate(base, size=(28, 28), mode="bilinear")[:, 0] * 255 / 16
+    base = torch.nn.functional.interpolate(base, size=(28, 28), mode="bilinear")[:, 0]  # digits are 0..255 already
     pick = rng.integers(0, len(d.y), n)
     shifts = rng.integers(-2, 3, (n, 2))
     x = np.empty((n, 28, 28), dtype=np.uint8)

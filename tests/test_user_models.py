@@ -33,11 +33,11 @@ runner = CliRunner()
 
 
 def digits28(rows: slice) -> Examples:
-    """sklearn's digits upsampled to 28x28 uint8 pixels (0..255): MNIST's size and range."""
+    """sklearn's digits (bundled as 0..255) upsampled to 28x28 uint8 pixels: MNIST's size and range."""
     d = digits()
     x = torch.tensor(d.x[rows], dtype=torch.float32)[:, None]
     x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
-    x = (x * 255 / 16).round().clamp(0, 255).to(torch.uint8).numpy()
+    x = x.round().clamp(0, 255).to(torch.uint8).numpy()  # bundled digits are 0..255 already
     y = d.y[rows]
     return Examples(x, y, example_keys(x, y), source="digits28", is_image=True, class_names=d.class_names)
 

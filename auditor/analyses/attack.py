@@ -336,9 +336,9 @@ def _prepare(
     names = trainable_names(fitted.module, cfg.frozen)
     fm = FunctionalModel(fitted.module, names, weight_decay=cfg.model.l2)
     x_test, y_test = as_tensors(test, fitted.x.dtype, fitted.device)
-    retrainer = Retrainer(fm, fitted.x, fitted.y)
     inf = fitted.influence(cfg.solver, few_solves=True, fm=fm)
-    fm, engine = inf.fm, inf.solver
+    fm, engine = inf.fm, inf.solver  # EK-FAC may count fewer parameters (Linear/Conv2d only)
+    retrainer = Retrainer(fm, fitted.x, fitted.y)
     # Polish the trainable parameters to the optimum of exactly the objective used after
     # poisoning (so "before" and "after" differ by the poison only, not by extra training), then
     # take the curvature there: influence is a statement about that optimum.

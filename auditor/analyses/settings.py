@@ -316,8 +316,3 @@ def default_of(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return None
-
-
-def settings_dict(obj: Any) -> dict[str, Any]:
-    """A settings instance as plain JSON-able data (for audit summaries)."""
-    return dataclasses.asdict(obj)
