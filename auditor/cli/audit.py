@@ -115,10 +115,20 @@ def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 
 
 def _print_ranking(doc: dict[str, Any]) -> None:
-    """A label check's summary says which ranking `auto` chose and why; reviewers should know."""
+    """A label check's summary says which ranking `auto` chose and why, and every audit's which
+    curvature and damping it used and why; reviewers should know."""
     summary = doc.get("summary") or {}
     if summary.get("rank_by_reason"):
-        out_console.print(f"ranked by {summary['rank_by']}: {summary['rank_by_reason']}")
+        out_console.print(f"ranked by {summary['rank_by']}: {summary['rank_by_reason']}", markup=False)
+    curvature = summary.get("curvature")
+    if curvature:
+        counted = curvature.get("parameters", {})
+        out_console.print(
+            f"curvature: {curvature['solver']} ({curvature['solver_reason']}); damping "
+            f"{curvature['damping']:.3g} ({curvature['damping_reason']}); "
+            f"{counted.get('counted')} of {counted.get('total')} parameters counted",
+            markup=False,
+        )
 
 
 _register("run", enqueue=False)
