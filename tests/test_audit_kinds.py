@@ -133,3 +133,11 @@ def test_settings_dataclasses_declare_help_for_every_field() -> None:
         for f in dataclasses.fields(kind.settings):
             if f.name not in ("model", "solver"):
                 assert f.metadata.get("help"), (kind.name, f.name)
+
+
+def test_null_in_params_means_not_given() -> None:
+    """As the CLI records an option left out; older label checks accepted "rank_by": null."""
+    from auditor.analyses.registry import ExplainConfig, LabelCheckConfig
+
+    assert LabelCheckConfig.from_params({"rank_by": None}).rank_by == "auto"
+    assert ExplainConfig.from_params({"top": None, "test_indices": None}).top == 10

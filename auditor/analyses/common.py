@@ -101,9 +101,8 @@ class Fitted:
     def device(self) -> torch.device:
         return self.x.device
 
-    def functional(self, which: str | list[str] | None = None) -> FunctionalModel:
-        if which is None:
-            which = self.spec.params if self.spec.params in ("all", "last") else self.spec.params.split(",")
+    def functional(self) -> FunctionalModel:
+        which = self.spec.params if self.spec.params in ("all", "last") else self.spec.params.split(",")
         return FunctionalModel.from_module(self.module, which, weight_decay=self.spec.l2)
 
     def influence(

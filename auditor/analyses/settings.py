@@ -143,7 +143,8 @@ class SolverSpec(Declared):
 
     name: str = setting(
         "auto",
-        "auto | direct | cg | lissa | arnoldi | ekfac (auto: the analysis picks by model size)",
+        "auto | direct | cg | lissa | arnoldi | ekfac (auto: exact while the Hessian fits the device's "
+        "memory and about a minute, else EK-FAC or CG; the audit summary says which and why)",
         choices=SOLVER_NAMES,
         flag="solver",
     )
@@ -230,10 +231,8 @@ def coerce(f: dataclasses.Field, hint: Any, value: Any) -> Any:
     name = "--" + flag_name(f)
     key = f" (params key {f.name!r})" if name[2:] != f.name else ""
     optional, base = _unwrap_optional(hint)
-    if value is None:
-        if optional:
-            return None
-        raise AuditorError(f"{name} must be given, got null{key}")
+    if value is None:  # null means "not given", as the CLI records an option left out
+        return None if optional else default_of(f)
     try:
         out = _convert(base, value)
     except (TypeError, ValueError) as exc:
