@@ -11,6 +11,7 @@ from auditor.errors import DataError, ModelError, SolverError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver, select_parameters
 from auditor.influence.grads import gradients
 from auditor.influence.hvp import exact_hessian, hvp
+from auditor.influence.ekfac import kfac_parameters
 from auditor.models import TrainConfig, build_model, train
 from tests.helpers import digits
 
@@ -243,3 +244,63 @@ def test_leave_one_out_outputs_predict_retraining_without_the_example(trained_lo
     # the own label's logit drops when the example is gone: the model no longer bends towards it
     own = torch.stack(actual)[torch.arange(5), y[picks]]
     assert (own < 0).all()
+
+
+class _SeqNet(nn.Module):
+    """Conv (with and without bias), BatchNorm, MaxPool, a residual add, and a Linear layer applied
+    at several positions: every shape the EK-FAC shortcut handles, in float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.res = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.tok = nn.Linear(4, 5)  # on (B, 16, 4): 16 positions
+        self.head = nn.Linear(5 * 16, 3)
+
+    def forward(self, x):
+        h = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)  # (B, 4, 4, 4)
+        h = torch.relu(self.res(h)) + h
+        h = torch.tanh(self.tok(h.flatten(2).transpose(1, 2)))  # (B, 16, 5)
+        return self.head(h.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def seqnet():
+    torch.manual_seed(0)
+    net = _SeqNet().double()
+    net.bn.running_mean.uniform_(-0.2, 0.2)
+    net.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(40, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    fm = FunctionalModel(net, kfac_parameters(net, select_parameters(net)), weight_decay=0.01)
+    return fm, x, y
+
+
+def test_ekfac_eigenvalue_correction_from_layer_taps_equals_flat_gradients(seqnet):
+    fm, x, y = seqnet
+    solver = make_solver("ekfac", damping=0.1, batch_size=16).fit(fm, x, y)
+    sampled = solver._sample_labels(fm, x)
+    G = gradients(fm, x, sampled)
+    for layer in solver.layers:
+        M = solver._rotate(solver._matrix(layer, G), layer)
+        torch.testing.assert_close(layer.lam - 0.01 - 0.1, (M**2).mean(0), rtol=1e-8, atol=1e-12)
+
+
+def test_ekfac_self_scores_from_layer_taps_equal_the_flat_gradient_path(seqnet):
+    fm, x, y = seqnet
+    inf = InfluenceModel(fm, make_solver("ekfac", damping=0.1, batch_size=16), batch_size=16).fit(x, y)
+    fast, flat = inf.self_scores(x, y), inf.self_scores_flat(x, y)
+    torch.testing.assert_close(fast.self_influence, flat.self_influence, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(fast.outputs, flat.outputs)
+    torch.testing.assert_close(fast.loo_outputs, flat.loo_outputs, rtol=1e-8, atol=1e-12)
+    assert (fast.loo_outputs - fast.outputs).abs().max() > 1e-6  # the step moved something
+    torch.testing.assert_close(inf.self_influence(x, y), flat.self_influence, rtol=1e-8, atol=1e-12)
+
+
+def test_ekfac_shortcut_matches_on_a_flat_mlp(trained_mlp):
+    fm, x, y = trained_mlp
+    inf = InfluenceModel(fm, make_solver("ekfac")).fit(x, y)
+    fast, flat = inf.self_scores(x, y), inf.self_scores_flat(x, y)
+    torch.testing.assert_close(fast.self_influence, flat.self_influence, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(fast.loo_outputs, flat.loo_outputs, rtol=1e-8, atol=1e-12)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from auditor.errors import SolverError
-from auditor.influence.grads import iter_gradients
 from auditor.influence.model import FunctionalModel
+from auditor.influence.scores import SelfScores
 from auditor.influence.solvers import InverseHVP
+from auditor.influence.taps import Watched, jvp_outputs, tap
+from auditor.progress import Progress, no_progress
 
 
 def kfac_parameters(module: nn.Module, names: list[str]) -> list[str]:
@@ -87,13 +88,21 @@ class EKFACSolver(InverseHVP):
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> EKFACSolver:
         self.fm = fm
         self.layers = self._layers(fm)
+        self.watched = [Watched(layer.module, layer.bias is not None) for layer in self.layers]
         offsets, pos = {}, 0
         for name, numel in zip(fm.names, fm.numels, strict=True):
             offsets[name] = (pos, pos + numel)
             pos += numel
         self.offsets = offsets
-        gen = torch.Generator().manual_seed(self.seed)
-        sampled = self._covariances(fm, x, gen)
+        # labels drawn from the model's own predictions (the true Fisher), the same in both passes
+        sampled = self._sample_labels(fm, x)
+        for layer in self.layers:
+            layer.A = layer.S = None
+        for start, t in self._batches(fm, x, sampled):
+            for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
+                a, ds = a.reshape(-1, a.shape[-1]), ds.reshape(-1, ds.shape[-1])
+                layer.A = a.T @ a if layer.A is None else layer.A + a.T @ a
+                layer.S = ds.T @ ds if layer.S is None else layer.S + ds.T @ ds
         for layer in self.layers:
             assert layer.A is not None and layer.S is not None
             _, layer.QA = torch.linalg.eigh(layer.A)
@@ -101,12 +110,11 @@ class EKFACSolver(InverseHVP):
             layer.lam = torch.zeros(
                 layer.QS.shape[0], layer.QA.shape[0], dtype=fm.dtype, device=fm.device
             )
-        # eigenvalue correction: exact second moments of rotated per-example gradients
+        # eigenvalue correction: exact second moments of the rotated per-example gradients
         n = x.shape[0]
-        for _, G in iter_gradients(fm, x, sampled, self.batch_size):
-            for layer in self.layers:
-                M = self._rotate(self._matrix(layer, G), layer)
-                layer.lam += (M**2).sum(0) / n
+        for _, t in self._batches(fm, x, sampled):
+            for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
+                layer.lam += _squares(layer, a, ds) / n
         undamped = torch.cat([layer.lam.reshape(-1) for layer in self.layers]) + fm.weight_decay
         self.choose_damping(float(undamped.mean()), float(undamped.min()))
         for layer in self.layers:
@@ -117,58 +125,56 @@ class EKFACSolver(InverseHVP):
                 )
         return self
 
-    def _covariances(self, fm: FunctionalModel, x: Tensor, gen: Tensor) -> Tensor:
-        """Accumulate A and S per layer with hooks; return the sampled labels used."""
-        acts: dict[str, Tensor] = {}
-        outs: dict[str, Tensor] = {}
-        handles = []
-
-        def fwd_hook(layer: _Layer):
-            def hook(mod, inputs, output):
-                acts[layer.name] = inputs[0].detach()
-                outs[layer.name] = output
-
-            return hook
-
-        for layer in self.layers:
-            handles.append(layer.module.register_forward_hook(fwd_hook(layer)))
-        # parameters must require grad so that layer outputs join the autograd graph
-        theta = fm.flat_params().requires_grad_(True)
-        state = dict(fm.frozen)
-        state.update(fm.unflatten(theta))
-        labels = []
-        try:
+    def _sample_labels(self, fm: FunctionalModel, x: Tensor) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        out = []
+        with torch.no_grad():
             for start in range(0, x.shape[0], self.batch_size):
                 xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
-                logits = functional_call(fm.module, state, (xb,))
-                probs = torch.softmax(logits.detach(), -1).cpu()
-                yb = torch.multinomial(probs.float(), 1, generator=gen).squeeze(1).to(fm.device)
-                labels.append(yb)
-                loss = fm.loss_fn(logits, yb).sum()
-                grads = torch.autograd.grad(loss, [outs[layer.name] for layer in self.layers])
-                for layer, ds in zip(self.layers, grads, strict=True):
-                    a, s = self._unfold(layer, acts[layer.name], ds.detach())
-                    layer.A = a.T @ a if layer.A is None else layer.A + a.T @ a
-                    layer.S = s.T @ s if layer.S is None else layer.S + s.T @ s
-        finally:
-            for h in handles:
-                h.remove()
-        return torch.cat(labels)
+                probs = torch.softmax(fm.forward(fm.flat_params(), xb).float(), -1).cpu()
+                out.append(torch.multinomial(probs, 1, generator=gen).squeeze(1))
+        return torch.cat(out)
 
-    def _unfold(self, layer: _Layer, a: Tensor, ds: Tensor) -> tuple[Tensor, Tensor]:
-        mod = layer.module
-        if isinstance(mod, nn.Conv2d):
-            patches = nn.functional.unfold(
-                a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride
-            )  # (B, C*k*k, L)
-            a = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-            ds = ds.flatten(2).transpose(1, 2).reshape(-1, ds.shape[1])
-        else:
-            a = a.reshape(-1, a.shape[-1])
-            ds = ds.reshape(-1, ds.shape[-1])
-        if layer.bias is not None:
-            a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
-        return a, ds
+    def _batches(self, fm: FunctionalModel, x: Tensor, y: Tensor):
+        """(start, Tapped) for each batch of rows: one forward and backward pass each."""
+        for start in range(0, x.shape[0], self.batch_size):
+            xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
+            yb = y[start : start + self.batch_size].to(fm.device)
+            yield start, tap(fm, self.watched, xb, yb, first_row=start)
+
+    # ---- scores without per-example flat gradients ----------------------------------------
+    def self_scores(
+        self,
+        x: Tensor,
+        y: Tensor,
+        n_train: int,
+        progress: Progress = no_progress,
+        outputs: bool = True,
+    ) -> SelfScores:
+        """Self-influence g_i^T (H + lambda)^-1 g_i and, with `outputs`, the first-order
+        leave-one-out outputs f(x_i; theta + (1/n) H^-1 g_i) of every row, from the layers'
+        inputs and output gradients (see `auditor.influence.taps`): equal to
+        `InfluenceModel.self_scores` on flat per-example gradients, at a fraction of the cost."""
+        fm = self.fm
+        assert fm is not None, "fit() first"
+        sis, outs, loos = [], [], []
+        n = x.shape[0]
+        for start, t in self._batches(fm, x, y):
+            si = torch.zeros(t.logits.shape[0], dtype=t.logits.dtype, device=t.logits.device)
+            changes = []
+            for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
+                q, change = _quadratic_and_change(layer, a, ds, outputs)
+                si += q
+                changes.append(change / n_train if outputs else change)
+            sis.append(si)
+            outs.append(t.logits)
+            if outputs:
+                xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
+                _, delta = jvp_outputs(fm, self.watched, xb, changes)
+                loos.append(t.logits + delta)
+            progress(min(1.0, (start + t.logits.shape[0]) / n), "self-influence and leave-one-out outputs")
+        logits = torch.cat(outs)
+        return SelfScores(torch.cat(sis), logits, torch.cat(loos) if outputs else logits)
 
     # ---- flat <-> per-layer matrices ----------------------------------------------------------
     def _matrix(self, layer: _Layer, V: Tensor) -> Tensor:
@@ -208,3 +214,68 @@ class EKFACSolver(InverseHVP):
             M = self._rotate(self._matrix(layer, G), layer)
             total += ((M**2) / layer.lam).sum((1, 2))
         return total
+
+
+# ---- per-layer algebra in the eigenbasis ------------------------------------------------------
+# M_i = Q_S^T G_i Q_A with G_i = ds_i^T a_i (out x in). For one position (a Linear layer on flat
+# inputs) M_i = u_i v_i^T with u_i = Q_S^T ds_i, v_i = Q_A^T a_i, and every quantity below is a
+# product of small matrices; with several positions (convolutions) M_i is formed, in whichever
+# order costs less, a few rows at a time so that B x out x in numbers never exceed CHUNK_BYTES.
+CHUNK_BYTES = 64 * 2**20
+
+
+def _rows_per_chunk(layer: _Layer, a: Tensor) -> int:
+    per_row = layer.QS.shape[0] * layer.QA.shape[0] * a.element_size()
+    return max(1, CHUNK_BYTES // per_row)
+
+
+def _rotated(layer: _Layer, a: Tensor, ds: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(M (B, out, in), a Q_A or None): the rotated per-example gradients of a chunk."""
+    T, o, i = a.shape[1], ds.shape[2], a.shape[2]
+    if T * (o * o + i * i) < o * i * (o + i):
+        ar = a @ layer.QA
+        return torch.einsum("bto,bti->boi", ds @ layer.QS, ar), ar
+    G = torch.einsum("bto,bti->boi", ds, a)
+    return layer.QS.T @ G @ layer.QA, None
+
+
+def _squares(layer: _Layer, a: Tensor, ds: Tensor) -> Tensor:
+    """sum_i M_i ** 2 (out, in): the batch's share of the corrected eigenvalues."""
+    if a.shape[1] == 1:
+        u, v = ds[:, 0] @ layer.QS, a[:, 0] @ layer.QA
+        return (u * u).T @ (v * v)
+    total = torch.zeros_like(layer.lam)
+    step = _rows_per_chunk(layer, a)
+    for s in range(0, a.shape[0], step):
+        M, _ = _rotated(layer, a[s : s + step], ds[s : s + step])
+        total += (M * M).sum(0)
+    return total
+
+
+def _quadratic_and_change(
+    layer: _Layer, a: Tensor, ds: Tensor, with_change: bool
+) -> tuple[Tensor, Tensor]:
+    """(g_i^T H^-1 g_i restricted to this layer (B,), the layer's output change a_i V_i^T
+    (B, T, out) under the step V_i = H^-1 g_i, or an empty tensor without `with_change`)."""
+    inv = 1.0 / layer.lam
+    if a.shape[1] == 1:
+        u, v = ds[:, 0] @ layer.QS, a[:, 0] @ layer.QA
+        w = (v * v) @ inv.T  # w_k = sum_j v_j^2 / lam_kj
+        q = (u * u * w).sum(1)
+        change = ((u * w) @ layer.QS.T).unsqueeze(1) if with_change else q.new_empty(0)
+        return q, change
+    qs, changes = [], []
+    step = _rows_per_chunk(layer, a)
+    for s in range(0, a.shape[0], step):
+        ac, dc = a[s : s + step], ds[s : s + step]
+        M, ar = _rotated(layer, ac, dc)
+        Mi = M * inv
+        qs.append((M * Mi).sum((1, 2)))
+        if with_change:
+            if ar is not None:
+                changes.append(torch.einsum("bti,boi->bto", ar, Mi) @ layer.QS.T)
+            else:
+                V = layer.QS @ Mi @ layer.QA.T
+                changes.append(torch.einsum("bti,boi->bto", ac, V))
+    q = torch.cat(qs)
+    return q, torch.cat(changes) if with_change else q.new_empty(0)

@@ -83,6 +83,9 @@ class InfluenceModel:
 
     def self_influence(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> Tensor:
         """g_i^T (H + lambda I)^-1 g_i for every row: (n,). Diagonal only, never n x n."""
+        fast = getattr(self.solver, "self_scores", None)
+        if fast is not None:  # EK-FAC: from layer inputs and output gradients, no flat gradients
+            return fast(x, y, self.n or x.shape[0], progress, outputs=False).self_influence
         out = []
         n = x.shape[0]
         for start, G in iter_gradients(self.fm, x, y, self.batch_size):
@@ -103,6 +106,15 @@ class InfluenceModel:
         small (BENCHMARKS.md, label check). The same H^-1 g_i gives the self-influence
         g_i^T H^-1 g_i for free.
         """
+        assert self.n is not None, "fit() first"
+        fast = getattr(self.solver, "self_scores", None)
+        if fast is not None:  # EK-FAC: from layer inputs and output gradients, no flat gradients
+            return fast(x, y, self.n, progress)
+        return self.self_scores_flat(x, y, progress)
+
+    def self_scores_flat(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> SelfScores:
+        """`self_scores` from flat per-example gradients and one `solve` per batch: what every
+        solver supports, and the reference the EK-FAC shortcut is tested against."""
         assert self.n is not None, "fit() first"
         theta = self.fm.flat_params()
 
