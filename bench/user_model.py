@@ -84,7 +84,7 @@ def team_training(x: np.ndarray, y: np.ndarray, epochs: int, out: Path) -> dict:
 
 
 # ---- methods, each run in a fresh process ------------------------------------------------------
-def run_ours(data: Path, weights: Path) -> dict:
+def run_ours(data: Path, weights: Path, solver_options: dict | None = None) -> dict:
     from auditor.analyses.base import AnalysisInput
     from auditor.analyses.label_check import run
     from auditor.data.base import Examples
@@ -93,6 +93,8 @@ def run_ours(data: Path, weights: Path) -> dict:
     ex = Examples(z["x"], z["y"], [str(i) for i in range(len(z["y"]))], is_image=True)
     start = time.perf_counter()
     params = {"model": {"name": "user_models:bench_cnn", "weights": str(weights), "train": False, "device": "cpu"}}
+    if solver_options:
+        params["solver"] = {"name": "ekfac", "options": solver_options}
     result = run(AnalysisInput(ex, None, params))
     seconds = time.perf_counter() - start
     order = [f.example_index for f in sorted(result.findings, key=lambda f: f.rank)]
@@ -171,7 +173,13 @@ def run_kronfluence(data: Path, weights: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "ranking": torch.argsort(-scores).tolist()}
 
 
-METHODS = {"ours": run_ours, "loss": run_loss, "kronfluence": run_kronfluence}
+FIT_SAMPLE = 2048
+METHODS = {
+    "ours": run_ours,
+    f"ours-fit{FIT_SAMPLE}": lambda d, w: run_ours(d, w, {"fit_rows": FIT_SAMPLE}),
+    "loss": run_loss,
+    "kronfluence": run_kronfluence,
+}
 
 
 def peak_rss_mb() -> float:
@@ -200,7 +208,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--peer", help="python with kronfluence installed (e.g. .venv-bench/bin/python)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # method data weights out
     args = ap.parse_args()
     if args.child:
         child(*args.child)
@@ -217,7 +225,7 @@ def main() -> None:
           f"fits {team['train_agreement']:.1%} of the given labels; n = {args.n}, {len(flipped)} flipped", flush=True)  # fmt: skip
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    for method in ("ours", "kronfluence", "loss"):
+    for method in METHODS:
         python = args.peer if method == "kronfluence" else sys.executable
         if python is None:
             continue

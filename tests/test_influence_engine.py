@@ -9,9 +9,9 @@ from torch import nn
 
 from auditor.errors import DataError, ModelError, SolverError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver, select_parameters
+from auditor.influence.ekfac import kfac_parameters
 from auditor.influence.grads import gradients
 from auditor.influence.hvp import exact_hessian, hvp
-from auditor.influence.ekfac import kfac_parameters
 from auditor.models import TrainConfig, build_model, train
 from tests.helpers import digits
 
@@ -280,8 +280,7 @@ def seqnet():
 def test_ekfac_eigenvalue_correction_from_layer_taps_equals_flat_gradients(seqnet):
     fm, x, y = seqnet
     solver = make_solver("ekfac", damping=0.1, batch_size=16).fit(fm, x, y)
-    sampled = solver._sample_labels(fm, x)
-    G = gradients(fm, x, sampled)
+    G = gradients(fm, x, solver.sampled)  # the labels drawn from the model's predictions
     for layer in solver.layers:
         M = solver._rotate(solver._matrix(layer, G), layer)
         torch.testing.assert_close(layer.lam - 0.01 - 0.1, (M**2).mean(0), rtol=1e-8, atol=1e-12)

@@ -224,3 +224,48 @@ def test_nan_outputs_of_a_user_model_are_one_line(user_models, d28: str, tmp_pat
 def test_no_train_without_weights_is_refused(d28: str) -> None:
     error, _ = _failed_audit(["label-check", d28, "--no-train"])
     assert "--weights" in error
+
+
+def _ekfac_self_influence(user_models, train: Examples, **options) -> tuple[np.ndarray, dict]:
+    from auditor.influence import InfluenceModel
+
+    model = trained_small_cnn(user_models, train, epochs=2)
+    x = torch.as_tensor(train.x, dtype=torch.float32)
+    y = torch.as_tensor(train.y)
+    names = [n for n, _ in model.named_parameters() if not n.split(".")[-2:][0].startswith("bn")]
+    from auditor.influence.ekfac import kfac_parameters
+
+    fm = FunctionalModel(model, kfac_parameters(model, names))
+    solver = make_solver("ekfac", damping=None, **options)
+    scores = InfluenceModel(fm, solver).fit(x, y).self_scores(x, y)
+    return scores.self_influence.numpy(), solver.describe()
+
+
+def test_bfloat16_mixed_precision_ranks_like_float32(user_models):
+    from scipy.stats import spearmanr
+
+    train = digits28(slice(0, 400))
+    full, _ = _ekfac_self_influence(user_models, train)
+    mixed, described = _ekfac_self_influence(user_models, train, precision="bfloat16")
+    assert described["precision"] == "bfloat16"
+    assert not np.allclose(full, mixed)  # it did run in another precision
+    assert spearmanr(full, mixed)[0] >= 0.99
+
+
+def test_factors_fitted_on_a_sample_still_score_every_row_and_rank_alike(user_models):
+    from scipy.stats import spearmanr
+
+    train = digits28(slice(0, 1200))
+    full, doc_full = _ekfac_self_influence(user_models, train)
+    sampled, doc = _ekfac_self_influence(user_models, train, fit_rows=300)
+    assert doc_full["fit_rows"] == 1200 and doc["fit_rows"] == 300
+    assert sampled.shape == (1200,)
+    assert not np.allclose(full, sampled)
+    assert spearmanr(full, sampled)[0] >= 0.99
+
+
+def test_an_ekfac_option_does_not_break_auto_when_auto_picks_exact(tmp_path: Path):
+    write_npz(digits(), tmp_path / "d.npz")
+    cli("dataset", "add", "d8", str(tmp_path / "d.npz"))
+    out = cli("audit", "run", "label-check", "d8", "--ekfac-fit-rows", "500", "--json")
+    assert out["summary"]["curvature"]["solver"] == "direct"

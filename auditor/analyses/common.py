@@ -6,6 +6,7 @@ all train (or load) the model the same way, with the same settings recorded in a
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field, replace
 
@@ -20,6 +21,7 @@ from auditor.errors import DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver
 from auditor.influence.budget import dense_budget, dense_bytes
 from auditor.influence.ekfac import kfac_parameters
+from auditor.influence.factory import SOLVER_CLASSES
 from auditor.influence.grads import example_losses
 from auditor.influence.hvp import hvp
 from auditor.models import MODEL_NAMES, TrainConfig, build_model, train
@@ -96,6 +98,13 @@ class Fitted:
     y: Tensor
     train_info: dict
     curvature: dict = field(default_factory=dict)
+    predicted: Tensor | None = None  # classes the model predicts for x, where already known
+
+    def predictions(self) -> Tensor:
+        """The predicted class of every training row (one pass over the data unless known)."""
+        if self.predicted is None:
+            self.predicted = self.predict_proba(self.x).argmax(1)
+        return self.predicted
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +129,11 @@ class Fitted:
                 raise ModelError("ekfac needs Linear or Conv2d layers among the counted parameters; use --solver cg")
             if counted != fm.names:
                 fm = FunctionalModel(fm.module, counted, fm.weight_decay, fm.loss_fn)
-        engine = make_solver(chosen.name, chosen.damping, **chosen.options)
+        options = chosen.options
+        if solver.name == "auto":  # options meant for a solver auto did not pick do not apply
+            accepted = inspect.signature(SOLVER_CLASSES[chosen.name]).parameters
+            options = {k: v for k, v in options.items() if k in accepted}
+        engine = make_solver(chosen.name, chosen.damping, **options)
         engine.prefer_undamped = self.spec.train  # trained here to a minimum: no damping if PD
         inf = InfluenceModel(fm, engine).fit(self.x, self.y)
         described = engine.describe()
@@ -188,10 +201,12 @@ def train_config(spec: ModelSpec) -> TrainConfig:
     return TrainConfig(weight_decay=spec.l2, max_iter=max_iter, adam_epochs=adam, seed=spec.seed)
 
 
-def check_outputs(module: nn.Module, x: Tensor, name: str, batch_size: int = 4096) -> None:
+def check_outputs(module: nn.Module, x: Tensor, name: str, batch_size: int = 4096) -> Tensor:
     """One line naming the first example whose outputs are NaN or infinite (a diverged or broken
-    model), before any curvature is fitted on it."""
+    model), before any curvature is fitted on it. Returns the predicted classes, which callers
+    would otherwise need another pass over the data for."""
     module.eval()
+    predicted = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             out = module(x[start : start + batch_size])
@@ -199,6 +214,8 @@ def check_outputs(module: nn.Module, x: Tensor, name: str, batch_size: int = 409
             if bad.any():
                 row = start + int(bad.nonzero()[0])
                 raise ModelError(f"model {name} gives NaN or infinite outputs for example {row}; check its weights")
+            predicted.append(out.argmax(-1))
+    return torch.cat(predicted)
 
 
 def fit_model(
@@ -233,13 +250,14 @@ def fit_model(
     x, y = as_tensors(examples, dtype, device)
     fm = FunctionalModel.from_module(module, "all")
     fm.check_inputs(x, y)
+    predicted = None
     if not spec.train:
-        check_outputs(module, x, spec.name)
+        predicted = check_outputs(module, x, spec.name)
     info: dict = {"trained": spec.train}
     if spec.train:
         info.update(train(module, x, y, train_config(spec), progress=progress))
     module.eval()
-    return Fitted(module, spec, x, y, info)
+    return Fitted(module, spec, x, y, info, predicted=predicted)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, 
 from auditor.analyses.common import fit_model
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
-from auditor.influence.grads import example_losses
+from auditor.errors import ModelError
 
 __all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
 
@@ -74,13 +74,15 @@ def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress
         idx = idx[idx % k == i]
     x, y = fitted.x[idx], fitted.y[idx]
     # over all rows, not the shard's: every shard must make the same `auto` choice
-    agreement = float((fitted.predict_proba(fitted.x).argmax(1) == fitted.y).float().mean())
+    agreement = float((fitted.predictions() == fitted.y).float().mean())
 
     def sub(frac: float, msg: str) -> None:
         progress(0.45 + 0.5 * frac, msg)
 
     scores = influence.self_scores(x, y, progress=sub)
-    losses = example_losses(fm, x, y)
+    losses = fm.loss_fn(scores.outputs, y)  # the same numbers as example_losses, without a pass
+    if not torch.isfinite(losses).all():
+        raise ModelError(f"the loss of example {int(idx[int((~torch.isfinite(losses)).nonzero()[0])])} is NaN or infinite")
     logp = torch.log_softmax(scores.outputs, -1)
     loo_logp = torch.log_softmax(scores.loo_outputs, -1)
     margin, _ = _margin(logp, y)

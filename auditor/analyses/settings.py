@@ -162,6 +162,18 @@ class SolverSpec(Declared):
 SOLVER_OPTIONS: dict[str, tuple[str, type, str]] = {
     "lissa_scale": ("scale", float, "LiSSA scale (default: 1.5 x estimated top eigenvalue)"),
     "lissa_depth": ("depth", int, "LiSSA recursion depth (default: from the spectrum)"),
+    "ekfac_fit_rows": (
+        "fit_rows",
+        int,
+        "EK-FAC: fit the factors on at most this many rows, a seeded random sample (default 100000); "
+        "every row is still scored",
+    ),
+    "ekfac_precision": (
+        "precision",
+        str,
+        "EK-FAC: float32 | bfloat16 | float16 for the forward and backward passes (mixed precision, "
+        "for GPUs; default float32)",
+    ),
 }
 
 # ModelSpec fields that may also be given as flat top-level params. "name" comes from

@@ -14,6 +14,8 @@ Fisher, which equals the GGN for cross-entropy), seeded for determinism.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +43,16 @@ def kfac_parameters(module: nn.Module, names: list[str]) -> list[str]:
     return [n for n in names if n in out]
 
 
+# The factors are fitted on at most this many rows (a seeded random sample beyond it), as
+# kronfluence's covariance_max_examples / lambda_max_examples: the Kronecker factors and corrected
+# eigenvalues are averages, and their sampling error is small next to EK-FAC's own approximation
+# long before a million rows. Scores are always computed for every row.
+FIT_ROWS = 100_000
+# Mixed precision for the forward and backward passes (the factor algebra stays in the model's
+# dtype): BENCHMARKS.md and tests/test_influence_engine.py compare it with float32.
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 class _Layer:
     def __init__(self, name: str, module: nn.Module, weight: str, bias: str | None) -> None:
         self.name, self.module, self.weight, self.bias = name, module, weight, bias
@@ -53,9 +65,21 @@ class EKFACSolver(InverseHVP):
 
     name = "ekfac"
 
-    def __init__(self, damping: float | None = 0.0, batch_size: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        damping: float | None = 0.0,
+        batch_size: int = 256,
+        seed: int = 0,
+        fit_rows: int = FIT_ROWS,
+        precision: str = "float32",
+    ) -> None:
         super().__init__(damping)
-        self.batch_size, self.seed = batch_size, seed
+        if fit_rows < 1:
+            raise SolverError(f"ekfac fit_rows must be >= 1, got {fit_rows}")
+        if precision not in PRECISIONS:
+            raise SolverError(f"ekfac precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.batch_size, self.seed, self.fit_rows, self.precision = batch_size, seed, fit_rows, precision
+        self.autocast = PRECISIONS[precision]
 
     # ---- structure ----------------------------------------------------------------------
     def _layers(self, fm: FunctionalModel) -> list[_Layer]:
@@ -94,15 +118,28 @@ class EKFACSolver(InverseHVP):
             offsets[name] = (pos, pos + numel)
             pos += numel
         self.offsets = offsets
-        # labels drawn from the model's own predictions (the true Fisher), the same in both passes
-        sampled = self._sample_labels(fm, x)
+        self.fit_n = min(int(x.shape[0]), self.fit_rows)
+        if self.fit_n < x.shape[0]:
+            pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))
+            x = x[pick[: self.fit_n].sort().values.to(x.device)]
+        # The true Fisher: labels drawn from the model's own predictions in the first pass (seeded),
+        # and the same labels again for the eigenvalue correction.
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def draw(logits: Tensor) -> Tensor:
+            probs = torch.softmax(logits.float(), -1).cpu()
+            return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+
         for layer in self.layers:
             layer.A = layer.S = None
-        for start, t in self._batches(fm, x, sampled):
+        drawn = []
+        for _, t in self._batches(fm, x, draw):
+            drawn.append(t.labels)
             for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
                 a, ds = a.reshape(-1, a.shape[-1]), ds.reshape(-1, ds.shape[-1])
                 layer.A = a.T @ a if layer.A is None else layer.A + a.T @ a
                 layer.S = ds.T @ ds if layer.S is None else layer.S + ds.T @ ds
+        sampled = torch.cat(drawn)
         for layer in self.layers:
             assert layer.A is not None and layer.S is not None
             _, layer.QA = torch.linalg.eigh(layer.A)
@@ -112,6 +149,7 @@ class EKFACSolver(InverseHVP):
             )
         # eigenvalue correction: exact second moments of the rotated per-example gradients
         n = x.shape[0]
+        self.sampled = sampled
         for _, t in self._batches(fm, x, sampled):
             for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
                 layer.lam += _squares(layer, a, ds) / n
@@ -125,22 +163,13 @@ class EKFACSolver(InverseHVP):
                 )
         return self
 
-    def _sample_labels(self, fm: FunctionalModel, x: Tensor) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed)
-        out = []
-        with torch.no_grad():
-            for start in range(0, x.shape[0], self.batch_size):
-                xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
-                probs = torch.softmax(fm.forward(fm.flat_params(), xb).float(), -1).cpu()
-                out.append(torch.multinomial(probs, 1, generator=gen).squeeze(1))
-        return torch.cat(out)
-
-    def _batches(self, fm: FunctionalModel, x: Tensor, y: Tensor):
-        """(start, Tapped) for each batch of rows: one forward and backward pass each."""
+    def _batches(self, fm: FunctionalModel, x: Tensor, y: Tensor | Callable[[Tensor], Tensor]):
+        """(start, Tapped) for each batch of rows: one forward and backward pass each. `y` is the
+        labels, or a function of a batch's logits that draws them."""
         for start in range(0, x.shape[0], self.batch_size):
             xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
-            yb = y[start : start + self.batch_size].to(fm.device)
-            yield start, tap(fm, self.watched, xb, yb, first_row=start)
+            yb = y if callable(y) else y[start : start + self.batch_size].to(fm.device)
+            yield start, tap(fm, self.watched, xb, yb, first_row=start, autocast=self.autocast)
 
     # ---- scores without per-example flat gradients ----------------------------------------
     def self_scores(
@@ -175,6 +204,11 @@ class EKFACSolver(InverseHVP):
             progress(min(1.0, (start + t.logits.shape[0]) / n), "self-influence and leave-one-out outputs")
         logits = torch.cat(outs)
         return SelfScores(torch.cat(sis), logits, torch.cat(loos) if outputs else logits)
+
+    def describe(self) -> dict:
+        doc = super().describe()
+        doc.update(fit_rows=getattr(self, "fit_n", None), precision=self.precision)
+        return doc
 
     # ---- flat <-> per-layer matrices ----------------------------------------------------------
     def _matrix(self, layer: _Layer, V: Tensor) -> Tensor:

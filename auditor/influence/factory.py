@@ -16,21 +16,21 @@ from auditor.influence.solvers import (
     LissaSolver,
 )
 
-_CLASSES: dict[str, type[InverseHVP]] = {
+SOLVER_CLASSES: dict[str, type[InverseHVP]] = {
     "direct": DirectSolver,
     "cg": CGSolver,
     "lissa": LissaSolver,
     "arnoldi": ArnoldiSolver,
     "ekfac": EKFACSolver,
 }
-SOLVERS = tuple(_CLASSES)
+SOLVERS = tuple(SOLVER_CLASSES)
 
 
 def make_solver(name: str, damping: float = 0.0, **options) -> InverseHVP:
     """Build a solver by its CLI name; unknown options for that solver are an error."""
-    if name not in _CLASSES:
+    if name not in SOLVER_CLASSES:
         raise SolverError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
     try:
-        return _CLASSES[name](damping=damping, **options)
+        return SOLVER_CLASSES[name](damping=damping, **options)
     except TypeError as exc:
         raise SolverError(f"bad option for solver {name}: {exc}") from None

@@ -89,12 +89,15 @@ def tap(
     x: Tensor,
     labels: Tensor | Callable[[Tensor], Tensor],
     first_row: int = 0,
+    autocast: torch.dtype | None = None,
 ) -> Tapped:
     """Forward and backward one batch, reading each watched layer's inputs and output gradients.
 
     `labels` are the targets, or a function of the (detached) logits that draws them (the true
     Fisher samples labels from the model's own predictions). A NaN or infinite loss fails with the
-    example's row (`first_row` + its position).
+    example's row (`first_row` + its position). With `autocast` (torch.bfloat16 or float16) the
+    forward and backward run in that precision (mixed precision: matmuls and convolutions in low
+    precision, losses and reductions in float32) and what is read is returned in the model's dtype.
     """
     acts: dict[int, Tensor] = {}
     outs: dict[int, Tensor] = {}
@@ -111,8 +114,10 @@ def tap(
 
     handles = [layer.module.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
     try:
-        with torch.enable_grad():
-            logits = functional_call(fm.module, _state(fm), (x,))
+        with torch.enable_grad(), torch.autocast(
+            x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+        ):
+            logits = functional_call(fm.module, _state(fm), (x,)).to(fm.dtype)
             y = labels(logits.detach()) if callable(labels) else labels
             losses = fm.loss_fn(logits, y)
             if not torch.isfinite(losses).all():
@@ -129,8 +134,8 @@ def tap(
         logits=logits.detach(),
         labels=y,
         losses=losses.detach(),
-        inputs=[unfold_inputs(layer, acts[i]) for i, layer in enumerate(layers)],
-        grads=[output_rows(layer, g.detach()) for layer, g in zip(layers, grads, strict=True)],
+        inputs=[unfold_inputs(layer, acts[i].to(fm.dtype)) for i, layer in enumerate(layers)],
+        grads=[output_rows(layer, g.detach().to(fm.dtype)) for layer, g in zip(layers, grads, strict=True)],
     )
 
 

@@ -1,0 +1,68 @@
+"""Which model factories an audit may call: the built-in models, factories an administrator
+registered, and, for a run in this process only, an explicit `MODULE:FACTORY`.
+
+Why: `--model MODULE:FACTORY` imports a module and calls a function. On a user's own machine
+(`audit run`, embedded) that is their code, run by them. On a shared worker it is code chosen by
+whoever can enqueue an audit: `os:system` or `os:abort` would run there. So an audit bound for a
+worker (enqueued, scheduled, or any audit a worker picks up) names a registered factory, and the
+worker checks again before it imports anything.
+
+Registering, either way:
+- a Python entry point in the group `auditor.models` of an installed package
+  (`[project.entry-points."auditor.models"] small_cnn = "team_models:small_cnn"`);
+- the setting AUDITOR_MODEL_FACTORIES: comma-separated `MODULE:FACTORY` or `NAME=MODULE:FACTORY`.
+An audit may then say `--model small_cnn` (the name) or `--model team_models:small_cnn`.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import entry_points
+
+from auditor.config import ENV_MODEL_FACTORIES, get_settings
+from auditor.errors import ModelError
+
+ENTRY_POINT_GROUP = "auditor.models"
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def registered_factories() -> dict[str, str]:
+    """name -> 'module:function' for every registered factory (entry points, then the setting;
+    a factory listed without a name is known by its target)."""
+    out: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        out[ep.name] = ep.value.replace(" ", "")
+    for item in get_settings().model_factories:
+        name, _, target = item.rpartition("=")
+        out[name or target] = target
+    return out
+
+
+def check_target(target: str) -> None:
+    if not _TARGET.match(target):
+        raise ModelError(f"model {target!r} is not MODULE:FACTORY (for example team_models:small_cnn)")
+
+
+def resolve_factory(spec: str, *, local: bool) -> str:
+    """The `module:function` to call for a user model `spec` (a registered name or a target).
+
+    `local` True: the audit runs in this process, started by the person typing the command, so an
+    explicit, unregistered target is theirs to run. Otherwise only registered factories pass."""
+    registered = registered_factories()
+    if spec in registered:
+        target = registered[spec]
+        check_target(target)
+        return target
+    if ":" not in spec:
+        known = ", ".join(sorted(registered)) or "none registered"
+        raise ModelError(
+            f"model {spec!r} is neither a built-in model nor a registered factory ({known})"
+        )
+    check_target(spec)
+    if local or spec in registered.values():
+        return spec
+    raise ModelError(
+        f"model {spec} is not a registered factory, and workers run only registered ones: register "
+        f"it as an entry point in the group {ENTRY_POINT_GROUP!r} or in {ENV_MODEL_FACTORIES} "
+        "(README: what a worker will run), or run the audit here with `auditor audit run`"
+    )
