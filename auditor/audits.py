@@ -23,13 +23,16 @@ def create_audit(
     params: dict[str, Any],
     test_name: str | None = None,
     schedule_id: int | None = None,
+    *,
+    local: bool = False,
 ) -> int:
     """Check the request, scan the dataset (and test set) and create a queued audit; returns its id.
 
     An unknown kind, a missing test set or a bad setting is refused before anything is read or
-    stored.
+    stored; so is a model factory that is not registered, unless the audit runs here (`local`:
+    `audit run`), where an explicit MODULE:FACTORY is the caller's own code.
     """
-    check_request(kind, params, test_name)
+    check_request(kind, params, test_name, local=local)
     with snapshotted(sessions, dataset_name, test_name) as snap:
         audit = repo.create_audit(
             snap.session,

@@ -27,6 +27,11 @@ ENV_BEAT_INTERVAL = "AUDITOR_BEAT_INTERVAL"
 ENV_WORKER_GPUS = "AUDITOR_WORKER_GPUS"
 ENV_REVIEWER = "AUDITOR_REVIEWER"
 ENV_ALEMBIC_INI = "AUDITOR_ALEMBIC_INI"
+ENV_MODEL_FACTORIES = "AUDITOR_MODEL_FACTORIES"
+ENV_LEASE = "AUDITOR_LEASE_SECONDS"
+ENV_MAX_DELIVERIES = "AUDITOR_MAX_DELIVERIES"
+DEFAULT_LEASE = 120
+DEFAULT_MAX_DELIVERIES = 3
 
 DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
 DEFAULT_BEAT_INTERVAL = 5.0
@@ -42,6 +47,10 @@ ENV: dict[str, str] = {
     ENV_WORKER_GPUS: "GPUs `auditor worker` starts workers for (default: what torch sees; 0 = CPU)",
     ENV_REVIEWER: "Reviewer name recorded with CLI decisions (default: the login name)",
     ENV_ALEMBIC_INI: "alembic.ini of the migrations (default: the one in the checkout)",
+    ENV_MODEL_FACTORIES: "Model factories workers may build, comma-separated MODULE:FACTORY or NAME=MODULE:FACTORY "
+    "(besides entry points in the group auditor.models)",
+    ENV_LEASE: f"Seconds a running audit may go without a heartbeat before it counts as lost (default {DEFAULT_LEASE})",
+    ENV_MAX_DELIVERIES: f"Times an audit is started before it is failed as a poison audit (default {DEFAULT_MAX_DELIVERIES})",
 }
 
 RUN_IN_PROCESS = "run audits in this process with `auditor audit run`"
@@ -64,6 +73,9 @@ class Settings:
     worker_gpus: int | None = None  # None: count what torch sees
     reviewer: str | None = None
     alembic_ini: Path | None = None
+    model_factories: tuple[str, ...] = ()
+    lease_seconds: int = DEFAULT_LEASE
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
 
     @property
     def embedded(self) -> bool:
@@ -140,6 +152,9 @@ def get_settings() -> Settings:
         worker_gpus=_count(ENV_WORKER_GPUS),
         reviewer=_env(ENV_REVIEWER),
         alembic_ini=Path(ini) if ini else None,
+        model_factories=tuple(f.strip() for f in (_env(ENV_MODEL_FACTORIES) or "").split(",") if f.strip()),
+        lease_seconds=_whole_seconds(ENV_LEASE, DEFAULT_LEASE),
+        max_deliveries=_whole_seconds(ENV_MAX_DELIVERIES, DEFAULT_MAX_DELIVERIES),
     )
 
 

@@ -64,8 +64,8 @@ def run_demo(
         except Exception:  # NotFound: first run
             repo.create_dataset(s, DEMO_DATASET, str(data), "npz", {})
     params = {"model": {"name": model, "seed": seed}, "solver": {"name": "auto"}}  # default ranking
-    audit_id = create_audit(sessions, "label-check", DEMO_DATASET, params)
-    outcome = execute_audit(sessions, audit_id, echo=echo)
+    audit_id = create_audit(sessions, "label-check", DEMO_DATASET, params, local=True)
+    outcome = execute_audit(sessions, audit_id, echo=echo, local=True)
     recall, recall_loss, recall_si = {}, {}, {}
     if outcome.status == "succeeded":
         with sessions() as s:

@@ -28,6 +28,7 @@ from auditor.analyses.registry import get_analysis, get_kind
 from auditor.config import artifacts_dir, get_settings
 from auditor.data.keys import content_hash
 from auditor.errors import AuditorError, Cancelled, Conflict, DataError
+from auditor.factories import local_models
 from auditor.progress import Progress
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
@@ -100,11 +101,14 @@ def execute_audit(
     *,
     task_id: str | None = None,
     echo: Progress | None = None,
+    local: bool = False,
 ) -> RunOutcome:
     """Run audit `audit_id` to a final state and return it. Never raises for a user error.
 
     `task_id` is the Celery task id when a worker runs it (None in process): it decides what an
-    interruption means (see the module docstring).
+    interruption means (see the module docstring). `local` True: started here by the person who
+    typed the command (`audit run`), so an explicit MODULE:FACTORY model may be imported
+    (`auditor.factories`); a worker builds registered factories only.
     """
     with sessions() as s, s.begin():
         audit = repo.get_audit(s, audit_id)
@@ -142,6 +146,9 @@ def execute_audit(
             repo.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
         return RunOutcome(audit_id, "succeeded", findings=n)
 
+    if local:
+        with local_models():
+            return guarded(sessions, audit_id, compute, in_worker=False)
     return guarded(sessions, audit_id, compute, in_worker=task_id is not None)
 
 

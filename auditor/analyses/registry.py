@@ -10,6 +10,7 @@ import torch, so they are imported only when an audit runs; this module stays li
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +30,8 @@ from auditor.analyses.settings import (
     positive_number,
     setting,
 )
-from auditor.errors import AuditorError, DataError
+from auditor.errors import AuditorError, DataError, ModelError
+from auditor.factories import BUILTIN_MODELS, resolve_factory
 
 # ---- the settings of each kind ------------------------------------------------------------------
 RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined")
@@ -192,12 +194,28 @@ def get_analysis(name: str) -> Callable[[AnalysisInput], AnalysisResult]:
     return get_kind(name).run
 
 
-def check_request(kind: str, params: Mapping[str, Any], test_name: str | None) -> AuditKind:
-    """Refuse, before anything is stored, an unknown kind, a missing test set or a bad setting."""
+def check_request(
+    kind: str, params: Mapping[str, Any], test_name: str | None, *, local: bool = False
+) -> AuditKind:
+    """Refuse, before anything is stored, an unknown kind, a missing test set, a bad setting, or a
+    model factory the audit may not call: `local` False (enqueued, scheduled) allows only
+    registered factories (`auditor.models.registry`); True (run here) also an explicit
+    MODULE:FACTORY, which must then be importable."""
     spec = get_kind(kind)
     if spec.needs_test and not test_name:
         raise DataError(f"{kind} audits need a test set: pass --test DATASET")
-    spec.parse(params)
+    settings = spec.parse(params)
+    model = getattr(settings, "model", None)
+    if model is not None and model.name not in BUILTIN_MODELS:
+        target = resolve_factory(model.name, local=local)
+        if local:
+            module = target.partition(":")[0]
+            try:
+                found = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                found = None
+            if found is None:
+                raise ModelError(f"cannot import {module!r} for model {model.name!r}: no such module on sys.path")
     return spec
 
 

@@ -58,7 +58,7 @@ def _register(name: str, enqueue: bool):
 
             check_broker()
         sessions = open_store()
-        audit_id = create_audit(sessions, kind, dataset, doc_params, test_name=test)
+        audit_id = create_audit(sessions, kind, dataset, doc_params, test_name=test, local=not enqueue)
         if enqueue:
             from workers.dispatch import enqueue as send
 
@@ -80,7 +80,7 @@ def _register(name: str, enqueue: bool):
 
                 outcome = run_all_shards_here(sessions, audit_id)
             else:
-                outcome = execute_audit(sessions, audit_id, echo=bar)
+                outcome = execute_audit(sessions, audit_id, echo=bar, local=True)
         with sessions() as s:
             doc = _audit_doc(repo.get_audit(s, audit_id))
             top_rows = [finding_doc(f) for f in repo.list_findings(s, audit_id, top=10)]

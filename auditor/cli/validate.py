@@ -36,7 +36,10 @@ def validate_command(
     train_set = resolve_examples(dataset)
     test_set = resolve_examples(test) if test else None
     cfg = ValidationConfig(model=model, solver=solver, test_index=test_index, retrains=retrains, seed=model.seed)
-    with progress_bar("validate", enabled=True) as progress:
+    from auditor.factories import local_models
+
+    # validate runs here, for the person who typed it: an explicit MODULE:FACTORY is their code
+    with progress_bar("validate", enabled=True) as progress, local_models():
         report = validate(train_set, test_set, cfg, progress)
     if plot is not None:
         scatter_plot(report, plot)

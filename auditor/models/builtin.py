@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from auditor.errors import ModelError
+from auditor.factories import BUILTIN_MODELS
 
-MODEL_NAMES = ("logreg", "mlp", "cnn")
+MODEL_NAMES = BUILTIN_MODELS
 
 
 class Affine(nn.Module):

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from auditor.errors import ModelError
+from auditor.factories import resolve_factory, running_locally
 
 
 def import_factory(spec: str):
-    """'package.module:function' -> the callable."""
-    if ":" not in spec:
-        raise ModelError(f"model {spec!r} is neither a built-in name nor MODULE:FACTORY")
-    mod_name, _, attr = spec.partition(":")
+    """A registered factory name or 'package.module:function' -> the callable (only registered
+    factories outside a local run: `auditor.models.registry`)."""
+    target = resolve_factory(spec, local=running_locally())
+    mod_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -39,7 +40,11 @@ def build_user_model(spec: str, input_shape: tuple[int, ...], num_classes: int) 
     factory = import_factory(spec)
     params = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes)) if k in params}
-    module = factory(**kwargs)
+    try:
+        module = factory(**kwargs)
+    except (Exception, SystemExit) as exc:  # a factory that fails, or that calls sys.exit()
+        what = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        raise ModelError(f"model factory {spec} failed: {what.splitlines()[0] if what else type(exc).__name__}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     return module

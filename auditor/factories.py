@@ -17,13 +17,34 @@ An audit may then say `--model small_cnn` (the name) or `--model team_models:sma
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import entry_points
 
 from auditor.config import ENV_MODEL_FACTORIES, get_settings
 from auditor.errors import ModelError
 
 ENTRY_POINT_GROUP = "auditor.models"
+BUILTIN_MODELS = ("logreg", "mlp", "cnn")  # auditor.models.builtin builds these
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# True while an audit runs in the process of the person who started it (see `local_models`).
+_LOCAL: ContextVar[bool] = ContextVar("auditor_local_models", default=False)
+
+
+@contextmanager
+def local_models() -> Iterator[None]:
+    """Within this block explicit MODULE:FACTORY targets may be called: the audit runs here, for
+    the person who typed the command. Outside it (a worker) only registered factories are."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
+
+
+def running_locally() -> bool:
+    return _LOCAL.get()
 
 
 def registered_factories() -> dict[str, str]:
