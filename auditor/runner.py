@@ -14,13 +14,16 @@ the queue; Ctrl+C on an in-process run marks it cancelled.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.base import AnalysisInput
@@ -35,6 +38,7 @@ from auditor.store import repo
 from auditor.store.models import FINISHED_STATUSES, Audit
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,13 +73,67 @@ class StoreProgress:
         if now - self._last < self.interval and fraction < 1.0:
             return
         self._last = now
-        with self.sessions() as s, s.begin():
-            status = s.scalar(select(Audit.status).where(Audit.id == self.audit_id))
-            if status in FINISHED_STATUSES:
-                raise Superseded(f"audit {self.audit_id} already {status} in another run")
-            cancel = repo.update_progress(s, self.audit_id, fraction, message)
+        try:
+            with self.sessions() as s, s.begin():
+                status = s.scalar(select(Audit.status).where(Audit.id == self.audit_id))
+                if status in FINISHED_STATUSES:
+                    raise Superseded(f"audit {self.audit_id} already {status} in another run")
+                cancel = repo.update_progress(s, self.audit_id, fraction, message)
+        except DATABASE_UNREACHABLE:  # keep computing; the next report (or the end) tries again
+            log.warning("audit %s: could not record progress, the database is unreachable", self.audit_id)
+            return
         if cancel:
             raise Cancelled(f"audit {self.audit_id} was cancelled")
+
+
+# What a database that is down, restarting or unreachable raises (psycopg and sqlite3 alike).
+DATABASE_UNREACHABLE = (OperationalError, InterfaceError)
+STORE_RETRY_S = 120.0  # how long the final write of an audit keeps trying
+
+
+def with_database_retries(fn: Callable[[], T], what: str, patience: float = STORE_RETRY_S) -> T:
+    """`fn()`, tried again with back-off (0.5 s doubling to 10 s) while the database is
+    unreachable, for up to `patience` seconds; then the error propagates."""
+    deadline, pause = time.monotonic() + patience, 0.5
+    while True:
+        try:
+            return fn()
+        except DATABASE_UNREACHABLE:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: the database is unreachable; trying again in %.1f s", what, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
+class Heartbeat:
+    """While an audit computes, stamp its `heartbeat_at` every lease / 4 seconds from a thread.
+
+    Progress reports also stamp it, but an analysis can go minutes between reports (fitting the
+    curvature of a large model); the lease reconciler (`auditor.reconcile`) must not take such an
+    audit for lost. A missed beat (the database briefly down) is only logged."""
+
+    def __init__(self, sessions: sessionmaker[Session], audit_id: int) -> None:
+        self.sessions, self.audit_id = sessions, audit_id
+        self.interval = max(get_settings().lease_seconds / 4, 0.25)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{audit_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.sessions() as s, s.begin():
+                    repo.touch_heartbeat(s, self.audit_id)
+            except Exception:  # noqa: BLE001 - a beat is best effort
+                log.warning("audit %s: heartbeat not recorded", self.audit_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def load_inputs(audit: Audit) -> AnalysisInput:
@@ -122,6 +180,16 @@ def execute_audit(
                 return RunOutcome(audit_id, "failed", error=audit.error)
             repo.set_audit_status(s, audit_id, "cancelled", message="cancelled before it started")
             return RunOutcome(audit_id, "cancelled")
+        limit = get_settings().max_deliveries
+        if audit.status == "running" and audit.deliveries >= limit:
+            # A poison audit: every earlier start ended without a result or a reason, which is
+            # what a worker process that dies (os.abort, out of memory, a segfault) leaves.
+            reason = (
+                f"gave up after {audit.deliveries} starts: each one ended without a result, so the "
+                f"process running it died (last seen: {audit.message or 'starting'})"
+            )
+            repo.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
+            return RunOutcome(audit_id, "failed", error=reason)
         if audit.status == "failed":
             repo.set_audit_status(s, audit_id, "queued")
         repo.set_audit_status(s, audit_id, "running", message="starting", task_id=task_id)
@@ -135,15 +203,24 @@ def execute_audit(
         inp.artifacts_dir = out_dir
         inp.progress = StoreProgress(sessions, audit_id, echo)
         result = get_analysis(kind)(inp)
-        with sessions() as s, s.begin():
-            # Lock the row first: a cancel or another delivery that got here first wins, and
-            # this run's findings are then rolled back with the failed status change.
-            s.refresh(repo.get_audit(s, audit_id), with_for_update=True)
-            if repo.is_cancel_requested(s, audit_id):
-                raise Cancelled(f"audit {audit_id} was cancelled")
-            n = repo.upsert_findings(s, audit_id, result.findings)
-            repo.set_audit_summary(s, audit_id, result.summary)
-            repo.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
+
+        def store() -> int:
+            with sessions() as s, s.begin():
+                # Lock the row first: a cancel or another delivery that got here first wins, and
+                # this run's findings are then rolled back with the failed status change.
+                audit = repo.get_audit(s, audit_id)
+                s.refresh(audit, with_for_update=True)
+                if audit.status in FINISHED_STATUSES:
+                    raise Superseded(f"audit {audit_id} already {audit.status} in another run")
+                if audit.cancel_requested:
+                    raise Cancelled(f"audit {audit_id} was cancelled")
+                n = repo.upsert_findings(s, audit_id, result.findings)
+                repo.set_audit_summary(s, audit_id, result.summary)
+                repo.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
+            return n
+
+        # hours of work are not thrown away for a database that is briefly unreachable
+        n = with_database_retries(store, f"storing the results of audit {audit_id}")
         return RunOutcome(audit_id, "succeeded", findings=n)
 
     if local:
@@ -172,7 +249,13 @@ def guarded(
     """
     prefix = f"{part}: " if part else ""
     try:
-        return compute()
+        with Heartbeat(sessions, audit_id):
+            return compute()
+    except DATABASE_UNREACHABLE:
+        # Not the audit's fault: leave it for the next delivery (a worker's task retries, see
+        # workers/tasks.py) or for the lease reconciler, instead of failing it for good.
+        log.warning("audit %s: the database is unreachable; leaving the audit to be retried", audit_id)
+        raise
     except Cancelled as exc:
         return finish(sessions, audit_id, "cancelled", str(exc))
     except AuditorError as exc:
@@ -217,6 +300,8 @@ def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: b
                 if requeue:
                     repo.set_audit_status(s, audit_id, "queued")
                     audit.message = "worker stopped; the audit goes back to the queue"
+                    # a clean stop is not a crash: it does not count towards the poison bound
+                    audit.deliveries = max((audit.deliveries or 0) - 1, 0)
             else:
                 repo.set_audit_status(s, audit_id, "cancelled", message="interrupted")
     except Exception:  # the database may be what interrupted us; the next delivery copes

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.datasets",
             "auditor.audits",
             "auditor.runner",
+            "auditor.reconcile",
             "auditor.shards",
             "auditor.schedules",
             "auditor.findings_view",

@@ -158,6 +158,7 @@ class DatabaseScheduler(Scheduler):
             return self.interval
         try:
             self.send_if_due()
+            self.reconcile_if_due()
         except Exception as exc:  # a database or broker outage must not stop beat
             log.error(
                 "beat tick failed (%s: %s); trying again in %gs",
@@ -167,6 +168,19 @@ class DatabaseScheduler(Scheduler):
             )
             log.debug("beat tick failure", exc_info=True)
         return self.interval
+
+    def reconcile_if_due(self) -> None:
+        """Every lease / 2 seconds: lost running audits and queued audits with no message
+        (auditor.reconcile), so a deployment with beat and no idle worker still heals."""
+        from workers.dispatch import reconcile_now
+
+        now = time.monotonic()
+        if now - getattr(self, "_reconciled", -1e18) < get_settings().lease_seconds / 2:
+            return
+        self._reconciled = now
+        done = reconcile_now(self.sessions)
+        if done:
+            log.warning("reconciled audits: %s", done)
 
     def send_if_due(self) -> bool:
         """Send one tick task when a schedule is due that was not sent for recently."""

@@ -50,7 +50,7 @@ def make_app() -> Celery:
     settings = get_settings()
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
     visibility = visibility_timeout()
-    app = Celery("auditor", broker=broker, backend=settings.result_backend, include=["workers.tasks"])
+    app = Celery("auditor", broker=broker, backend=settings.result_backend, include=["workers.tasks", "workers.reconciler"])
     transport = {"visibility_timeout": visibility}
     broker_transport = {
         **transport,

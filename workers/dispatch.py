@@ -7,7 +7,9 @@ a fan-out over shards) the audit kind's declaration says (`AuditKind.shard_count
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,15 +61,68 @@ def dispatch(audit_id: int, sessions: sessionmaker[Session] | None = None) -> st
     from auditor.store import open_store
     from workers.celery_app import app
 
-    name = task_for(sessions or open_store(), audit_id)
+    sessions = sessions or open_store()
+    name = task_for(sessions, audit_id)
+    # The task id is recorded before the message exists, so the reconciler can always tell a
+    # queued audit whose message the broker lost (auditor.reconcile).
+    task_id = str(uuid.uuid4())
+    with sessions() as s, s.begin():
+        repo.get_audit(s, audit_id).task_id = task_id
     try:
         # An explicit connection to the broker configured now: the Celery app read the settings
         # when it was imported, and a long-lived process (tests, a shell) may have changed them.
         with app.connection_for_write(url) as conn:
-            result = app.send_task(name, args=[audit_id], retry=False, connection=conn)
+            result = app.send_task(name, args=[audit_id], retry=False, connection=conn, task_id=task_id)
     except OperationalError as exc:
         raise ServiceError(f"cannot reach the broker at {_redact(url)}: {exc}") from None
     return result.id
+
+
+def pending_task_ids(queues: tuple[str, ...] = ("gpu", "default")) -> set[str] | None:
+    """Task ids the broker holds: waiting in a queue, or delivered and not yet acknowledged (a
+    worker has it, or had it and died). None when the broker is not Redis or cannot be read, so
+    the reconciler does not re-send what it cannot see."""
+    url = get_settings().broker_url
+    if not url or not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    def task_id(raw: bytes, wrapped: bool) -> str | None:
+        try:
+            doc = json.loads(raw)
+            message = doc[0] if wrapped else doc
+            return message["headers"]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        ids: set[str | None] = set()
+        for queue in queues:
+            # kombu keeps a queue's priority levels in keys named QUEUE\x06\x16N
+            for key in [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]:
+                ids.update(task_id(raw, False) for raw in client.lrange(key, 0, -1))
+        ids.update(task_id(raw, True) for raw in client.hvals("unacked"))
+        client.close()
+    except redis.RedisError:
+        log.warning("cannot list the broker's messages", exc_info=True)
+        return None
+    ids.discard(None)
+    return {i for i in ids if i is not None}
+
+
+def requeue(sessions: sessionmaker[Session], audit_id: int) -> None:
+    """Send an audit that is queued in the database to the broker again (the reconciler's way)."""
+    dispatch(audit_id, sessions)
+
+
+def reconcile_now(sessions: sessionmaker[Session], audit_ids: list[int] | None = None):
+    """`auditor.reconcile.reconcile` with this deployment's broker (none: embedded)."""
+    from auditor.reconcile import reconcile
+
+    if get_settings().embedded:
+        return reconcile(sessions, audit_ids=audit_ids)
+    return reconcile(sessions, requeue=requeue, pending=pending_task_ids, audit_ids=audit_ids)
 
 
 def enqueue(sessions: sessionmaker[Session], audit_id: int) -> str:

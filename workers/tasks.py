@@ -1,17 +1,40 @@
-"""Celery tasks: thin wrappers that load nothing themselves and call the library."""
+"""Celery tasks: thin wrappers that load nothing themselves and call the library.
+
+A task that cannot reach the database is not the audit's failure and must not be acknowledged
+as done: it is retried (a new message with the same task id, then the old one is acked) with
+back-off, for as long as the outage lasts, so no queued audit is lost to a database restart.
+"""
 
 from __future__ import annotations
 
 from workers.celery_app import app
 
+DB_RETRY_MAX_S = 60  # back-off cap between retries while the database is unreachable
+
+
+def _retry_later(task, exc: Exception) -> None:
+    countdown = min(2 ** min(task.request.retries, 6), DB_RETRY_MAX_S)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+
 
 @app.task(name="auditor.run_audit", bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_audit(self, audit_id: int) -> str:
     """Run one audit to a final state; the outcome is on the audit row (and returned)."""
-    from auditor.runner import execute_audit
-    from auditor.store import open_store
+    from auditor.errors import ServiceError
+    from auditor.runner import DATABASE_UNREACHABLE, execute_audit
+    from auditor.store import dispose_engines, open_store
 
-    return execute_audit(open_store(), audit_id, task_id=self.request.id).status
+    try:
+        sessions = open_store()  # ServiceError when the database is down
+    except ServiceError as exc:
+        _retry_later(self, exc)
+        raise
+    try:
+        return execute_audit(sessions, audit_id, task_id=self.request.id).status
+    except DATABASE_UNREACHABLE as exc:
+        dispose_engines()  # drop pooled connections to the old server
+        _retry_later(self, exc)
+        raise
 
 
 @app.task(name="auditor.tick_schedules")
@@ -27,10 +50,16 @@ def tick_schedules() -> list[int]:
 @app.task(name="auditor.run_sharded", bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_sharded(self, audit_id: int) -> int:
     """Fan a label-check audit out as `shards` tasks on queue gpu; returns the shard count."""
+    from auditor.errors import ServiceError
+    from auditor.runner import DATABASE_UNREACHABLE
     from auditor.shards import start_sharded
     from auditor.store import open_store
 
-    count = start_sharded(open_store(), audit_id, task_id=self.request.id)
+    try:
+        count = start_sharded(open_store(), audit_id, task_id=self.request.id)
+    except (*DATABASE_UNREACHABLE, ServiceError) as exc:
+        _retry_later(self, exc)
+        raise
     for i in range(count):
         run_shard.apply_async(args=[audit_id, i, count])
     return count

@@ -145,10 +145,12 @@ def status(
     """Show an audit's status, progress and error."""
     from auditor.store import open_store, repo
     from auditor.store.models import FINISHED_STATUSES
+    from workers.dispatch import reconcile_now
 
     sessions = open_store()
 
     def read() -> dict[str, Any]:
+        reconcile_now(sessions, [audit_id])  # a lost audit is shown as what it is
         with sessions() as s:
             return _audit_doc(repo.get_audit(s, audit_id))
 
@@ -180,8 +182,12 @@ def list_audits(
 ) -> None:
     """List audits, newest first."""
     from auditor.store import open_store, repo
+    from workers.dispatch import reconcile_now
 
     sessions = open_store()
+    with sessions() as s:
+        shown = [a.id for a in repo.list_audits(s, dataset, status=status, limit=limit)]
+    reconcile_now(sessions, shown)
     with sessions() as s:
         docs = [_audit_doc(a) for a in repo.list_audits(s, dataset, status=status, limit=limit)]
     if json_output:
@@ -199,12 +205,18 @@ def list_audits(
 @app.command("cancel")
 @user_errors
 def cancel(audit_id: int, json_output: JsonOption = False) -> None:
-    """Stop an audit: a queued one at once, a running one at its next progress report."""
+    """Stop an audit: a queued one at once, a running one at its next progress report (at once
+    when the process running it has stopped)."""
+    from datetime import timedelta
+
+    from auditor.config import get_settings
     from auditor.store import open_store, repo
+    from auditor.store.models import utcnow
 
     sessions = open_store()
+    stale_before = utcnow() - timedelta(seconds=get_settings().lease_seconds)
     with sessions() as s, s.begin():
-        a = repo.request_cancel(s, audit_id)
+        a = repo.request_cancel(s, audit_id, stale_before=stale_before)
         doc = {"id": a.id, "status": a.status, "cancel_requested": a.cancel_requested}
     if json_output:
         print_json(doc)

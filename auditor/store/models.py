@@ -173,6 +173,8 @@ class Audit(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # times a run started (a poison audit that kills its worker is failed after a bound)
+    deliveries: Mapped[int] = mapped_column(default=0, server_default="0")
     schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
     # What the analysis reports about the whole audit (recall, groups, success rate, solver).
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

@@ -339,6 +339,7 @@ def set_audit_status(
         audit.started_at = audit.finished_at = None
     elif status == "running":
         audit.started_at, audit.heartbeat_at, audit.finished_at = now, now, None
+        audit.deliveries = (audit.deliveries or 0) + 1
     else:
         audit.finished_at = now
         if status == "succeeded":
@@ -386,11 +387,12 @@ def set_audit_summary(session: Session, audit_id: int, summary: dict[str, Any]) 
     session.flush()
 
 
-def request_cancel(session: Session, audit_id: int) -> Audit:
+def request_cancel(session: Session, audit_id: int, stale_before: datetime | None = None) -> Audit:
     """Ask an audit to stop.
 
     A queued audit is cancelled at once (a worker that picks it up later skips it); a running
-    one gets `cancel_requested`, which its next progress report sees. Cancelling a cancelled audit
+    one gets `cancel_requested`, which its next progress report sees, or, when its heartbeat is
+    older than `stale_before` (its lease expired: nobody runs it), is cancelled at once. Cancelling a cancelled audit
     is a no-op; a succeeded or failed one raises `Conflict`.
     """
     audit = get_audit(session, audit_id)
@@ -404,6 +406,11 @@ def request_cancel(session: Session, audit_id: int) -> Audit:
         audit.status = "cancelled"
         audit.finished_at = utcnow()
         audit.message = "cancelled before it started"
+    elif stale_before is not None and (audit.heartbeat_at is None or audit.heartbeat_at < stale_before):
+        # running on paper only: its lease expired, nobody is left to see the request
+        audit.status = "cancelled"
+        audit.finished_at = utcnow()
+        audit.message = "cancelled; the process running it had stopped"
     session.flush()
     return audit
 
@@ -414,6 +421,13 @@ def is_cancel_requested(session: Session, audit_id: int) -> bool:
     if flag is None:
         raise NotFound(f"no audit with id {audit_id}")
     return bool(flag)
+
+
+def touch_heartbeat(session: Session, audit_id: int) -> None:
+    """Stamp a running audit's heartbeat (the computation is alive)."""
+    session.execute(
+        update(Audit).where(Audit.id == audit_id, Audit.status == "running").values(heartbeat_at=utcnow())
+    )
 
 
 def stale_audits(session: Session, heartbeat_before: datetime) -> list[Audit]:
