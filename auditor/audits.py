@@ -9,11 +9,54 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import check_request
+from auditor.data.base import Examples
 from auditor.datasets import snapshotted
+from auditor.errors import DataError
 from auditor.store import repo
+
+MAX_SHARDS = 256  # more messages than any deployment has workers only costs (issue 16)
+
+
+def check_examples(
+    name: str, train: Examples, test_name: str | None, test: Examples | None, settings: Any
+) -> None:
+    """Refuse, with one line, data an audit cannot use: too few examples or classes, a test set
+    that does not fit the training set, settings beyond the data (shards, test rows)."""
+    n = len(train)
+    if n < 2:
+        raise DataError(f"dataset {name!r} has {n} example{'s' * (n != 1)}; an audit needs at least 2")
+    classes = np.unique(np.asarray(train.y))
+    if len(classes) < 2:
+        raise DataError(
+            f"dataset {name!r} has one class (label {int(classes[0])}); influence on a classifier needs "
+            "at least two classes"
+        )
+    shards = getattr(settings, "shards", 1) or 1
+    if shards > min(n, MAX_SHARDS):
+        raise DataError(
+            f"--shards {shards} is more than the {min(n, MAX_SHARDS)} allowed here (at most one shard "
+            f"per example and {MAX_SHARDS} in all); dataset {name!r} has {n} examples"
+        )
+    if test is None:
+        return
+    if tuple(test.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise DataError(
+            f"test set {test_name!r} has examples of shape {tuple(test.x.shape[1:])} but dataset {name!r} "
+            f"has {tuple(train.x.shape[1:])}; use a test set from the same source"
+        )
+    if len(test) == 0:
+        raise DataError(f"test set {test_name!r} has no examples")
+    k = int(classes.max()) + 1
+    if int(np.max(test.y)) >= k:
+        raise DataError(f"test label {int(np.max(test.y))} is outside the training set's classes 0..{k - 1}")
+    rows = getattr(settings, "test_indices", None) or []
+    bad = [i for i in rows if not 0 <= int(i) < len(test)]
+    if bad:
+        raise DataError(f"test index {bad[0]} is outside the test set's rows 0..{len(test) - 1}")
 
 
 def create_audit(
@@ -32,8 +75,20 @@ def create_audit(
     stored; so is a model factory that is not registered, unless the audit runs here (`local`:
     `audit run`), where an explicit MODULE:FACTORY is the caller's own code.
     """
-    check_request(kind, params, test_name, local=local)
-    with snapshotted(sessions, dataset_name, test_name) as snap:
+    spec = check_request(kind, params, test_name, local=local)
+    settings = spec.parse(params)
+
+    def check(train: Examples, test: Examples | None) -> None:
+        check_examples(dataset_name, train, test_name, test, settings)
+        model = getattr(settings, "model", None)
+        if local and model is not None:  # the run is here and now: build the model first
+            from auditor.analyses.common import build_module
+            from auditor.factories import local_models
+
+            with local_models():
+                build_module(train, model)
+
+    with snapshotted(sessions, dataset_name, test_name, check=check) as snap:
         audit = repo.create_audit(
             snap.session,
             kind,

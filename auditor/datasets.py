@@ -8,7 +8,8 @@ decoded. `snapshotted` is that sequence, written once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,10 @@ class Snapshotted:
 
 @contextmanager
 def snapshotted(
-    sessions: sessionmaker[Session], dataset: str | int, test: str | None = None
+    sessions: sessionmaker[Session],
+    dataset: str | int,
+    test: str | None = None,
+    check: Callable[[Examples, Examples | None], None] | None = None,
 ) -> Iterator[Snapshotted]:
     """Re-read a data set (by name or id) and optionally a test set, then open one write
     transaction that records a snapshot of each where the content changed; the caller adds its
@@ -52,6 +56,8 @@ def snapshotted(
     # read the files outside any transaction (see the module docstring)
     examples = load_dataset_source(row)
     test_examples = load_dataset_source(test_row) if test_row is not None else None
+    if check is not None:  # refuse what the caller cannot use before anything is written
+        check(examples, test_examples)
     with sessions() as s, s.begin():
         row = repo.get_dataset_by_id(s, dataset_id)
         snapshot, diff = repo.record_snapshot(s, row, examples)
@@ -60,6 +66,23 @@ def snapshotted(
             out.test = repo.get_dataset_by_id(s, test_id)
             out.test_snapshot, _ = repo.record_snapshot(s, out.test, test_examples)
         yield out
+
+
+# Names people type, read and pass between commands: letters, digits, dot, dash and underscore,
+# starting with a letter or digit, at most NAME_MAX characters. No markup, paths, spaces or
+# control characters, so a name can never break a table, a terminal or a file name.
+NAME_MAX = 64
+_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse a name outside the documented character set, before anything is read or stored."""
+    if not _NAME.match(name or ""):
+        shown = repr(name if len(name) <= 40 else name[:40] + "...")
+        raise DataError(
+            f"{what} name {shown} is not allowed: use 1-{NAME_MAX} letters, digits, '.', '-' or '_', "
+            "starting with a letter or digit"
+        )
 
 
 def _get(session: Session, dataset: str | int) -> Dataset:
@@ -96,6 +119,7 @@ def register_dataset(
 ) -> dict[str, Any]:
     """Register a data set and record its first snapshot (with `update`: re-point an existing
     one and re-scan it). Returns {"created", "dataset", "snapshot", "diff"}."""
+    check_name(name, "dataset")
     source = Path(path).expanduser().resolve()
     with sessions() as session:
         exists = find_dataset(session, name) is not None

@@ -17,6 +17,7 @@ An audit may then say `--model small_cnn` (the name) or `--model team_models:sma
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -60,8 +61,16 @@ def registered_factories() -> dict[str, str]:
 
 
 def check_target(target: str) -> None:
+    """A well-formed MODULE:FACTORY outside the standard library (`os:system`, `sys:exit`,
+    `builtins:input` are functions, not model factories, even in a local run)."""
     if not _TARGET.match(target):
         raise ModelError(f"model {target!r} is not MODULE:FACTORY (for example team_models:small_cnn)")
+    top = target.split(":")[0].split(".")[0]
+    if top in sys.stdlib_module_names or top in ("builtins", "auditor", "workers", "torch"):
+        raise ModelError(
+            f"model {target} names a function of {top!r}, not a model factory; give your own "
+            "module's factory (MODULE:FACTORY returning a torch.nn.Module)"
+        )
 
 
 def resolve_factory(spec: str, *, local: bool) -> str:

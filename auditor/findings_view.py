@@ -121,14 +121,18 @@ def write_export(rows: list[dict[str, Any]], out: Path) -> Path:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise AuditorError(f"--out must end in .csv or .json, not {out.suffix or '(none)'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    if suffix == ".json":
-        tmp.write_text(json.dumps(rows, indent=1))
-    else:
-        with tmp.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".json":
+            tmp.write_text(json.dumps(rows, indent=1))
+        else:
+            with tmp.open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
+                w.writeheader()
+                w.writerows(rows)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AuditorError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     return out

@@ -64,6 +64,8 @@ def reconcile(
     the module docstring). `requeue` None (no broker): lost audits are failed, never re-sent.
     `audit_ids` limits the pass to those audits."""
     settings = get_settings()
+    if audit_ids is not None:
+        audit_ids = [i for i in audit_ids if 0 < i <= repo.ID_MAX]
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.lease_seconds)
     out = Reconciled()

@@ -6,8 +6,24 @@ analyses (which make them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def finite_json(doc: Any) -> Any:
+    """`doc` with every NaN or infinite float replaced by None (JSON has no such numbers:
+    PostgreSQL refuses them and `json.dumps` writes `-Infinity`, which no JSON parser reads) and
+    numpy scalars made plain. Stored payloads and summaries, and every --json output, go through it."""
+    if isinstance(doc, dict):
+        return {k: finite_json(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [finite_json(v) for v in doc]
+    if hasattr(doc, "item") and callable(doc.item) and getattr(doc, "ndim", 1) == 0:
+        doc = doc.item()  # numpy / torch scalar
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    return doc
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_numpy_values_are_stored_as_plain_json(sessions: sessionmaker[Session]) 
 
 
 def test_nan_scores_are_refused() -> None:
-    with pytest.raises(ValueError, match="NaN score"):
+    with pytest.raises(ValueError, match="non-finite score"):
         repo.upsert_findings(None, 1, [FindingRecord(0, "k", "label", float("nan"), 0)])  # type: ignore[arg-type]
 
 
@@ -82,3 +82,23 @@ def test_deleting_an_audit_deletes_its_findings(sessions: sessionmaker[Session])
         s.delete(s.get(type(audit), audit.id))
     with sessions() as s:
         assert repo.count_findings(s, audit.id) == 0
+
+
+def test_non_finite_payload_numbers_are_stored_as_null_and_scores_must_be_finite(sessions) -> None:
+    import math
+
+    from auditor.analyses.base import FindingRecord
+    from auditor.store import repo
+
+    with sessions() as s, s.begin():
+        audit = make_audit(s, make_dataset(s), status="running")
+        rec = FindingRecord(0, "k0", "label", 1.0, 1, 0, {"margin": -math.inf, "p": math.nan, "ok": 0.5, "xs": [math.inf, 1.0]})
+        repo.upsert_findings(s, audit.id, [rec])
+        repo.set_audit_summary(s, audit.id, {"best": math.inf})
+        audit_id = audit.id
+    with sessions() as s:
+        (f,) = repo.list_findings(s, audit_id)
+        assert f.payload == {"margin": None, "p": None, "ok": 0.5, "xs": [None, 1.0]}
+        assert repo.get_audit(s, audit_id).summary == {"best": None}
+        with pytest.raises(ValueError, match="non-finite"):
+            repo.upsert_findings(s, audit_id, [FindingRecord(1, "k1", "label", -math.inf, 2)])

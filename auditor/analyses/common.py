@@ -218,17 +218,13 @@ def check_outputs(module: nn.Module, x: Tensor, name: str, batch_size: int = 409
     return torch.cat(predicted)
 
 
-def fit_model(
-    examples: Examples,
-    spec: ModelSpec,
-    num_classes: int | None = None,
-    progress: Progress | None = None,
-) -> Fitted:
-    """Build (or load) and train the model described by `spec` on `examples`.
-
-    A user's model keeps its own dtype (float32, typically) and the data follow it; built-in
-    models are float64 (small, and validated against exact retraining). With `spec.train` False
-    the weights are used exactly as given. `progress` receives training progress in [0, 1]."""
+def build_module(
+    examples: Examples, spec: ModelSpec, num_classes: int | None = None
+) -> tuple[nn.Module, torch.device]:
+    """The model `spec` describes, built (or the user's factory called), with its weights loaded
+    and on its device; untrained. Cheap, so `audit run` calls it before it creates the audit:
+    a factory that fails, weights that are missing or unsafe, a device that is not there are
+    refused before anything is stored."""
     k = num_classes or examples.num_classes
     device = resolve_device(spec.device)
     if not spec.train and not spec.weights:
@@ -240,7 +236,21 @@ def fit_model(
         module = build_user_model(spec.name, tuple(examples.x.shape[1:]), k)
     if spec.weights:
         load_weights(module, spec.weights)
-    module = module.to(device)
+    return module.to(device), device
+
+
+def fit_model(
+    examples: Examples,
+    spec: ModelSpec,
+    num_classes: int | None = None,
+    progress: Progress | None = None,
+) -> Fitted:
+    """Build (or load) and train the model described by `spec` on `examples`.
+
+    A user's model keeps its own dtype (float32, typically) and the data follow it; built-in
+    models are float64 (small, and validated against exact retraining). With `spec.train` False
+    the weights are used exactly as given. `progress` receives training progress in [0, 1]."""
+    module, device = build_module(examples, spec, num_classes)
     params = list(module.parameters())
     if not params:
         raise ModelError(f"model {spec.name} has no parameters")

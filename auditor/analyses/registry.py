@@ -206,6 +206,8 @@ def check_request(
         raise DataError(f"{kind} audits need a test set: pass --test DATASET")
     settings = spec.parse(params)
     model = getattr(settings, "model", None)
+    if model is not None and not model.train and not model.weights:
+        raise ModelError("--no-train scores a trained model as it is: give its weights with --weights FILE")
     if model is not None and model.name not in BUILTIN_MODELS:
         target = resolve_factory(model.name, local=local)
         if local:

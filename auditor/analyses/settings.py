@@ -120,7 +120,9 @@ class ModelSpec(Declared):
     adam_epochs: int | None = setting(
         None, "Minibatch Adam epochs before L-BFGS, fewer when progress stalls (default: 60 for the cnn, else 0)", check=at_least(0), cli=False
     )
-    seed: int = setting(0, "Training seed")
+    seed: int = setting(
+        0, "Training seed", check=Check(lambda v: 0 <= v < 2**63, "a whole number from 0 to 2**63 - 1")
+    )
     hidden: int = setting(32, "Hidden units of the built-in mlp", check=POSITIVE_INT, cli=False)
 
     def to_dict(self) -> dict:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from auditor.cli.audit_options import KIND_HELP, KINDS_DOC, audit_params, with_audit_options
-from auditor.cli.common import err_console, out_console, print_json, user_errors
+from auditor.cli.common import clean, err_console, out_console, print_json, styled, user_errors
 from auditor.cli.progress import progress_bar
 
 app = typer.Typer(no_args_is_help=True, help="Audits: run, enqueue, status, list, cancel, diff.")
@@ -101,7 +101,10 @@ def _register(name: str, enqueue: bool):
 
 def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     if doc["status"] != "succeeded":
-        err_console.print(f"[bold red]audit {doc['id']} {doc['status']}:[/] {doc['error'] or doc['message']}")
+        err_console.print(
+            styled((f"audit {doc['id']} {doc['status']}: ", "bold red"), clean(doc["error"] or doc["message"] or "", " ")),
+            soft_wrap=True,
+        )
         return
     out_console.print(f"audit {doc['id']} succeeded: {doc['message']}")
     _print_ranking(doc)
@@ -166,9 +169,9 @@ def status(
         print_json(doc)
         return
     line = f"audit {doc['id']} {doc['kind']} on {doc['dataset']}: {doc['status']} ({doc['progress']:.0%})"
-    out_console.print(line + (f" - {doc['message']}" if doc["message"] else ""))
+    out_console.print(styled(line + (f" - {doc['message']}" if doc["message"] else "")))
     if doc["error"]:
-        out_console.print(f"[red]error:[/] {doc['error']}")
+        out_console.print(styled(("error: ", "red"), doc["error"]))
     _print_ranking(doc)
 
 
@@ -177,7 +180,7 @@ def status(
 def list_audits(
     dataset: Annotated[str | None, typer.Option(help="Only audits of this dataset (scan history)")] = None,
     status: Annotated[str | None, typer.Option(help="Only audits with this status")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first")] = 50,
     json_output: JsonOption = False,
 ) -> None:
     """List audits, newest first."""
@@ -196,8 +199,8 @@ def list_audits(
     table = Table("id", "kind", "dataset", "snapshot", "status", "progress", "created (UTC)", "message")
     for d in docs:
         table.add_row(
-            str(d["id"]), d["kind"], d["dataset"], str(d["snapshot_id"]), d["status"], f"{d['progress']:.0%}",
-            (d["created_at"] or "")[:16].replace("T", " "), (d["error"] or d["message"] or "")[:60],
+            str(d["id"]), d["kind"], clean(d["dataset"]), str(d["snapshot_id"]), d["status"], f"{d['progress']:.0%}",
+            (d["created_at"] or "")[:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
         )
     out_console.print(table)
 

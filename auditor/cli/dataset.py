@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from auditor.cli.common import out_console, print_json, user_errors
+from auditor.cli.common import clean, out_console, print_json, styled, user_errors
 from auditor.store import open_store
 
 app = typer.Typer(no_args_is_help=True, help="Datasets: add, list, show, re-scan.")
@@ -88,7 +88,7 @@ def list_command(json_output: JsonOption = False) -> None:
     table = Table("name", "examples", "format", "source", "scanned (UTC)")
     for doc in docs:
         scanned = doc["scanned_at"][:16].replace("T", " ") if doc["scanned_at"] else "-"
-        table.add_row(doc["name"], str(doc["n"]), doc["format"], doc["source_path"], scanned)
+        table.add_row(clean(doc["name"]), str(doc["n"]), doc["format"], clean(doc["source_path"]), scanned)
     out_console.print(table)
 
 
@@ -102,7 +102,7 @@ def show(name: str, json_output: JsonOption = False) -> None:
     if json_output:
         print_json(doc)
         return
-    out_console.print(f"[bold]{doc['name']}[/] ({doc['format']}) {doc['source_path']}")
+    out_console.print(styled((doc["name"], "bold"), f" ({doc['format']}) {doc['source_path']}"))
     out_console.print(f"{doc['n']} examples, {doc['reviewed']} reviewed")
     counts = ", ".join(f"{label}: {count}" for label, count in doc["label_counts"].items())
     out_console.print(f"labels: {counts or '-'}")

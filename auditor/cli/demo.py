@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from auditor.cli.common import out_console, print_json, user_errors
+from auditor.cli.common import out_console, print_json, styled, user_errors
 from auditor.cli.progress import progress_bar
 
 
@@ -51,7 +51,7 @@ def demo_command(
     if json_output:
         print_json(doc)
     elif result.status != "succeeded":
-        out_console.print(f"[red]demo audit {result.audit_id} {result.status}:[/] {result.error}")
+        out_console.print(styled((f"demo audit {result.audit_id} {result.status}: ", "red"), result.error or ""))
     else:
         t = Table("rank", "finding", "example", "label", "suggested", ranked_by, "planted flip?")
         for d in doc["top"]:

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from auditor.cli.common import err_console, out_console, print_json, user_errors
+from auditor.cli.common import (
+    check_out_path,
+    err_console,
+    out_console,
+    print_json,
+    styled,
+    user_errors,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Findings: list, show, export.")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -18,7 +25,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 @user_errors
 def list_findings(
     audit_id: int,
-    top: Annotated[int, typer.Option(help="Show the first N by rank")] = 20,
+    top: Annotated[int, typer.Option(min=1, help="Show the first N by rank")] = 20,
     kind: Annotated[str | None, typer.Option(help="Only findings of this kind")] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -69,7 +76,7 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
                 examples, _ = dataset_examples(s, f.audit_id)
                 found, is_image = load_example(examples, f), examples.is_image
             except DataError as exc:
-                err_console.print(f"[yellow]cannot show the example: {exc}[/]")
+                err_console.print(styled((f"cannot show the example: {exc}", "yellow")))
     if json_output:
         print_json(doc)
         return
@@ -93,6 +100,7 @@ def export(
     from auditor.findings_view import export_rows, write_export
     from auditor.store import open_store
 
+    check_out_path(out)
     sessions = open_store()
     with sessions() as s:
         rows = export_rows(s, audit_id)

@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from auditor.cli import audit, dataset, db, findings, review, schedule
 from auditor.cli.audit_diff import diff_command
+from auditor.cli.common import err_console, error_line
 from auditor.cli.demo import demo_command
 from auditor.cli.report import report_command
 from auditor.cli.validate import validate_command
 from auditor.cli.worker import worker_command
 
+try:  # typer 0.2x vendors click as typer._click; older ones raise click's own exceptions
+    from typer._click import exceptions as _vendored
+except ImportError:  # pragma: no cover
+    _vendored = click.exceptions
+ABORT = (click.exceptions.Abort, typer.Abort)
+CLICK_ERRORS = (click.ClickException, _vendored.ClickException)
+SHOW_AS_IS = tuple(getattr(m, "NoArgsIsHelpError", ()) for m in (click.exceptions, _vendored) if hasattr(m, "NoArgsIsHelpError"))
+
+
+class OneLineErrors(TyperGroup):
+    """The root command, with every usage error (unknown option, a value of the wrong type, a
+    missing argument) as one line on stderr and exit code 2, like every other error here, instead
+    of click's usage box: scripts and people read the same single line."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except ABORT:
+            err_console.print(error_line("aborted"), soft_wrap=True)
+            sys.exit(1)
+        except SHOW_AS_IS as exc:  # `auditor audit` with nothing after it: the help, as help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except CLICK_ERRORS as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            err_console.print(error_line(exc.format_message() + hint), soft_wrap=True)
+            sys.exit(exc.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     no_args_is_help=True,
     help="Audit ML training sets with influence functions: find mislabelled examples, explain "
     "predictions, diagnose domain mismatch, probe training-set attacks.",

@@ -18,11 +18,11 @@ def progress_bar(title: str, enabled: bool = True) -> Iterator[ProgressFn]:
         yield lambda fraction, message: None
         return
     with Progress(
-        TextColumn("[bold]{task.fields[title]}"),
+        TextColumn("{task.fields[title]}", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         console=err_console,
         transient=False,
     ) as bar:

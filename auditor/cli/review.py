@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from auditor.cli.common import err_console, out_console, print_json, user_errors
+from auditor.cli.common import err_console, out_console, print_json, styled, user_errors
 from auditor.errors import AuditorError
 
 app = typer.Typer(no_args_is_help=True, help="Review findings: next, decide.")
@@ -36,7 +36,7 @@ def _readable_examples(s, audit_id: int, purpose: str):
     try:
         return dataset_examples(s, audit_id)[0]
     except DataError as exc:
-        err_console.print(f"[yellow]cannot {purpose}: {exc}[/]")
+        err_console.print(styled((f"cannot {purpose}: {exc}", "yellow")))
         return None
 
 
@@ -134,8 +134,10 @@ def next_finding(
             out_console.print(image_to_text(found[0]))
         p = doc["payload"]
         out_console.print(
-            f"label [bold]{f.label}[/]   suggested [bold]{p.get('suggested_label', '-')}[/]   "
-            f"score {f.score:.4g}   p(label) {p.get('prob_label', float('nan')):.3f}"
+            styled(
+                "label ", (str(f.label), "bold"), "   suggested ", (str(p.get("suggested_label", "-")), "bold"),
+                f"   score {f.score:.4g}   p(label) {p.get('prob_label', float('nan')):.3f}",
+            )
         )
         answer = typer.prompt("[c]onfirm suggested / [r]elabel / [d]ismiss / [s]kip / [q]uit", default="s")
         answer = answer.strip().lower()[:1]
@@ -158,4 +160,4 @@ def next_finding(
             with sessions() as s, s.begin():
                 repo.decide(s, f.id, decision, new_label, _reviewer(reviewer))
         except (Conflict, AuditorError) as exc:
-            err_console.print(f"[yellow]{exc}[/]")
+            err_console.print(styled((str(exc), "yellow")))

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from auditor.cli.audit_options import KIND_HELP, audit_params, with_audit_options
-from auditor.cli.common import err_console, out_console, print_json, user_errors
+from auditor.cli.common import clean, err_console, out_console, print_json, user_errors
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -105,7 +105,7 @@ def list_command(
     for d in docs:
         table.add_row(
             str(d["id"]),
-            d["dataset"],
+            clean(d["dataset"]),
             d["kind"],
             _when(d),
             "on" if d["enabled"] else "paused",

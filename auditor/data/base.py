@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Labels are class indices 0..K-1. A model has one output per class, so a label of 10**12 would
+# ask for a 10**12-wide output layer; anything at or above this is refused as not a class index.
+MAX_CLASSES = 100_000
 
 @dataclass
 class Examples:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.data.base import Examples
+from auditor.data.base import MAX_CLASSES, Examples
 from auditor.data.keys import example_keys
 from auditor.errors import DataError
 
@@ -84,6 +84,12 @@ def _parse_labels(
         line = int(np.argmin(labels)) + 2
         raise DataError(
             f"{where}: label {labels.min()} on line {line} is negative; labels must be >= 0"
+        )
+    if labels.max() >= MAX_CLASSES:
+        line = int(np.argmax(labels)) + 2
+        raise DataError(
+            f"{where}: label {labels.max()} on line {line} is not a class index (labels are 0..K-1 "
+            f"with K <= {MAX_CLASSES})"
         )
     return labels, None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.data.base import Examples
+from auditor.data.base import MAX_CLASSES, Examples
 from auditor.data.keys import example_keys
 from auditor.errors import DataError
 
@@ -32,6 +32,12 @@ def check_labels(y: np.ndarray, where: str) -> np.ndarray:
     labels = y.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise DataError(f"{where}: labels must be >= 0, found {int(labels.min())}")
+    if labels.size and labels.max() >= MAX_CLASSES:
+        row = int(labels.argmax())
+        raise DataError(
+            f"{where}: label {int(labels.max())} in row {row} is not a class index (labels are 0..K-1 "
+            f"with K <= {MAX_CLASSES})"
+        )
     return labels
 
 

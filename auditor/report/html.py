@@ -46,9 +46,15 @@ def _truth(path: Path | None) -> set[int] | None:
         return None
     if not path.exists():
         raise DataError(f"{path}: no such truth file")
-    doc = json.loads(path.read_text())
-    idx = doc["flipped_indices"] if isinstance(doc, dict) else doc
-    return {int(i) for i in idx}
+    try:
+        doc = json.loads(path.read_text())
+        idx = doc["flipped_indices"] if isinstance(doc, dict) else doc
+        return {int(i) for i in idx}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{path}: not a truth file (JSON: a list of example indices, or {{\"flipped_indices\": [...]}}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: str) -> str:

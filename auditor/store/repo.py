@@ -7,6 +7,7 @@ need a constraint checked now. Missing rows raise `NotFound`, lost races raise `
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from auditor.data.base import Examples
 from auditor.data.keys import content_hash
 from auditor.errors import AuditorError, Conflict, NotFound
-from auditor.records import FindingRecord
+from auditor.records import FindingRecord, finite_json
 from auditor.store.db import dumps_json
 from auditor.store.migrate import ensure_schema as ensure_schema  # re-export for front doors
 from auditor.store.models import (
@@ -283,9 +284,18 @@ def create_audit(
     return audit
 
 
+ID_MAX = 2**31 - 1  # ids are 32-bit integers on PostgreSQL; beyond that nothing can match
+
+
+def _in_range(row_id: int) -> bool:
+    """Whether an id can exist at all: a larger one would fail in the database ("integer out of
+    range") instead of being simply not found."""
+    return 0 < int(row_id) <= ID_MAX
+
+
 def get_audit(session: Session, audit_id: int) -> Audit:
     """The audit with id `audit_id`, or `NotFound`."""
-    audit = session.get(Audit, audit_id)
+    audit = session.get(Audit, audit_id) if _in_range(audit_id) else None
     if audit is None:
         raise NotFound(f"no audit with id {audit_id} (see `auditor audit list`)")
     return audit
@@ -383,7 +393,7 @@ def update_progress(
 def set_audit_summary(session: Session, audit_id: int, summary: dict[str, Any]) -> None:
     """Store the analysis's summary of the whole audit (JSON)."""
     audit = get_audit(session, audit_id)
-    audit.summary = summary
+    audit.summary = finite_json(summary)
     session.flush()
 
 
@@ -454,8 +464,8 @@ def _finding_rows(records: Iterable[FindingRecord]) -> list[tuple[Any, ...]]:
     rows: dict[tuple[str, str], tuple[Any, ...]] = {}
     for r in records:
         score = float(r.score)
-        if score != score:
-            raise ValueError(f"finding for example {r.example_key} has a NaN score")
+        if not math.isfinite(score):
+            raise ValueError(f"finding for example {r.example_key} has a non-finite score ({score})")
         label = int(r.label) if r.label is not None else None
         rows[(r.example_key, r.kind)] = (
             int(r.example_index),
@@ -464,7 +474,7 @@ def _finding_rows(records: Iterable[FindingRecord]) -> list[tuple[Any, ...]]:
             score,
             int(r.rank),
             label,
-            r.payload,
+            finite_json(r.payload),
         )
     return list(rows.values())
 
@@ -572,7 +582,7 @@ def count_findings(session: Session, audit_id: int, kind: str | None = None) -> 
 
 def get_finding(session: Session, finding_id: int) -> Finding:
     """The finding with id `finding_id`, or `NotFound`."""
-    finding = session.get(Finding, finding_id)
+    finding = session.get(Finding, finding_id) if _in_range(finding_id) else None
     if finding is None:
         raise NotFound(f"no finding with id {finding_id}")
     return finding
@@ -776,7 +786,7 @@ def add_schedule(
 
 def get_schedule(session: Session, schedule_id: int) -> Schedule:
     """The schedule with id `schedule_id`, or `NotFound`."""
-    schedule = session.get(Schedule, schedule_id)
+    schedule = session.get(Schedule, schedule_id) if _in_range(schedule_id) else None
     if schedule is None:
         raise NotFound(f"no schedule with id {schedule_id} (see `auditor schedule list`)")
     return schedule
