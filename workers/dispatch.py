@@ -67,7 +67,9 @@ def dispatch(audit_id: int, sessions: sessionmaker[Session] | None = None) -> st
     # queued audit whose message the broker lost (auditor.reconcile).
     task_id = str(uuid.uuid4())
     with sessions() as s, s.begin():
-        repo.get_audit(s, audit_id).task_id = task_id
+        audit = repo.get_audit(s, audit_id)
+        if audit.status == "queued":  # a finished audit keeps the id of the run that finished it
+            audit.task_id = task_id
     try:
         # An explicit connection to the broker configured now: the Celery app read the settings
         # when it was imported, and a long-lived process (tests, a shell) may have changed them.
