@@ -93,6 +93,10 @@ class Proxy:
 
     def cut(self) -> None:
         assert self.server is not None
+        try:  # wakes the thread blocked in accept(); close() alone leaves the socket listening
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.server.close()
         with self.lock:
             for c in self.conns:
@@ -194,14 +198,27 @@ def test_a_database_outage_under_a_running_worker_loses_no_audit(
 ) -> None:
     proxy = Proxy(("127.0.0.1", 5432))
     through_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    workers.start(AUDITOR_DATABASE_URL=through_proxy, AUDITOR_LEASE_SECONDS="20")
-    ids = [enqueue("full", "--model", "mlp"), enqueue("small"), enqueue("small")]
-    wait_for(lambda: status(ids[0])["status"] == "running" and status(ids[0])["progress"] > 0, 120, "the first audit to run")
+    workers.start(AUDITOR_DATABASE_URL=through_proxy, AUDITOR_LEASE_SECONDS="8")
+    log = workers.procs[-1][1]
+    warm = enqueue("small")
+    assert wait_final(warm)["status"] == "succeeded"
+    # 1. the database goes away while the worker is idle, and audits are queued meanwhile: the
+    #    worker receives them, cannot reach the database, and retries instead of acking them
+    proxy.cut()
+    queued = [enqueue("small"), enqueue("small")]
+    wait_for(lambda: "Retry in" in log.read_text(errors="replace"), 30, "the worker to retry a delivery")
+    time.sleep(2)
+    proxy.restore()
+    # 2. the database goes away for 8 s while the worker computes an audit
+    busy = enqueue("full", "--model", "mlp")
+    wait_for(lambda: (d := status(busy))["status"] == "running" and d["progress"] > 0, 120, "the audit to run")
     proxy.cut()
     time.sleep(8)
     proxy.restore()
-    docs = [wait_final(i, timeout=240) for i in ids]
+    docs = [wait_final(i, timeout=240) for i in [*queued, busy]]
     assert [d["status"] for d in docs] == ["succeeded"] * 3, docs
+    text = log.read_text(errors="replace")
+    assert "heartbeat not recorded" in text or "could not record progress" in text or "trying again" in text
 
 
 def test_queued_audits_survive_a_redis_restart_that_lost_every_message(
