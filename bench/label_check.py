@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="digits,wine")
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--seeds", default="0", help="comma-separated flip/training seeds")
-    ap.add_argument("--damping", type=float, default=0.0)
+    ap.add_argument("--damping", type=float, default=None, help="default: chosen by the solver, as in an audit")
     ap.add_argument("--weight-decay", type=float, default=0.01)
     args = ap.parse_args()
     try:
@@ -91,7 +91,7 @@ def main() -> None:
         print(f"| {dname} | {mname} | {name} | {len(vals)} | {np.mean(vals):.3f} | {min(vals):.3f} | {max(vals):.3f} |")
 
 
-def rankings(noisy: Examples, flipped: np.ndarray, spec: ModelSpec, damping: float, seed: int) -> dict:
+def rankings(noisy: Examples, flipped: np.ndarray, spec: ModelSpec, damping: float | None, seed: int) -> dict:
     """auditor's rankings, all from one training run and one pass over the gradients."""
     cfg = LabelCheckConfig(model=spec, solver=SolverSpec("auto", damping))
     t0 = time.perf_counter()

@@ -7,7 +7,10 @@ division, and EK-FAC replaces the Kronecker eigenvalues with the exact second mo
 rotated per-example gradients, E[(Q_S^T G Q_A)^2]. Layers are independent blocks.
 
 Why it is here: self-influence for every example then costs two small matrix products per layer
-per example, with no solve, which is what large label-check audits need.
+per example, with no solve, which is what large label-check audits need. Fitting and scoring read
+each layer's inputs and output gradients with hooks (`auditor.influence.taps`) instead of forming
+flat per-example gradients; `solve` and `quadratic` on flat vectors remain for explain, the
+attack and tests.
 Output gradients use labels sampled from the model's own predictive distribution (the true
 Fisher, which equals the GGN for cross-entropy), seeded for determinism.
 """
