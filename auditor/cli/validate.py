@@ -11,33 +11,66 @@ from auditor.cli.audit_options import with_model_options
 from auditor.cli.common import err_console, print_json, user_errors
 from auditor.cli.progress import progress_bar
 
+METRICS = ("loo", "lds")
+
+
+def _dampings(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    from auditor.errors import DataError
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DataError(f"--dampings must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v >= 0) or v == float("inf") for v in values):
+        raise DataError(f"--dampings must be finite numbers >= 0, got {text!r}")
+    return values
+
+
+DEFAULT_SWEEP = "0,0.0001,0.001,0.01,0.1,1"
+
 
 @user_errors
 @with_model_options
 def validate_command(
     dataset: Annotated[str, typer.Argument(help="An .npz/.csv path or image folder, or a registered dataset name")],
     test: Annotated[str | None, typer.Option(help="Test set (path or name); default: hold out 20% of DATASET")] = None,
-    test_index: Annotated[int | None, typer.Option(help="Test point to explain (default: a misclassified one)")] = None,
-    retrains: Annotated[int, typer.Option(help="How many leave-one-out retrains (the K most influential points)")] = 30,
-    plot: Annotated[Path | None, typer.Option(help="Write a predicted-vs-actual scatter plot (PNG) here")] = None,
+    metric: Annotated[str, typer.Option(help="loo: leave-one-out on the top K | lds: linear datamodeling score")] = "loo",
+    test_index: Annotated[int | None, typer.Option(help="loo: test point to explain (default: a misclassified one)")] = None,
+    retrains: Annotated[int, typer.Option(min=1, help="loo: how many leave-one-out retrains (the K most influential points)")] = 30,
+    subsets: Annotated[int, typer.Option(min=3, help="lds: retrains on random half-subsets")] = 50,
+    test_points: Annotated[int, typer.Option(min=1, help="lds: test points scored")] = 50,
+    sweep_damping: Annotated[bool, typer.Option("--sweep-damping", help=f"lds: score each damping of --dampings (default {DEFAULT_SWEEP}) on the same retrains and pick the best")] = False,
+    dampings: Annotated[str | None, typer.Option(help="lds: comma-separated dampings to sweep (implies --sweep-damping)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a plot (PNG): loo scatter, or lds histogram")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")] = False,
     audit: dict[str, Any] | None = None,
 ) -> None:
-    """Predict the change in a test point's loss from removing each of the K most influential
-    training points, retrain without each, and report Pearson and Spearman r.
+    """Check influence against retraining: leave-one-out on the K most influential training points
+    of one test point (loo), or the linear datamodeling score over random half-subsets (lds).
 
     Takes the model and solver options of `auditor audit run` (the same declarations)."""
     from auditor.analyses.registry import spec_params
     from auditor.analyses.settings import parse_specs
-    from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
+    from auditor.errors import DataError
+    from auditor.factories import local_models
     from auditor.resolve import resolve_examples
 
+    if metric not in METRICS:
+        raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     model, solver = parse_specs(spec_params(audit or {}))
+    sweep = _dampings(dampings or (DEFAULT_SWEEP if sweep_damping else None))
+    if sweep is not None and metric != "lds":
+        raise DataError("--sweep-damping and --dampings need --metric lds")
     train_set = resolve_examples(dataset)
     test_set = resolve_examples(test) if test else None
-    cfg = ValidationConfig(model=model, solver=solver, test_index=test_index, retrains=retrains, seed=model.seed)
-    from auditor.factories import local_models
+    if metric == "lds":
+        _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json)
+        return
+    from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
 
+    cfg = ValidationConfig(model=model, solver=solver, test_index=test_index, retrains=retrains, seed=model.seed)
     # validate runs here, for the person who typed it: an explicit MODULE:FACTORY is their code
     with progress_bar("validate", enabled=True) as progress, local_models():
         report = validate(train_set, test_set, cfg, progress)
@@ -45,6 +78,7 @@ def validate_command(
         scatter_plot(report, plot)
     if as_json:
         doc = {
+            "metric": "loo",
             "pearson": report.pearson,
             "spearman": report.spearman,
             "retrains": report.retrains,
@@ -70,3 +104,28 @@ def validate_command(
     )
     if plot is not None:
         typer.echo(f"scatter plot: {plot}")
+
+
+def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json) -> None:
+    from auditor.analyses.lds import LDSConfig, histogram_plot, validate_lds
+    from auditor.factories import local_models
+
+    cfg = LDSConfig(model=model, solver=solver, subsets=subsets, test_points=test_points, seed=model.seed, dampings=sweep)
+    cfg.check()
+    with progress_bar("validate lds", enabled=True) as progress, local_models():
+        report = validate_lds(train_set, test_set, cfg, progress)
+    if plot is not None:
+        histogram_plot(report, plot)
+    if as_json:
+        print_json({**report.to_json(), "plot": str(plot) if plot else None})
+        return
+    if report.sweep:
+        for row in report.sweep:
+            typer.echo(f"damping {row['damping']:<8g} LDS {row['lds']:.4f}")
+        typer.echo(f"best damping {report.damping:g}: use --damping {report.damping:g} in audits of this model")
+    typer.echo(
+        f"{report.model} / {report.solver} (damping {report.damping:g}): LDS = {report.lds:.4f} over "
+        f"{len(report.test_indices)} test points and {report.subsets} retrains on half-subsets"
+    )
+    if plot is not None:
+        typer.echo(f"histogram: {plot}")
