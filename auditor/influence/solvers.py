@@ -33,7 +33,9 @@ from auditor.influence.model import FunctionalModel
 
 log = logging.getLogger(__name__)
 
-AUTO_DAMPING_FRACTION = 0.1  # of the mean eigenvalue (kronfluence's default damping)
+AUTO_DAMPING_FRACTION = 0.1
+FULL_BATCH_ROWS = 4096  # LiSSA: up to this many rows, every step uses all of them
+STOCHASTIC_BATCH = 256  # of the mean eigenvalue (kronfluence's default damping)
 
 
 def mean_eigenvalue(
@@ -284,7 +286,7 @@ class LissaSolver(InverseHVP):
         scale: float | None = None,
         depth: int | None = None,
         repeats: int = 1,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         max_depth: int = 20000,
         tol: float = 1e-3,
         seed: int = 0,
@@ -304,6 +306,10 @@ class LissaSolver(InverseHVP):
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> LissaSolver:
         self.fm, self.x, self.y = fm, x, y
+        if self.batch_size is None:
+            # Small data: every step on all rows, which makes the recursion the deterministic
+            # Neumann series (minibatch noise alone left a 0.2 residual on 1,400 digits).
+            self.batch_size = x.shape[0] if x.shape[0] <= FULL_BATCH_ROWS else STOCHASTIC_BATCH
         self._auto_from_trace(fm, x, y)
         theta = fm.flat_params()
         p, n = theta.numel(), x.shape[0]
@@ -327,6 +333,13 @@ class LissaSolver(InverseHVP):
         # smallest eigenvalue of H + lambda I = s - top eigenvalue of (s I - H - lambda I)
         shifted = lambda v: s * v - full(v)  # noqa: E731
         lam_min = s - power_iteration(shifted, p, theta, iters=200, seed=self.seed + 7)
+        # Power iteration approaches the top of (sI - H) from below, so it over-estimates the
+        # smallest eigenvalue when the gap is small, and the depth comes out too short (LiSSA then
+        # stops at a residual of 0.17 on logistic regression). A model at a minimum of its
+        # regularised objective has H >= weight_decay, which bounds lambda_min from below.
+        floor = fm.weight_decay + self.damping
+        if floor > 0 and lam_min > floor:
+            lam_min = floor
         self.lam_min = lam_min
         if lam_min <= 0:
             raise SolverError(
@@ -359,8 +372,12 @@ class LissaSolver(InverseHVP):
             gen = torch.Generator().manual_seed(self.seed + 1000 + r)
             h = V.clone()
             for j in range(self.depth):
-                idx = torch.randint(0, n, (min(self.batch_size, n),), generator=gen)
-                Hh = hvp(self.fm, self.x[idx], self.y[idx], h) + self.damping * h
+                if self.batch_size >= n:
+                    xb, yb = self.x, self.y
+                else:
+                    idx = torch.randint(0, n, (self.batch_size,), generator=gen)
+                    xb, yb = self.x[idx], self.y[idx]
+                Hh = hvp(self.fm, xb, yb, h) + self.damping * h
                 h = V + h - Hh / s
                 if j % 50 == 0 or j == self.depth - 1:
                     nrm = float(h.norm(dim=1).max())
