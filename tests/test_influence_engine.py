@@ -303,3 +303,24 @@ def test_ekfac_shortcut_matches_on_a_flat_mlp(trained_mlp):
     fast, flat = inf.self_scores(x, y), inf.self_scores_flat(x, y)
     torch.testing.assert_close(fast.self_influence, flat.self_influence, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(fast.loo_outputs, flat.loo_outputs, rtol=1e-8, atol=1e-12)
+
+
+def test_the_closed_form_last_layer_hessian_equals_the_hvp_built_one(trained_logreg, trained_mlp) -> None:
+    """Logistic regression and the MLP's last layer: the k^2-products Hessian is the HVP one."""
+    from auditor.influence import hvp as hvp_module
+
+    (lr, x_lr, y_lr), (mlp, x_mlp, y_mlp) = trained_logreg, trained_mlp
+    last = FunctionalModel.from_module(mlp.module, "last", weight_decay=mlp.weight_decay)
+    for fm, x, y in ((lr, x_lr, y_lr), (last, x_mlp, y_mlp)):
+        closed = hvp_module.last_linear_hessian(fm, x, y, batch_size=64)
+        assert closed is not None
+        eye = torch.eye(fm.num_params, dtype=torch.float64)
+        blocks = torch.cat([hvp(fm, x, y, eye[i : i + 128]) for i in range(0, fm.num_params, 128)])
+        torch.testing.assert_close(closed, 0.5 * (blocks + blocks.T), rtol=1e-9, atol=1e-11)
+
+
+def test_a_model_with_more_than_its_last_layer_counted_uses_hvps(trained_mlp) -> None:
+    from auditor.influence import hvp as hvp_module
+
+    fm, x, y = trained_mlp
+    assert hvp_module.last_linear_hessian(fm, x, y) is None

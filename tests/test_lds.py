@@ -89,3 +89,37 @@ def test_lds_refuses_what_it_cannot_measure(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and len(bad.stderr.strip().splitlines()) == 1
     bad = cli("validate", str(path), "--sweep-damping", ok=False)
     assert bad.exit_code != 0 and "--metric lds" in bad.stderr
+
+
+TEAM_MODULE = """
+import torch
+from torch import nn
+
+def make(num_classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)).double()
+
+def fit(module, x, y):
+    torch.manual_seed(0)
+    opt = torch.optim.LBFGS(module.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+    xs = x.double() / 255
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(module(xs * 255), y) + 0.005 * sum((p * p).sum() for p in module.parameters())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+"""
+
+
+@pytest.mark.slow
+def test_lds_of_a_user_model_retrained_by_the_team_s_own_function(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "team_lds.py").write_text(TEAM_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_npz(digits(150), tmp_path / "d.npz")
+    doc = cli("validate", str(path), "--metric", "lds", "--model", "team_lds:make", "--train-fn", "team_lds:fit",
+              "--weight-decay", "0.01", "--subsets", "6", "--test-points", "5", "--json")  # fmt: skip
+    assert doc["model"] == "team_lds:make" and len(doc["per_test"]) == 5
+    assert doc["lds"] > 0.3

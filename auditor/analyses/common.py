@@ -218,6 +218,23 @@ def check_outputs(module: nn.Module, x: Tensor, name: str, batch_size: int = 409
     return torch.cat(predicted)
 
 
+def train_with(target: str, module: nn.Module, x: Tensor, y: Tensor) -> dict:
+    """Train `module` in place with the user's own function (`--train-fn MODULE:FUNCTION`,
+    registered like factories: `auditor.factories`). Its failures are one line."""
+    from auditor.models.loading import import_factory
+
+    fn = import_factory(target)
+    module.train()
+    try:
+        fn(module, x, y)
+    except (Exception, SystemExit) as exc:
+        raise ModelError(f"training function {target} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    module.eval()
+    if not all(torch.isfinite(p).all() for p in module.parameters()):
+        raise ModelError(f"training function {target} left NaN or infinite weights")
+    return {"trained_by": target}
+
+
 def build_module(
     examples: Examples, spec: ModelSpec, num_classes: int | None = None
 ) -> tuple[nn.Module, torch.device]:
@@ -265,7 +282,10 @@ def fit_model(
         predicted = check_outputs(module, x, spec.name)
     info: dict = {"trained": spec.train}
     if spec.train:
-        info.update(train(module, x, y, train_config(spec), progress=progress))
+        if spec.train_fn:
+            info.update(train_with(spec.train_fn, module, x, y))
+        else:
+            info.update(train(module, x, y, train_config(spec), progress=progress))
     module.eval()
     return Fitted(module, spec, x, y, info, predicted=predicted)
 

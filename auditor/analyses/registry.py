@@ -208,6 +208,8 @@ def check_request(
     model = getattr(settings, "model", None)
     if model is not None and not model.train and not model.weights:
         raise ModelError("--no-train scores a trained model as it is: give its weights with --weights FILE")
+    if model is not None and model.train_fn:
+        resolve_factory(model.train_fn, local=local)
     if model is not None and model.name not in BUILTIN_MODELS:
         target = resolve_factory(model.name, local=local)
         if local:

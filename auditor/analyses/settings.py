@@ -113,6 +113,11 @@ class ModelSpec(Declared):
         "Train the model on the data set (--no-train: score the --weights as they are, the "
         "trained model a team already has)",
     )
+    train_fn: str | None = setting(
+        None,
+        "MODULE:FUNCTION that trains a user model: called as FUNCTION(module, x, y) instead of "
+        "auditor's recipe (registered like model factories; validate --metric lds retrains with it)",
+    )
     device: str = setting("auto", "Where training and influence run: auto (the GPU if any) | cpu | cuda[:N]")
     max_iter: int | None = setting(
         None, "Full-batch L-BFGS steps at most (default: 2000; 100 after Adam)", check=POSITIVE_INT, cli=False
