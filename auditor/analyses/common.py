@@ -23,7 +23,7 @@ from auditor.influence.budget import dense_budget, dense_bytes
 from auditor.influence.ekfac import kfac_parameters
 from auditor.influence.factory import SOLVER_CLASSES
 from auditor.influence.grads import example_losses
-from auditor.influence.hvp import hvp
+from auditor.influence.hvp import hvp, last_linear, last_linear_hessian
 from auditor.models import MODEL_NAMES, TrainConfig, build_model, train
 from auditor.models.device import resolve_device
 from auditor.models.loading import build_user_model, load_weights
@@ -39,17 +39,24 @@ EXACT_SECONDS = 60.0
 
 
 def estimate_exact_seconds(fm: FunctionalModel, x: Tensor, y: Tensor, probes: int = 16) -> float:
-    """Seconds for the exact solve: building the Hessian (p HVPs over all n rows, from one timed
-    HVP block) and its eigendecomposition (p^3, from one timed smaller `eigh`)."""
-    rows = min(x.shape[0], 64)
+    """Seconds for the exact solve: building the Hessian (the closed form for a final Linear layer,
+    timed on a few rows, or p HVPs over all n rows, from one timed HVP block) and its
+    eigendecomposition (p^3, from one timed smaller `eigh`)."""
     p = fm.num_params
-    V = torch.zeros(min(probes, p), p, dtype=fm.dtype, device=fm.device)
-    V[torch.arange(V.shape[0]), torch.arange(V.shape[0])] = 1.0
-    hvp(fm, x[:2], y[:2], V[:2])  # warm-up: vmap traces the model once
-    start = time.perf_counter()
-    hvp(fm, x[:rows], y[:rows], V)
-    per = (time.perf_counter() - start) / (V.shape[0] * rows)
-    build = per * p * x.shape[0]
+    if last_linear(fm, x) is not None:
+        rows = min(x.shape[0], 256)
+        start = time.perf_counter()
+        last_linear_hessian(fm, x[:rows], y[:rows])
+        build = (time.perf_counter() - start) * x.shape[0] / rows
+    else:
+        rows = min(x.shape[0], 64)
+        V = torch.zeros(min(probes, p), p, dtype=fm.dtype, device=fm.device)
+        V[torch.arange(V.shape[0]), torch.arange(V.shape[0])] = 1.0
+        hvp(fm, x[:2], y[:2], V[:2])  # warm-up: vmap traces the model once
+        start = time.perf_counter()
+        hvp(fm, x[:rows], y[:rows], V)
+        per = (time.perf_counter() - start) / (V.shape[0] * rows)
+        build = per * p * x.shape[0]
     m = min(p, 1000)
     A = torch.randn(m, m, dtype=torch.float64, device=fm.device)
     start = time.perf_counter()

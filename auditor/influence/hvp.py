@@ -91,7 +91,7 @@ def exact_hessian(
     return 0.5 * (H + H.T)
 
 
-def _last_linear(fm: FunctionalModel, x: Tensor) -> nn.Linear | None:
+def last_linear(fm: FunctionalModel, x: Tensor) -> nn.Linear | None:
     """The Linear layer whose weight (and bias) are all the counted parameters, if the model's
     output is that layer's output unchanged; else None."""
     if fm.loss_fn is not cross_entropy:
@@ -120,7 +120,7 @@ def last_linear_hessian(
 ) -> Tensor | None:
     """The exact Hessian in closed form when only a final Linear layer counts (see
     `exact_hessian`), or None when the model is not of that form."""
-    layer = _last_linear(fm, x)
+    layer = last_linear(fm, x)
     if layer is None:
         return None
     n = x.shape[0]
