@@ -323,3 +323,23 @@ def test_a_worker_does_not_call_a_factory_nobody_registered(
     doc = wait_final(audit_id, timeout=90)
     assert doc["status"] == "failed" and "not a registered factory" in doc["error"], doc
     assert not marker.exists()
+
+
+def test_lds_retrains_on_workers_give_the_in_process_result(
+    deployment: dict[str, str], workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`validate --metric lds` with a broker sends one task per subset to the workers (two here)
+    and gets the same score as the run that retrains in its own process."""
+    import json
+
+    args = ["validate", "small", "--metric", "lds", "--subsets", "6", "--test-points", "5", "--json"]
+    workers.start()
+    workers.start()
+    on_workers = cli(*args)
+    monkeypatch.delenv("AUDITOR_BROKER_URL")
+    here = cli(*args)
+    assert on_workers["lds"] == pytest.approx(here["lds"], abs=1e-9)
+    assert on_workers["per_test"] == pytest.approx(here["per_test"], abs=1e-9)
+    log = "".join(p[1].read_text(errors="replace") for p in workers.procs)
+    assert log.count("auditor.lds_retrain") >= 6, log[-2000:]
+    json.dumps(on_workers)

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.audits",
             "auditor.runner",
             "auditor.reconcile",
+            "auditor.lds_jobs",
             "auditor.shards",
             "auditor.schedules",
             "auditor.findings_view",

@@ -72,6 +72,7 @@ def make_app() -> Celery:
             "auditor.run_shard": {"queue": "gpu"},
             "auditor.run_sharded": {"queue": "default"},
             "auditor.tick_schedules": {"queue": "default"},
+            "auditor.lds_retrain": {"queue": "gpu"},
         },
         task_track_started=True,
         worker_hijack_root_logger=False,

@@ -37,6 +37,34 @@ def run_audit(self, audit_id: int) -> str:
         raise
 
 
+LDS_RESULT_TTL_S = 24 * 3600
+
+
+@app.task(name="auditor.lds_retrain", acks_late=True, reject_on_worker_lost=True)
+def lds_retrain(key: str, index: int, doc: dict, subset: list[int]) -> None:
+    """Retrain on one LDS subset and push {"index", "losses"} (or {"index", "error"}) onto the
+    Redis list `key`, where `validate --metric lds` collects them. Redelivery pushes again; the
+    collector keeps the first result per index."""
+    import json
+
+    import redis
+
+    from auditor.config import get_settings
+    from auditor.errors import AuditorError
+    from auditor.lds_jobs import subset_losses
+
+    try:
+        result: dict = {"index": index, "losses": subset_losses(doc, subset)}
+    except AuditorError as exc:
+        result = {"index": index, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - reported to the waiting command, not lost
+        result = {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+    client = redis.Redis.from_url(get_settings().require_broker())
+    client.rpush(key, json.dumps(result))
+    client.expire(key, LDS_RESULT_TTL_S)
+    client.close()
+
+
 @app.task(name="auditor.tick_schedules")
 def tick_schedules() -> list[int]:
     """Enqueue the audits of every due schedule; returns the new audit ids."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -140,20 +141,42 @@ def subset_outcomes(
     return out
 
 
+# The retrains, done elsewhere: (subset masks (S, n), test rows, number of classes, progress) ->
+# (S, M) test losses. `workers.dispatch.lds_on_workers` sends one task per subset.
+OutcomesFn = Callable[[np.ndarray, np.ndarray, int, Progress], np.ndarray]
+
+
+def split_for_lds(train_set: Examples, test_set: Examples | None, cfg: LDSConfig) -> tuple[Examples, Examples]:
+    """The training and test sets an LDS run uses (a seeded hold-out when no test set is given),
+    the same wherever it is recomputed (a worker retraining one subset)."""
+    if test_set is None:
+        return split_holdout(train_set, cfg.holdout, cfg.seed)
+    return train_set, test_set
+
+
+def test_rows(test_set: Examples, cfg: LDSConfig) -> np.ndarray:
+    """The test points scored: a seeded choice of `cfg.test_points` rows."""
+    return np.sort(np.random.default_rng(cfg.seed).permutation(len(test_set))[: cfg.test_points])
+
+
 def validate_lds(
-    train_set: Examples, test_set: Examples | None, cfg: LDSConfig, progress: Progress = no_progress
+    train_set: Examples,
+    test_set: Examples | None,
+    cfg: LDSConfig,
+    progress: Progress = no_progress,
+    outcomes_fn: OutcomesFn | None = None,
 ) -> LDSReport:
     """LDS of `cfg.solver`'s attributions (or of each damping in `cfg.dampings`) against
-    `cfg.subsets` retrains on random subsets; see the module docstring."""
+    `cfg.subsets` retrains on random subsets; see the module docstring. The retrains run here
+    unless `outcomes_fn` runs them elsewhere."""
     cfg.check()
-    if test_set is None:
-        train_set, test_set = split_holdout(train_set, cfg.holdout, cfg.seed)
+    train_set, test_set = split_for_lds(train_set, test_set, cfg)
     if test_set.x.shape[1:] != train_set.x.shape[1:]:
         raise DataError(f"test examples have shape {test_set.x.shape[1:]} but training examples {train_set.x.shape[1:]}")
     k = max(train_set.num_classes, test_set.num_classes)
     progress(0.01, "training the model on all points")
     fitted = fit_model(train_set, cfg.model, num_classes=k).as_float64()
-    rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(test_set))[: cfg.test_points])
+    rows = test_rows(test_set, cfg)
     x_test = fitted.tensor(test_set.x[rows])
     y_test = torch.as_tensor(test_set.y[rows], dtype=torch.long, device=fitted.device)
     fitted.functional().check_inputs(x_test, y_test)
@@ -169,9 +192,11 @@ def validate_lds(
     seconds_attribution = (time.monotonic() - started) / len(dampings)
     masks = subset_masks(len(train_set), cfg.subsets, cfg.fraction, cfg.seed)
     started = time.monotonic()
-    outcomes = subset_outcomes(
-        train_set, x_test, y_test, cfg.model, masks, k, lambda f, m: progress(0.1 + 0.89 * f, m)
-    )
+    sub = lambda f, m: progress(0.1 + 0.89 * f, m)  # noqa: E731
+    if outcomes_fn is None:
+        outcomes = subset_outcomes(train_set, x_test, y_test, cfg.model, masks, k, sub)
+    else:
+        outcomes = outcomes_fn(masks, rows, k, sub)
     seconds_retraining = time.monotonic() - started
     scores, means, best = sweep(attributions, masks, outcomes)
     progress(1.0, "done")

@@ -66,7 +66,9 @@ def validate_command(
     train_set = resolve_examples(dataset)
     test_set = resolve_examples(test) if test else None
     if metric == "lds":
-        _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json)
+        # paths as workers on a shared volume see them; registered names as they are
+        refs = tuple(str(Path(r).resolve()) if r and Path(r).exists() else r for r in (dataset, test))
+        _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs)
         return
     from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
 
@@ -106,14 +108,29 @@ def validate_command(
         typer.echo(f"scatter plot: {plot}")
 
 
-def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json) -> None:
+def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs) -> None:
+    """LDS; with a broker configured the retrains go to the workers, one task per subset (they
+    must see the same data set: a registered name, or a path on a shared volume)."""
+    import numpy as np
+
     from auditor.analyses.lds import LDSConfig, histogram_plot, validate_lds
+    from auditor.config import get_settings
     from auditor.factories import local_models
 
     cfg = LDSConfig(model=model, solver=solver, subsets=subsets, test_points=test_points, seed=model.seed, dampings=sweep)
     cfg.check()
+    outcomes_fn = None
+    if not get_settings().embedded:
+        from auditor.analyses.registry import check_request
+        from auditor.lds_jobs import job
+        from workers.dispatch import check_broker, lds_on_workers
+
+        check_broker()
+        # workers build only registered factories: refuse before any work, as `audit enqueue` does
+        check_request("label-check", {"model": model.to_dict()}, None, local=False)
+        outcomes_fn = lds_on_workers(job(refs[0], refs[1], cfg, np.array([], dtype=np.int64), 0))
     with progress_bar("validate lds", enabled=True) as progress, local_models():
-        report = validate_lds(train_set, test_set, cfg, progress)
+        report = validate_lds(train_set, test_set, cfg, progress, outcomes_fn=outcomes_fn)
     if plot is not None:
         histogram_plot(report, plot)
     if as_json:
