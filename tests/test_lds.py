@@ -123,3 +123,17 @@ def test_lds_of_a_user_model_retrained_by_the_team_s_own_function(tmp_path: Path
               "--weight-decay", "0.01", "--subsets", "6", "--test-points", "5", "--json")  # fmt: skip
     assert doc["model"] == "team_lds:make" and len(doc["per_test"]) == 5
     assert doc["lds"] > 0.3
+
+
+@pytest.mark.slow
+def test_a_swept_damping_is_recorded_and_used_by_later_audits_of_the_same_model(tmp_path: Path) -> None:
+    cli("dataset", "add", "d", str(write_npz(digits(150), tmp_path / "d.npz")))
+    swept = cli("validate", "d", "--metric", "lds", "--subsets", "5", "--test-points", "4",
+                "--dampings", "0.5,2", "--json")  # fmt: skip
+    assert swept["recorded"] and swept["damping"] in (0.5, 2.0)
+    audit = cli("audit", "run", "label-check", "d", "--json")
+    assert audit["summary"]["curvature"]["damping"] == swept["damping"]
+    other = cli("audit", "run", "label-check", "d", "--weight-decay", "0.1", "--json")  # another model
+    assert other["summary"]["curvature"]["damping"] != swept["damping"]
+    given = cli("audit", "run", "label-check", "d", "--damping", "0.25", "--json")
+    assert given["summary"]["curvature"]["damping"] == 0.25

@@ -133,13 +133,20 @@ def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, 
         report = validate_lds(train_set, test_set, cfg, progress, outcomes_fn=outcomes_fn)
     if plot is not None:
         histogram_plot(report, plot)
+    if report.sweep:
+        from auditor.dampings import record
+
+        record(refs[0], model.to_dict(), report.damping, report.lds, report.solver)
     if as_json:
-        print_json({**report.to_json(), "plot": str(plot) if plot else None})
+        print_json({**report.to_json(), "plot": str(plot) if plot else None, "recorded": bool(report.sweep)})
         return
     if report.sweep:
         for row in report.sweep:
             typer.echo(f"damping {row['damping']:<8g} LDS {row['lds']:.4f}")
-        typer.echo(f"best damping {report.damping:g}: use --damping {report.damping:g} in audits of this model")
+        typer.echo(
+            f"best damping {report.damping:g}: recorded; audits of this model on {refs[0]} use it unless "
+            "given --damping"
+        )
     typer.echo(
         f"{report.model} / {report.solver} (damping {report.damping:g}): LDS = {report.lds:.4f} over "
         f"{len(report.test_indices)} test points and {report.subsets} retrains on half-subsets"

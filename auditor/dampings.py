@@ -1,0 +1,64 @@
+"""Dampings chosen by `validate --metric lds --sweep-damping`, kept for later audits of the same
+model on the same data set.
+
+Why a record: the sweep costs S retrains; its answer holds for the model and data it was made
+on. `validate` writes it to `AUDITOR_HOME/dampings.json` under a key made of the data set (its
+registered name, or the resolved path) and every model setting that changes the curvature
+(model, weights, weight decay, counted parameters, training); an audit created later with no
+`--damping` and the same key uses it, and says so. Any other setting, or a `--damping`, wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from auditor.config import get_settings
+
+FILE = "dampings.json"
+_KEY_FIELDS = ("name", "weights", "weight_decay", "params", "train", "train_fn", "hidden")
+
+
+def model_key(dataset: str, model: dict[str, Any]) -> str:
+    """The record's key: the data set and the model settings that shape the curvature."""
+    doc = {"dataset": dataset, **{f: model.get(f) for f in _KEY_FIELDS}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _path() -> Path:
+    return get_settings().home / FILE
+
+
+def _read() -> dict[str, Any]:
+    try:
+        doc = json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def record(dataset: str, model: dict[str, Any], damping: float, lds: float, solver: str) -> None:
+    """Keep the chosen damping (written atomically: a reader never sees half a file)."""
+    doc = _read()
+    doc[model_key(dataset, model)] = {
+        "dataset": dataset,
+        "model": model.get("name"),
+        "damping": float(damping),
+        "lds": float(lds),
+        "solver": solver,
+        "chosen_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path = _path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def lookup(dataset: str, model: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded choice for this data set and model, if any."""
+    return _read().get(model_key(dataset, model))
