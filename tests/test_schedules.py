@@ -119,7 +119,7 @@ def test_schedule_commands_round_trip_as_json(digits_npz: Path) -> None:
     expected = {
         "model": {
             "name": "logreg", "weights": None, "weight_decay": None, "params": "all", "train": True,
-            "device": "auto", "seed": 0,
+            "train_fn": None, "device": "auto", "seed": 0,
         },  # fmt: skip
         "solver": {"name": "direct", "damping": 0.1},
         "rank_by": "loss",
