@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,3 +42,17 @@ def digits(n: int | None = None, offset: int = 0) -> Examples:
     sl = slice(offset, None if n is None else offset + n)
     x, y = x[sl], y[sl]
     return Examples(x, y, [key(x[i], y[i]) for i in range(len(y))], source="digits", is_image=True)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

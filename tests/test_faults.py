@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -44,17 +45,6 @@ def cli(*args: str) -> Any:
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout}"
     return json.loads(result.stdout) if "--json" in args else result.stdout
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def status(audit_id: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.store import open_store, repo
 from auditor.store.models import Finding
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -58,18 +59,6 @@ _clock = [time.monotonic()]
 def mark(what: str) -> None:
     """Print how far into the test we are (pytest shows it for failures, or with -s)."""
     print(f"{time.monotonic() - _clock[0]:6.1f} s  {what}")
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def status(audit_id: int) -> dict[str, Any]:
