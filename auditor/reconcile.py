@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.config import get_settings
+from auditor.runner import poison_reason
 from auditor.store import repo
 from auditor.store.models import Audit, utcnow
 
@@ -134,11 +135,7 @@ def _settle_lost(
             repo.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
             return "failed"
         if audit.deliveries >= max_deliveries:
-            reason = (
-                f"gave up after {audit.deliveries} starts: each one ended without a result, so the "
-                f"process running it died (last seen: {audit.message or 'starting'})"
-            )
-            repo.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
+            repo.set_audit_status(s, audit_id, "failed", error=poison_reason(audit), message="failed")
             return "failed"
         if held is not None and audit.task_id in held:
             audit.message = f"its worker stopped at {since}; the broker will deliver it again"

@@ -136,6 +136,14 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def poison_reason(audit: Audit) -> str:
+    """Why an audit that used up its deliveries is failed (the runner and the reconciler)."""
+    return (
+        f"gave up after {audit.deliveries} starts: each one ended without a result, so the "
+        f"process running it died (last seen: {audit.message or 'starting'})"
+    )
+
+
 def load_inputs(audit: Audit) -> AnalysisInput:
     """Read the audit's data set (checked against its snapshot) and test set."""
     train = load_dataset_source(audit.dataset)
@@ -184,10 +192,7 @@ def execute_audit(
         if audit.status == "running" and audit.deliveries >= limit:
             # A poison audit: every earlier start ended without a result or a reason, which is
             # what a worker process that dies (os.abort, out of memory, a segfault) leaves.
-            reason = (
-                f"gave up after {audit.deliveries} starts: each one ended without a result, so the "
-                f"process running it died (last seen: {audit.message or 'starting'})"
-            )
+            reason = poison_reason(audit)
             repo.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
             return RunOutcome(audit_id, "failed", error=reason)
         if audit.status == "failed":

@@ -23,7 +23,8 @@ except ImportError:  # pragma: no cover
     _vendored = click.exceptions
 ABORT = (click.exceptions.Abort, typer.Abort)
 CLICK_ERRORS = (click.ClickException, _vendored.ClickException)
-SHOW_AS_IS = tuple(getattr(m, "NoArgsIsHelpError", ()) for m in (click.exceptions, _vendored) if hasattr(m, "NoArgsIsHelpError"))
+# `auditor audit` with nothing after it: shown as help, not as an error line
+SHOW_AS_IS = tuple(m.NoArgsIsHelpError for m in (click.exceptions, _vendored) if hasattr(m, "NoArgsIsHelpError"))
 
 
 class OneLineErrors(TyperGroup):
