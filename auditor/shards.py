@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import KINDS, get_kind
 from auditor.errors import AuditorError, Conflict
-from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs
+from auditor.config import get_settings
+from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
 from auditor.store import repo
 from auditor.store.models import Finding
 
@@ -63,10 +64,21 @@ def run_shard(
     part = f"shard {index + 1}/{count}"
 
     def compute() -> RunOutcome:
-        with sessions() as s:
+        with sessions() as s, s.begin():
             audit = repo.get_audit(s, audit_id)
+            s.refresh(audit, with_for_update=True)
             if audit.status != "running" or audit.cancel_requested:
                 return RunOutcome(audit_id, audit.status)
+            # Every shard start counts: a shard that kills its worker each time is redelivered
+            # by its own message, so the poison bound is per shard on average (the fan-out's
+            # own start is the 1).
+            audit.deliveries = (audit.deliveries or 0) + 1
+            if audit.deliveries > get_settings().max_deliveries * count + 1:
+                reason = poison_reason(audit)
+                repo.set_audit_status(s, audit_id, "failed", error=f"{part}: {reason}", message="failed")
+                return RunOutcome(audit_id, "failed", error=reason)
+        with sessions() as s:
+            audit = repo.get_audit(s, audit_id)
             inp = load_inputs(audit)
             n_total, kind = audit.snapshot.n, get_kind(audit.kind)
         inp.params = {**inp.params, "shard": [index, count]}

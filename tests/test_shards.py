@@ -47,3 +47,19 @@ def test_a_redelivered_shard_adds_no_duplicates(tmp_path, sqlite_url):
     rows = _rows(sessions, audit_id)
     assert len(rows) == 90 and len({k for k, _, _ in rows}) == 90
     assert sorted(r for _, r, _ in rows) == list(range(1, 91))
+
+
+def test_a_shard_that_keeps_dying_fails_the_audit_after_the_bound(tmp_path, sqlite_url, monkeypatch):
+    """Shard starts count towards the poison bound (AUDITOR_MAX_DELIVERIES per shard, on average):
+    a shard redelivered after its worker died again and again ends the audit failed."""
+    monkeypatch.setenv("AUDITOR_MAX_DELIVERIES", "2")
+    sessions = _setup(tmp_path, sqlite_url, n=90)
+    audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2})
+    count = start_sharded(sessions, audit_id)
+    with sessions() as s, s.begin():  # 4 shard starts that died without a word
+        repo.get_audit(s, audit_id).deliveries += 4
+    outcome = run_shard(sessions, audit_id, 0, count)
+    assert outcome.status == "failed" and "gave up after 6 starts" in outcome.error
+    with sessions() as s:
+        audit = repo.get_audit(s, audit_id)
+        assert audit.status == "failed" and audit.error.startswith("shard 1/2: gave up")
