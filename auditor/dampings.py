@@ -5,7 +5,8 @@ Why a record: the sweep costs S retrains; its answer holds for the model and dat
 on. `validate` writes it to `AUDITOR_HOME/dampings.json` under a key made of the data set (its
 registered name, or the resolved path) and every model setting that changes the curvature
 (model, weights, weight decay, counted parameters, training); an audit created later with no
-`--damping` and the same key uses it, and says so. Any other setting, or a `--damping`, wins.
+`--damping` and the same key uses it (`audit run|enqueue`, and each scheduled scan), and says so.
+Any other setting, or a `--damping`, wins.
 """
 
 from __future__ import annotations
@@ -62,3 +63,18 @@ def record(dataset: str, model: dict[str, Any], damping: float, lds: float, solv
 def lookup(dataset: str, model: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded choice for this data set and model, if any."""
     return _read().get(model_key(dataset, model))
+
+
+def apply_recorded(dataset: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Fill in the damping recorded for this data set and model when `params` (nested, as the CLI
+    and schedules record them) give none; returns the record used, or None."""
+    from auditor.analyses.settings import parse_specs
+
+    solver = params.get("solver")
+    if not isinstance(solver, dict) or solver.get("damping") is not None:
+        return None
+    model, _ = parse_specs(params)  # every field, defaults filled, as validate records them
+    chosen = lookup(dataset, model.to_dict())
+    if chosen is not None:
+        solver["damping"] = chosen["damping"]
+    return chosen

@@ -27,6 +27,7 @@ new key and comes back.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -36,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import check_request
+from auditor.dampings import apply_recorded
 from auditor.datasets import snapshotted
 from auditor.errors import AuditorError
 from auditor.runner import AuditStarter
@@ -262,9 +264,12 @@ def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> 
     """Run one claimed schedule: re-read, snapshot, skip if unchanged, else create and start."""
     outcome = ScanOutcome(claim.schedule_id, claim.dataset, claim.kind, "failed")
     outcome.next_run_at = claim.next_run_at
-    params = dict(claim.params)
+    params = copy.deepcopy(dict(claim.params))
     test_name = params.pop(TEST_DATASET_PARAM, None)
     try:
+        chosen = apply_recorded(claim.dataset, params)  # a damping validate --sweep-damping chose
+        if chosen is not None:
+            log.info("schedule %s: damping %g chosen by validate --sweep-damping", claim.schedule_id, chosen["damping"])
         with snapshotted(sessions, claim.dataset_id, test_name) as snap:
             s = snap.session
             outcome.snapshot_id, outcome.new_snapshot = snap.snapshot.id, snap.diff.new_snapshot

@@ -15,8 +15,8 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import KINDS, get_kind
-from auditor.errors import AuditorError, Conflict
 from auditor.config import get_settings
+from auditor.errors import AuditorError, Conflict
 from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
 from auditor.store import repo
 from auditor.store.models import Finding

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.runner",
             "auditor.reconcile",
             "auditor.lds_jobs",
+            "auditor.dampings",
             "auditor.shards",
             "auditor.schedules",
             "auditor.findings_view",

@@ -42,17 +42,11 @@ def _audit_doc(a) -> dict[str, Any]:
 def _use_recorded_damping(dataset: str, params: dict[str, Any]) -> None:
     """No --damping given: the one `validate --sweep-damping` chose for this model and data set,
     if it chose one (auditor.dampings), said on stderr."""
-    from auditor.analyses.settings import parse_specs
-    from auditor.dampings import lookup
+    from auditor.dampings import apply_recorded
 
-    solver = params.get("solver")
-    if not isinstance(solver, dict) or solver.get("damping") is not None:
-        return
-    model, _ = parse_specs(params)  # every field, defaults filled, as validate records them
-    chosen = lookup(dataset, model.to_dict())
+    chosen = apply_recorded(dataset, params)
     if chosen is None:
         return
-    solver["damping"] = chosen["damping"]
     err_console.print(
         f"damping {chosen['damping']:g}: chosen by validate --sweep-damping on {chosen['chosen_at']} "
         f"(LDS {chosen['lds']:.3f}); --damping overrides",
