@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import check_request
-from auditor.data.base import Examples
+from auditor.data.base import Examples, check_test_set
 from auditor.datasets import snapshotted
 from auditor.errors import DataError
 from auditor.store import repo
@@ -43,16 +43,9 @@ def check_examples(
         )
     if test is None:
         return
-    if tuple(test.x.shape[1:]) != tuple(train.x.shape[1:]):
-        raise DataError(
-            f"test set {test_name!r} has examples of shape {tuple(test.x.shape[1:])} but dataset {name!r} "
-            f"has {tuple(train.x.shape[1:])}; use a test set from the same source"
-        )
     if len(test) == 0:
         raise DataError(f"test set {test_name!r} has no examples")
-    k = int(classes.max()) + 1
-    if int(np.max(test.y)) >= k:
-        raise DataError(f"test label {int(np.max(test.y))} is outside the training set's classes 0..{k - 1}")
+    check_test_set(train, test)  # what the analysis would refuse when it runs
     rows = getattr(settings, "test_indices", None) or []
     bad = [i for i in rows if not 0 <= int(i) < len(test)]
     if bad:

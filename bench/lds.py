@@ -142,7 +142,7 @@ def main() -> None:
             p = sum(q.numel() for q in fitted.module.parameters())
             masks = subset_masks(len(train_set), args.subsets, 0.5, args.seed)
             start = time.perf_counter()
-            outcomes = subset_outcomes(train_set, x_test, y_test, spec, masks, k)
+            outcomes = subset_outcomes(train_set, test_set.x[rows], test_set.y[rows], spec, masks, k)
             print(f"| {data} | {model} | {p} | (ground truth: {args.subsets} retrains) | - | {time.perf_counter() - start:.1f} |", flush=True)
             for solver in OURS:
                 name = f"auditor {solver}"

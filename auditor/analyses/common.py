@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from auditor.analyses.base import AnalysisInput
 from auditor.analyses.settings import ModelSpec, SolverSpec
-from auditor.data.base import Examples
+from auditor.data.base import Examples, check_test_set
 from auditor.errors import DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver
 from auditor.influence.budget import dense_budget, dense_bytes
@@ -317,15 +317,7 @@ def require_test_set(train: Examples, test: Examples | None, analysis: str) -> E
     """
     if test is None or len(test) == 0:
         raise DataError(f"{analysis} needs a non-empty test set (--test DATASET)")
-    if tuple(test.x.shape[1:]) != tuple(train.x.shape[1:]):
-        raise DataError(
-            f"test examples have shape {tuple(test.x.shape[1:])} but training examples have "
-            f"shape {tuple(train.x.shape[1:])}; use a test set from the same source"
-        )
-    k = train.num_classes
-    if test.y.min() < 0 or test.y.max() >= k:
-        bad = int(test.y.min()) if test.y.min() < 0 else int(test.y.max())
-        raise DataError(f"test label {bad} is outside the training set's classes 0..{k - 1}")
+    check_test_set(train, test)
     return test
 
 

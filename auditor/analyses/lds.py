@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 from auditor.analyses.base import Progress, no_progress
 from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
 from auditor.analyses.validate import split_holdout
-from auditor.data.base import Examples
+from auditor.data.base import Examples, check_test_set
 from auditor.errors import DataError, ModelError
 
 MIN_SUBSETS = 3  # a Spearman correlation over fewer points means nothing
@@ -118,8 +118,8 @@ def sweep(
 
 def subset_outcomes(
     train_set: Examples,
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
     model: ModelSpec,
     masks: np.ndarray,
     num_classes: int,
@@ -127,18 +127,27 @@ def subset_outcomes(
 ) -> np.ndarray:
     """(S, M) test losses of the model retrained, with the audit's own recipe and seed, on each
     subset: the ground truth."""
-    out = np.empty((masks.shape[0], x_test.shape[0]))
+    out = np.empty((masks.shape[0], len(y_test)))
     start = time.monotonic()
     for j, mask in enumerate(masks):
         done = time.monotonic() - start
         eta = f", about {done / j * (len(masks) - j):.0f} s left" if j else ""
         progress(j / len(masks), f"retraining on subset {j + 1}/{len(masks)}{eta}")
-        fitted = fit_model(train_set.subset(np.flatnonzero(mask)), model, num_classes=num_classes).as_float64()
-        with torch.no_grad():
-            logits = fitted.module(x_test.to(fitted.x.dtype))
-            out[j] = torch.nn.functional.cross_entropy(logits, y_test, reduction="none").cpu().numpy()
+        out[j] = retrained_losses(train_set, np.flatnonzero(mask), x_test, y_test, model, num_classes)
     progress(1.0, "retrained")
     return out
+
+
+def retrained_losses(
+    train_set: Examples, rows: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, model: ModelSpec, num_classes: int
+) -> np.ndarray:
+    """The test losses (M,) of the model retrained, with its own recipe and seed, on `rows` of
+    the training set: one subset's ground truth, here or on a worker (`auditor.lds_jobs`)."""
+    fitted = fit_model(train_set.subset(rows), model, num_classes=num_classes).as_float64()
+    x = fitted.tensor(x_test)
+    y = torch.as_tensor(np.asarray(y_test), dtype=torch.long, device=fitted.device)
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(fitted.module(x), y, reduction="none").cpu().numpy()
 
 
 # The retrains, done elsewhere: (subset masks (S, n), test rows, number of classes, progress) ->
@@ -171,8 +180,7 @@ def validate_lds(
     unless `outcomes_fn` runs them elsewhere."""
     cfg.check()
     train_set, test_set = split_for_lds(train_set, test_set, cfg)
-    if test_set.x.shape[1:] != train_set.x.shape[1:]:
-        raise DataError(f"test examples have shape {test_set.x.shape[1:]} but training examples {train_set.x.shape[1:]}")
+    check_test_set(train_set, test_set, labels=False)  # labels: k covers both sets here
     k = max(train_set.num_classes, test_set.num_classes)
     progress(0.01, "training the model on all points")
     fitted = fit_model(train_set, cfg.model, num_classes=k).as_float64()
@@ -194,7 +202,7 @@ def validate_lds(
     started = time.monotonic()
     sub = lambda f, m: progress(0.1 + 0.89 * f, m)  # noqa: E731
     if outcomes_fn is None:
-        outcomes = subset_outcomes(train_set, x_test, y_test, cfg.model, masks, k, sub)
+        outcomes = subset_outcomes(train_set, test_set.x[rows], test_set.y[rows], cfg.model, masks, k, sub)
     else:
         outcomes = outcomes_fn(masks, rows, k, sub)
     seconds_retraining = time.monotonic() - started

@@ -20,7 +20,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from auditor.analyses.base import Progress, no_progress
 from auditor.analyses.common import Fitted, ModelSpec, SolverSpec, fit_model
-from auditor.data.base import Examples
+from auditor.data.base import Examples, check_test_set
 from auditor.errors import DataError
 from auditor.influence.grads import example_losses
 from auditor.models import TrainConfig, train
@@ -93,10 +93,7 @@ def validate(
 ) -> ValidationReport:
     if test_set is None:
         train_set, test_set = split_holdout(train_set, cfg.holdout, cfg.seed)
-    if test_set.x.shape[1:] != train_set.x.shape[1:]:
-        raise DataError(
-            f"test examples have shape {test_set.x.shape[1:]} but training examples {train_set.x.shape[1:]}"
-        )
+    check_test_set(train_set, test_set, labels=False)  # labels: k covers both sets here
     k = max(train_set.num_classes, test_set.num_classes)
     progress(0.02, "training model")
     # float64: leave-one-out retraining must converge far below the effects it measures

@@ -111,7 +111,6 @@ def validate_command(
 def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs) -> None:
     """LDS; with a broker configured the retrains go to the workers, one task per subset (they
     must see the same data set: a registered name, or a path on a shared volume)."""
-    import numpy as np
 
     from auditor.analyses.lds import LDSConfig, histogram_plot, validate_lds
     from auditor.config import get_settings
@@ -128,7 +127,7 @@ def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, 
         check_broker()
         # workers build only registered factories: refuse before any work, as `audit enqueue` does
         check_request("label-check", {"model": model.to_dict()}, None, local=False)
-        outcomes_fn = lds_on_workers(job(refs[0], refs[1], cfg, np.array([], dtype=np.int64), 0))
+        outcomes_fn = lds_on_workers(job(refs[0], refs[1], cfg))
     with progress_bar("validate lds", enabled=True) as progress, local_models():
         report = validate_lds(train_set, test_set, cfg, progress, outcomes_fn=outcomes_fn)
     if plot is not None:

@@ -57,3 +57,21 @@ class Examples:
         if self.class_names is not None:
             return len(self.class_names)
         return int(self.y.max()) + 1 if len(self.y) else 0
+
+
+def check_test_set(train: Examples, test: Examples, *, labels: bool = True) -> None:
+    """One-line errors for a test set that does not fit the training set: examples of another
+    shape, or (with `labels`) labels the model built from `train` cannot output. Audit creation,
+    the analyses and `validate` all check with this, so they refuse the same things alike."""
+    from auditor.errors import DataError
+
+    if tuple(test.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise DataError(
+            f"test examples have shape {tuple(test.x.shape[1:])} but training examples have "
+            f"shape {tuple(train.x.shape[1:])}; use a test set from the same source"
+        )
+    if labels and len(test.y):
+        k = train.num_classes
+        if test.y.min() < 0 or test.y.max() >= k:
+            bad = int(test.y.min()) if test.y.min() < 0 else int(test.y.max())
+            raise DataError(f"test label {bad} is outside the training set's classes 0..{k - 1}")
