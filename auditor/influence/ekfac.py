@@ -136,7 +136,7 @@ class EKFACSolver(InverseHVP):
         for layer in self.layers:
             layer.A = layer.S = None
         drawn = []
-        for _, t in self._batches(fm, x, draw):
+        for _, _, t in self._batches(fm, x, draw):
             drawn.append(t.labels)
             for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
                 a, ds = a.reshape(-1, a.shape[-1]), ds.reshape(-1, ds.shape[-1])
@@ -153,7 +153,7 @@ class EKFACSolver(InverseHVP):
         # eigenvalue correction: exact second moments of the rotated per-example gradients
         n = x.shape[0]
         self.sampled = sampled
-        for _, t in self._batches(fm, x, sampled):
+        for _, _, t in self._batches(fm, x, sampled):
             for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
                 layer.lam += _squares(layer, a, ds) / n
         undamped = torch.cat([layer.lam.reshape(-1) for layer in self.layers]) + fm.weight_decay
@@ -167,12 +167,12 @@ class EKFACSolver(InverseHVP):
         return self
 
     def _batches(self, fm: FunctionalModel, x: Tensor, y: Tensor | Callable[[Tensor], Tensor]):
-        """(start, Tapped) for each batch of rows: one forward and backward pass each. `y` is the
-        labels, or a function of a batch's logits that draws them."""
+        """(start, batch inputs, Tapped) for each batch of rows: one forward and backward pass
+        each. `y` is the labels, or a function of a batch's logits that draws them."""
         for start in range(0, x.shape[0], self.batch_size):
             xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
             yb = y if callable(y) else y[start : start + self.batch_size].to(fm.device)
-            yield start, tap(fm, self.watched, xb, yb, first_row=start, autocast=self.autocast)
+            yield start, xb, tap(fm, self.watched, xb, yb, first_row=start, autocast=self.autocast)
 
     # ---- scores without per-example flat gradients ----------------------------------------
     def self_scores(
@@ -191,7 +191,7 @@ class EKFACSolver(InverseHVP):
         assert fm is not None, "fit() first"
         sis, outs, loos = [], [], []
         n = x.shape[0]
-        for start, t in self._batches(fm, x, y):
+        for start, xb, t in self._batches(fm, x, y):
             si = torch.zeros(t.logits.shape[0], dtype=t.logits.dtype, device=t.logits.device)
             changes = []
             for layer, a, ds in zip(self.layers, t.inputs, t.grads, strict=True):
@@ -201,7 +201,6 @@ class EKFACSolver(InverseHVP):
             sis.append(si)
             outs.append(t.logits)
             if outputs:
-                xb = x[start : start + self.batch_size].to(device=fm.device, dtype=fm.dtype)
                 _, delta = jvp_outputs(fm, self.watched, xb, changes)
                 loos.append(t.logits + delta)
             progress(min(1.0, (start + t.logits.shape[0]) / n), "self-influence and leave-one-out outputs")

@@ -141,12 +141,12 @@ def last_linear_hessian(
                     a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
                 p = torch.softmax(logits, -1)
                 wb = w[start : start + batch_size, None]
-                # sum_i w_i (diag(p_i) - p_i p_i^T) (x) a_i a_i^T, one (c, d) block at a time
+                # sum_i w_i (diag(p_i) - p_i p_i^T) (x) a_i a_i^T: the diagonal blocks, then the
+                # outer-product part as one product of the rows sqrt(w_i) p_i (x) a_i
                 for c in range(k):
-                    wa = a * (wb * p[:, c : c + 1])
-                    H4[c, :, c, :] += wa.T @ a
-                    for e in range(k):
-                        H4[c, :, e, :] -= (a * (wb * p[:, c : c + 1] * p[:, e : e + 1])).T @ a
+                    H4[c, :, c, :] += (a * (wb * p[:, c : c + 1])).T @ a
+                R = ((wb.sqrt() * p)[:, :, None] * a[:, None, :]).reshape(a.shape[0], k * da)
+                H4 -= (R.T @ R).reshape(k, da, k, da)
     finally:
         handle.remove()
     H4 /= n
