@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
-from tests.helpers import wait_for
+from tests.helpers import cli, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -37,14 +37,6 @@ AUDITOR = str(Path(sys.executable).with_name("auditor"))
 REDIS_URL = "redis://127.0.0.1:6379/13"  # this file's own database on the shared Redis
 runner = CliRunner()
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def cli(*args: str) -> Any:
-    import json
-
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout}"
-    return json.loads(result.stdout) if "--json" in args else result.stdout
 
 
 def status(audit_id: int) -> dict[str, Any]:

@@ -239,10 +239,9 @@ def _ekfac_self_influence(user_models, train: Examples, **options) -> tuple[np.n
     model = trained_small_cnn(user_models, train, epochs=2)
     x = torch.as_tensor(train.x, dtype=torch.float32)
     y = torch.as_tensor(train.y)
-    names = [n for n, _ in model.named_parameters() if not n.split(".")[-2:][0].startswith("bn")]
     from auditor.influence.ekfac import kfac_parameters
 
-    fm = FunctionalModel(model, kfac_parameters(model, names))
+    fm = FunctionalModel(model, kfac_parameters(model, [n for n, _ in model.named_parameters()]))
     solver = make_solver("ekfac", damping=None, **options)
     scores = InfluenceModel(fm, solver).fit(x, y).self_scores(x, y)
     return scores.self_influence.numpy(), solver.describe()
