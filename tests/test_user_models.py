@@ -275,3 +275,17 @@ def test_an_ekfac_option_does_not_break_auto_when_auto_picks_exact(tmp_path: Pat
     cli("dataset", "add", "d8", str(tmp_path / "d.npz"))
     out = cli("audit", "run", "label-check", "d8", "--ekfac-fit-rows", "500", "--json")
     assert out["summary"]["curvature"]["solver"] == "direct"
+
+
+def test_validate_lds_and_loo_run_with_a_float32_user_model_at_28x28(user_models, d28: str, tmp_path: Path) -> None:
+    """The team's CNN fixes its own input dtype (`x.float() / 255`), so it cannot run in float64:
+    validation keeps it in float32 instead of failing, and a model trained by the team's own
+    function gets automatic damping and no assumed weight decay."""
+    lds = cli("validate", d28, "--metric", "lds", "--model", "user_models:small_cnn", "--train-fn", "user_models:fit",
+              "--subsets", "4", "--test-points", "4", "--json")  # fmt: skip
+    assert lds["solver"] == "ekfac" and lds["damping"] > 0 and len(lds["per_test"]) == 4
+    weights = tmp_path / "cnn.safetensors"
+    save_file(trained_small_cnn(user_models, digits28(slice(0, 300)), epochs=1).state_dict(), str(weights))
+    loo = cli("validate", d28, "--model", "user_models:small_cnn", "--weights", str(weights), "--no-train",
+              "--retrains", "3", "--json")  # fmt: skip
+    assert loo["retrains"] == 3 and all(math.isfinite(p["actual"]) for p in loo["points"])

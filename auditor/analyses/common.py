@@ -6,6 +6,7 @@ all train (or load) the model the same way, with the same settings recorded in a
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from dataclasses import dataclass, field, replace
@@ -141,7 +142,9 @@ class Fitted:
             accepted = inspect.signature(SOLVER_CLASSES[chosen.name]).parameters
             options = {k: v for k, v in options.items() if k in accepted}
         engine = make_solver(chosen.name, chosen.damping, **options)
-        engine.prefer_undamped = self.spec.train  # trained here to a minimum: no damping if PD
+        # trained here by auditor's recipe, to a minimum: no damping if PD (a team's --train-fn
+        # makes no such promise, so its models get automatic damping like --no-train ones)
+        engine.prefer_undamped = self.spec.train and not self.spec.train_fn
         inf = InfluenceModel(fm, engine).fit(self.x, self.y)
         described = engine.describe()
         self.curvature = {
@@ -184,10 +187,19 @@ class Fitted:
 
     def as_float64(self) -> Fitted:
         """The same model and data in float64: for validation against retraining and the attack's
-        retrain check, which need tolerances float32 cannot reach."""
+        retrain check, which need tolerances float32 cannot reach.
+
+        A team's model whose `forward` fixes its own input dtype (`x.float() / 255`) cannot run in
+        float64; it stays in its own dtype, and the retrains with it (float32 tolerances)."""
         if self.x.dtype == torch.float64:
             return self
-        return replace(self, module=self.module.to(torch.float64), x=self.x.to(torch.float64))
+        module, x = copy.deepcopy(self.module).to(torch.float64), self.x.to(torch.float64)
+        try:
+            with torch.no_grad():
+                module(x[:2])
+        except RuntimeError:  # "Input type (float) and bias type (double) should be the same"
+            return self
+        return replace(self, module=module, x=x)
 
 
 def as_tensors(

@@ -101,8 +101,9 @@ class ModelSpec(Declared):
     weights: str | None = setting(None, "Weights file (.safetensors or weights-only .pt)")
     weight_decay: float | None = setting(
         None,
-        "L2 regularisation of the training objective (default: 0.01 when trained here; 0 with "
-        "--no-train, where the team's own regulariser is unknown and damping takes its place)",
+        "L2 regularisation of the training objective (default: 0.01 when auditor trains the model; "
+        "0 with --no-train or --train-fn, where the team's own regulariser is unknown and damping "
+        "takes its place)",
         check=Check(lambda v: v >= 0, "a number >= 0"),
     )
     params: str = setting(
@@ -135,10 +136,12 @@ class ModelSpec(Declared):
 
     @property
     def l2(self) -> float:
-        """The weight decay in effect (see `weight_decay`)."""
+        """The weight decay in effect (see `weight_decay`): auditor's recipe uses 0.01; for a
+        model trained elsewhere (--no-train) or by the team's --train-fn the regulariser is
+        unknown, so 0 unless given."""
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.01 if self.train else 0.0
+        return 0.01 if self.train and not self.train_fn else 0.0
 
 
 SOLVER_NAMES = ("auto", "direct", "cg", "lissa", "arnoldi", "ekfac")
