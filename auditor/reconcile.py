@@ -5,9 +5,8 @@ Two ways an audit can be forgotten, whatever the queue and the database promise:
   machine gone) or lost the database while it worked. A running audit carries a lease: its
   `heartbeat_at` is stamped every lease / 4 seconds while it computes (`runner.Heartbeat`). Once
   the lease (AUDITOR_LEASE_SECONDS) has expired, an in-process audit is failed with the reason
-  (nobody will resume it); a worker's audit is queued again, unless its message is still with the
-  broker (then the broker's redelivery brings it back) or it has used up its deliveries (then it
-  is failed as a poison audit). A cancel asked of it takes effect at once.
+  (nobody will resume it); a worker's audit is queued again, unless its message waits in a queue
+  (a worker will take it) or it has used up its deliveries (then it is failed as a poison audit). A cancel asked of it takes effect at once.
 - *queued* with no message: the broker lost it (Redis restarted without persistence) or the
   worker acknowledged it while the database was down. With a broker that can list its messages,
   a queued audit whose task id is in no queue and in no worker's hands, older than the lease, is
@@ -39,8 +38,9 @@ log = logging.getLogger(__name__)
 
 # Send a queued audit to the broker again: (sessions, audit id) -> None.
 Requeue = Callable[[sessionmaker[Session], int], None]
-# The task ids the broker still holds (queued or in a worker's hands), or None when it cannot tell.
-Pending = Callable[[], "set[str] | None"]
+# The task ids the broker still holds, each "queued" (waiting in a queue) or "unacked" (delivered
+# to a worker, alive or dead, and not acknowledged), or None when it cannot tell.
+Pending = Callable[[], "dict[str, str] | None"]
 
 
 @dataclass
@@ -92,7 +92,7 @@ def reconcile(
     for audit_id in orphans:
         with sessions() as s:
             audit = s.get(Audit, audit_id)
-            if audit is None or audit.status != "queued" or (audit.task_id and audit.task_id in (held or set())):
+            if audit is None or audit.status != "queued" or (audit.task_id and audit.task_id in (held or {})):
                 continue
         assert requeue is not None
         try:
@@ -110,7 +110,7 @@ def _settle_lost(
     audit_id: int,
     stale_before: datetime,
     requeue: Requeue | None,
-    held: set[str] | None,
+    held: dict[str, str] | None,
     max_deliveries: int,
 ) -> str | None:
     """One running audit whose lease expired: 'failed', 'cancelled', 'requeued', 'waiting' or
@@ -137,7 +137,10 @@ def _settle_lost(
         if audit.deliveries >= max_deliveries:
             repo.set_audit_status(s, audit_id, "failed", error=poison_reason(audit), message="failed")
             return "failed"
-        if held is not None and audit.task_id in held:
+        # Waiting in a queue: a worker will take it. Merely unacknowledged is not enough: the worker
+        # that took it stopped beating, and Redis would hand it back only after the visibility
+        # timeout (12 hours by default); the runner turns a late duplicate into a no-op.
+        if held is not None and held.get(audit.task_id) == "queued":
             audit.message = f"its worker stopped at {since}; the broker will deliver it again"
             return "waiting"
         repo.set_audit_status(s, audit_id, "queued")

@@ -319,3 +319,12 @@ def test_the_current_directory_is_not_on_sys_path_when_the_store_opens(tmp_path:
     for args in (["db", "upgrade"], ["dataset", "list"], ["report", "1", "--out", "r.html"]):
         subprocess.run([auditor, *args], cwd=tmp_path, env=env, capture_output=True, timeout=120)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_factory_registered_under_a_built_in_name_is_refused(store: Path, monkeypatch) -> None:
+    """`AUDITOR_MODEL_FACTORIES=cnn=team:make` would silently audit the built-in cnn instead."""
+    monkeypatch.setenv("AUDITOR_MODEL_FACTORIES", "cnn=team_factories:raises")
+    before = row_counts(store)
+    result = runner.invoke(app, ["audit", "run", "label-check", "d", "--model", "cnn"])
+    assert result.exit_code != 0 and "built-in" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert row_counts(store) == before

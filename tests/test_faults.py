@@ -325,3 +325,19 @@ def test_lds_retrains_on_workers_give_the_in_process_result(
     log = "".join(p[1].read_text(errors="replace") for p in workers.procs)
     assert log.count("auditor.lds_retrain") >= 6, log[-2000:]
     json.dumps(on_workers)
+
+
+def test_a_sigkilled_worker_s_audit_runs_again_after_a_lease_not_the_visibility_timeout(
+    deployment: dict[str, str], workers: Workers, tmp_path: Path
+) -> None:
+    """With the visibility timeout at an hour, Redis alone would hand the dead worker's message
+    back an hour later; the lease brings the audit back within seconds."""
+    long_visibility = {"AUDITOR_VISIBILITY_TIMEOUT": "3600", "AUDITOR_LEASE_SECONDS": "4"}
+    first = workers.start(**long_visibility)
+    audit_id = enqueue("full", "--model", "mlp")
+    wait_for(lambda: (d := status(audit_id))["status"] == "running" and d["progress"] > 0, 120, "the audit to run")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    workers.start(**long_visibility)
+    doc = wait_final(audit_id, timeout=120)
+    assert doc["status"] == "succeeded", doc

@@ -56,13 +56,14 @@ def test_an_in_process_audit_whose_process_died_is_failed_with_the_reason(sessio
     assert not reconcile(sessions)  # idempotent
 
 
-def test_a_lost_worker_audit_is_queued_and_sent_again_unless_the_broker_still_holds_it(sessions) -> None:
+def test_a_lost_worker_audit_is_queued_and_sent_again_unless_its_message_waits_in_a_queue(sessions) -> None:
     gone = running_audit(sessions, beat_age=120, task_id="t-gone")
+    dead = running_audit(sessions, beat_age=120, task_id="t-dead")  # its dead worker's, unacked
     held = running_audit(sessions, beat_age=120, task_id="t-held")
     sent = Sent()
-    done = reconcile(sessions, requeue=sent, pending=lambda: {"t-held"})
-    assert done.requeued == [gone] and sent.ids == [gone]
-    assert row(sessions, gone).status == "queued"
+    done = reconcile(sessions, requeue=sent, pending=lambda: {"t-held": "queued", "t-dead": "unacked"})
+    assert done.requeued == [gone, dead] and sent.ids == [gone, dead]
+    assert row(sessions, gone).status == row(sessions, dead).status == "queued"
     assert done.waiting == [held] and row(sessions, held).status == "running"
     assert "deliver it again" in row(sessions, held).message
 
@@ -83,7 +84,7 @@ def test_a_queued_audit_whose_message_was_lost_is_sent_again_once_it_is_older_th
         kept.created_at, kept.task_id = utcnow() - timedelta(seconds=120), "t-kept"
         old_id, new_id, kept_id = old.id, new.id, kept.id
     sent = Sent()
-    done = reconcile(sessions, requeue=sent, pending=lambda: {"t-kept"})
+    done = reconcile(sessions, requeue=sent, pending=lambda: {"t-kept": "unacked"})
     assert done.requeued == [old_id] and sent.ids == [old_id]
     assert new_id not in sent.ids and kept_id not in sent.ids
     # a broker that cannot be read: nothing is re-sent on a guess
@@ -95,7 +96,7 @@ def test_a_lost_audit_that_used_up_its_deliveries_is_failed_as_poison(sessions) 
     with sessions() as s, s.begin():
         repo.get_audit(s, lost).deliveries = 3
     sent = Sent()
-    assert reconcile(sessions, requeue=sent, pending=lambda: set()).failed == [lost]
+    assert reconcile(sessions, requeue=sent, pending=lambda: {}).failed == [lost]
     assert sent.ids == [] and "gave up after 3 starts" in row(sessions, lost).error
 
 

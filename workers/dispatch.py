@@ -80,10 +80,10 @@ def dispatch(audit_id: int, sessions: sessionmaker[Session] | None = None) -> st
     return result.id
 
 
-def pending_task_ids(queues: tuple[str, ...] = ("gpu", "default")) -> set[str] | None:
-    """Task ids the broker holds: waiting in a queue, or delivered and not yet acknowledged (a
-    worker has it, or had it and died). None when the broker is not Redis or cannot be read, so
-    the reconciler does not re-send what it cannot see."""
+def pending_task_ids(queues: tuple[str, ...] = ("gpu", "default")) -> dict[str, str] | None:
+    """Task ids the broker holds: "queued" (waiting in a queue) or "unacked" (delivered and not
+    yet acknowledged: a worker has it, or had it and died). None when the broker is not Redis or
+    cannot be read, so the reconciler does not re-send what it cannot see."""
     url = get_settings().broker_url
     if not url or not url.startswith(("redis://", "rediss://")):
         return None
@@ -97,74 +97,23 @@ def pending_task_ids(queues: tuple[str, ...] = ("gpu", "default")) -> set[str] |
         except (ValueError, KeyError, IndexError, TypeError):
             return None
 
+    held: dict[str, str] = {}
     try:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        ids: set[str | None] = set()
+        for raw in client.hvals("unacked"):
+            if (tid := task_id(raw, True)) is not None:
+                held[tid] = "unacked"
         for queue in queues:
             # kombu keeps a queue's priority levels in keys named QUEUE\x06\x16N
             for key in [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]:
-                ids.update(task_id(raw, False) for raw in client.lrange(key, 0, -1))
-        ids.update(task_id(raw, True) for raw in client.hvals("unacked"))
+                for raw in client.lrange(key, 0, -1):
+                    if (tid := task_id(raw, False)) is not None:
+                        held[tid] = "queued"
         client.close()
     except redis.RedisError:
         log.warning("cannot list the broker's messages", exc_info=True)
         return None
-    ids.discard(None)
-    return {i for i in ids if i is not None}
-
-
-LDS_TASK = "auditor.lds_retrain"
-
-
-def lds_on_workers(doc: dict, timeout_s: float = 24 * 3600):
-    """An `OutcomesFn` for `validate_lds` that sends one `auditor.lds_retrain` task per subset to
-    the workers and collects their test losses from a Redis list, with progress and ETA. A
-    worker's error ends the run with that error; results come back in any order."""
-    import time
-
-    import numpy as np
-    import redis
-
-    from auditor.errors import AuditorError
-
-    url = get_settings().require_broker()
-    from workers.celery_app import app
-
-    def run(masks, rows, classes, report):
-        key = f"auditor:lds:{uuid.uuid4()}"
-        job = {**doc, "test_rows": [int(r) for r in rows], "classes": int(classes)}
-        with app.connection_for_write(url) as conn:
-            for j, mask in enumerate(masks):
-                subset = [int(i) for i in np.flatnonzero(mask)]
-                app.send_task(LDS_TASK, args=[key, j, job, subset], connection=conn, retry=False)
-        client = redis.Redis.from_url(url, socket_timeout=30)  # longer than one BLPOP wait
-        out = np.full((len(masks), len(rows)), np.nan)
-        got: set[int] = set()
-        start = time.monotonic()
-        try:
-            while len(got) < len(masks):
-                item = client.blpop([key], timeout=5)
-                if time.monotonic() - start > timeout_s:
-                    raise AuditorError(f"LDS retrains: {len(got)} of {len(masks)} came back in {timeout_s:.0f} s")
-                if item is None:
-                    report(len(got) / len(masks), f"waiting for workers: {len(got)}/{len(masks)} retrains back")
-                    continue
-                res = json.loads(item[1])
-                if "error" in res:
-                    raise AuditorError(f"LDS retrain of subset {res['index']} failed on a worker: {res['error']}")
-                if res["index"] in got:
-                    continue
-                got.add(res["index"])
-                out[res["index"]] = res["losses"]
-                done = time.monotonic() - start
-                eta = done / len(got) * (len(masks) - len(got))
-                report(len(got) / len(masks), f"{len(got)}/{len(masks)} retrains back from workers, about {eta:.0f} s left")
-        finally:
-            client.delete(key)
-            client.close()
-        return out
-
-    return run
+    return held
 
 
 def requeue(sessions: sessionmaker[Session], audit_id: int) -> None:

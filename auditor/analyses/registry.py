@@ -31,7 +31,7 @@ from auditor.analyses.settings import (
     setting,
 )
 from auditor.errors import AuditorError, DataError, ModelError
-from auditor.factories import BUILTIN_MODELS, resolve_factory
+from auditor.factories import BUILTIN_MODELS, registered_factories, resolve_factory
 
 # ---- the settings of each kind ------------------------------------------------------------------
 RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined")
@@ -208,6 +208,11 @@ def check_request(
     model = getattr(settings, "model", None)
     if model is not None and not model.train and not model.weights:
         raise ModelError("--no-train scores a trained model as it is: give its weights with --weights FILE")
+    if model is not None and model.name in BUILTIN_MODELS and model.name in registered_factories():
+        raise ModelError(
+            f"model {model.name!r} is both a built-in model and a registered factory name; the built-in "
+            "wins, so register the factory under another name"
+        )
     if model is not None and model.train_fn:
         resolve_factory(model.train_fn, local=local)
     if model is not None and model.name not in BUILTIN_MODELS:
