@@ -25,7 +25,7 @@ def cli(*args: str, ok: bool = True) -> Any:
 
     result = _runner.invoke(app, list(args))
     if ok:
-        assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout}"
+        assert result.exit_code == 0, f"auditor {' '.join(args)}: {result.stderr or result.stdout or repr(result.exception)}"
         return json.loads(result.stdout) if "--json" in args else result.stdout
     return result
 

@@ -116,6 +116,60 @@ def pending_task_ids(queues: tuple[str, ...] = ("gpu", "default")) -> dict[str, 
     return held
 
 
+LDS_TASK = "auditor.lds_retrain"
+
+
+def lds_on_workers(doc: dict, timeout_s: float = 24 * 3600):
+    """An `OutcomesFn` for `validate_lds` that sends one `auditor.lds_retrain` task per subset to
+    the workers and collects their test losses from a Redis list, with progress and ETA. A
+    worker's error ends the run with that error; results come back in any order."""
+    import time
+
+    import numpy as np
+    import redis
+
+    from auditor.errors import AuditorError
+
+    url = get_settings().require_broker()
+    from workers.celery_app import app
+
+    def run(masks, rows, classes, report):
+        key = f"auditor:lds:{uuid.uuid4()}"
+        job = {**doc, "test_rows": [int(r) for r in rows], "classes": int(classes)}
+        with app.connection_for_write(url) as conn:
+            for j, mask in enumerate(masks):
+                subset = [int(i) for i in np.flatnonzero(mask)]
+                app.send_task(LDS_TASK, args=[key, j, job, subset], connection=conn, retry=False)
+        client = redis.Redis.from_url(url, socket_timeout=30)  # longer than one BLPOP wait
+        out = np.full((len(masks), len(rows)), np.nan)
+        got: set[int] = set()
+        start = time.monotonic()
+        try:
+            while len(got) < len(masks):
+                item = client.blpop([key], timeout=5)
+                if time.monotonic() - start > timeout_s:
+                    raise AuditorError(f"LDS retrains: {len(got)} of {len(masks)} came back in {timeout_s:.0f} s")
+                if item is None:
+                    report(len(got) / len(masks), f"waiting for workers: {len(got)}/{len(masks)} retrains back")
+                    continue
+                res = json.loads(item[1])
+                if "error" in res:
+                    raise AuditorError(f"LDS retrain of subset {res['index']} failed on a worker: {res['error']}")
+                if res["index"] in got:
+                    continue
+                got.add(res["index"])
+                out[res["index"]] = res["losses"]
+                done = time.monotonic() - start
+                eta = done / len(got) * (len(masks) - len(got))
+                report(len(got) / len(masks), f"{len(got)}/{len(masks)} retrains back from workers, about {eta:.0f} s left")
+        finally:
+            client.delete(key)
+            client.close()
+        return out
+
+    return run
+
+
 def requeue(sessions: sessionmaker[Session], audit_id: int) -> None:
     """Send an audit that is queued in the database to the broker again (the reconciler's way)."""
     dispatch(audit_id, sessions)
