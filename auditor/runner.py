@@ -266,12 +266,31 @@ def guarded(
     except AuditorError as exc:
         return finish(sessions, audit_id, "failed", f"{prefix}{exc}")
     except Exception as exc:  # a bug: record it on the audit, keep the traceback in the log
+        interrupt = _interruption_inside(exc)
+        if interrupt is not None:
+            # A stop signal landed while Python was wrapping exceptions (an import running a
+            # dataclass `__set_name__` turns it into a RuntimeError): still an interruption,
+            # not a failure of the audit.
+            _interrupted(sessions, audit_id, in_worker=in_worker, requeue=requeue)
+            raise interrupt from exc
         where = f" in {part}" if part else ""
         log.error("audit %s%s crashed:\n%s", audit_id, where, traceback.format_exc())
         return finish(sessions, audit_id, "failed", f"internal error{where}: {type(exc).__name__}: {exc}")
     except BaseException:  # interrupted: Ctrl+C in process, or the worker is being stopped
         _interrupted(sessions, audit_id, in_worker=in_worker, requeue=requeue)
         raise
+
+
+def _interruption_inside(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt / SystemExit (Celery's WorkerTerminate) that caused `exc`, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if not isinstance(current, Exception):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason: str) -> RunOutcome:

@@ -118,6 +118,26 @@ def test_an_interrupted_run_leaves_a_truthful_status(
         assert execute_audit(sessions, audit_id, task_id=task_id).status == "succeeded"
 
 
+def test_a_stop_signal_wrapped_by_python_is_still_an_interruption(
+    sessions, audit_id, monkeypatch
+) -> None:
+    """Seen in CI: SIGINT reached a worker while torch imported a module whose dataclass
+    `__set_name__` wrapped the handler's WorkerTerminate in a RuntimeError; the audit was marked
+    failed ('internal error') and the worker never stopped. It must be queued again instead."""
+
+    def import_interrupted() -> None:
+        try:
+            raise SystemExit(1)
+        except SystemExit as stop:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from stop
+
+    stand_in(monkeypatch, during=import_interrupted)
+    with pytest.raises(SystemExit):
+        execute_audit(sessions, audit_id, task_id="t1")
+    audit, _ = read(sessions, audit_id)
+    assert (audit.status, audit.error) == ("queued", None)
+
+
 def test_a_failed_audit_with_a_cancel_request_is_not_run_again(
     sessions, audit_id, monkeypatch
 ) -> None:
