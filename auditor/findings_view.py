@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,87 @@ from auditor.data.base import Examples
 from auditor.errors import AuditorError
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
-from auditor.store.models import Finding
+from auditor.store.models import Finding, Review, ReviewEvent
 
 
-def finding_doc(f: Finding) -> dict[str, Any]:
+@dataclass
+class AuditContext:
+    """What turns an audit's rows into something a person reads: class names and where each
+    example lives (file path relative to the data set's root, or "row N")."""
+
+    dataset_id: int
+    dataset_name: str
+    source: str
+    class_names: list[str] | None
+    locators: dict[int, str] = field(default_factory=dict)
+
+    def class_name(self, label: int | None) -> str | None:
+        """The class's name, or its index as text when the data set names none."""
+        if label is None:
+            return None
+        names = self.class_names
+        return names[label] if names and 0 <= label < len(names) else str(label)
+
+    def locator(self, index: int) -> str:
+        return self.locators.get(index, f"row {index}")
+
+
+def audit_context(session: Session, audit_id: int, indices: Sequence[int] = ()) -> AuditContext:
+    """The audit's data set names, with the locators of the examples at `indices` looked up."""
+    audit = repo.get_audit(session, audit_id)
+    ds = audit.dataset
+    return AuditContext(
+        ds.id, ds.name, ds.source_path, ds.class_names,
+        repo.locators(session, audit.snapshot_id, indices),
+    )  # fmt: skip
+
+
+def context_for(session: Session, audit_id: int, findings: Sequence[Finding]) -> AuditContext:
+    """`audit_context` with the locators of `findings` and of the examples their payloads name
+    (helpful / harmful / nearest training examples)."""
+    indices = {f.example_index for f in findings}
+    for f in findings:
+        for rows in ((f.payload or {}).get("why") or {}).values():
+            indices.update(int(r["index"]) for r in rows if isinstance(r, dict) and "index" in r)
+    return audit_context(session, audit_id, sorted(indices))
+
+
+def decision_doc(review: Review | None, ctx: AuditContext | None = None) -> dict[str, Any] | None:
+    if review is None:
+        return None
     return {
+        "decision": review.decision,
+        "new_label": review.new_label,
+        "new_label_name": ctx.class_name(review.new_label) if ctx else None,
+        "reviewer": review.reviewer,
+        "note": review.note,
+        "decided_at": review.decided_at.isoformat(),
+        "version": review.version,
+    }
+
+
+def event_doc(e: ReviewEvent, ctx: AuditContext | None = None) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "decision": e.decision,
+        "new_label": e.new_label,
+        "new_label_name": ctx.class_name(e.new_label) if ctx else None,
+        "reviewer": e.reviewer,
+        "note": e.note,
+        "finding_id": e.finding_id,
+        "audit_id": e.audit_id,
+        "undoes_id": e.undoes_id,
+        "at": e.created_at.isoformat(),
+    }
+
+
+def finding_doc(
+    f: Finding, ctx: AuditContext | None = None, review: Review | None = None
+) -> dict[str, Any]:
+    """A finding as the CLI's --json, exports and the web API show it. With `ctx`, class names
+    and the example's locator are added (label_name, suggested_label_name, locator), and the
+    payload's lists of training examples get theirs."""
+    doc: dict[str, Any] = {
         "id": f.id,
         "audit_id": f.audit_id,
         "rank": f.rank,
@@ -28,6 +107,31 @@ def finding_doc(f: Finding) -> dict[str, Any]:
         "score": f.score,
         "payload": f.payload,
     }
+    if ctx is not None:
+        suggested = (f.payload or {}).get("suggested_label")
+        doc["dataset"] = ctx.dataset_name
+        doc["locator"] = ctx.locator(f.example_index) if f.example_index >= 0 else None
+        doc["label_name"] = ctx.class_name(f.label)
+        doc["suggested_label_name"] = ctx.class_name(suggested) if suggested is not None else None
+        why = (f.payload or {}).get("why")
+        if why:
+            doc["why"] = {
+                kind: [
+                    dict(r, locator=ctx.locator(int(r["index"])), label_name=ctx.class_name(r.get("label")))
+                    for r in rows
+                ]
+                for kind, rows in why.items()
+            }
+        doc["decision"] = decision_doc(review, ctx)
+    return doc
+
+
+def label_text(label: int | None, ctx: AuditContext | None) -> str:
+    """"3 (cat)" where the data set names its classes, else "3"."""
+    if label is None:
+        return "-"
+    name = ctx.class_name(label) if ctx else None
+    return f"{label} ({name})" if name is not None and name != str(label) else str(label)
 
 
 def load_example(examples: Examples, finding: Finding) -> tuple[Any, int] | None:
@@ -45,6 +149,18 @@ def load_example(examples: Examples, finding: Finding) -> tuple[Any, int] | None
 def dataset_examples(session: Session, audit_id: int) -> tuple[Examples, Any]:
     audit = repo.get_audit(session, audit_id)
     return load_dataset_source(audit.dataset), audit
+
+
+def parse_class(text: str, class_names: list[str] | None) -> int:
+    """A class given by name (where the data set names its classes) or index, for filters."""
+    text = text.strip()
+    if class_names and text in class_names:
+        return class_names.index(text)
+    try:
+        return int(text)
+    except ValueError:
+        known = f"; its classes are {', '.join(class_names)}" if class_names else " (this data set has no class names)"
+        raise AuditorError(f"unknown class {text!r}: give a class index{known}") from None
 
 
 def parse_label(text: str, examples: Examples | None) -> int:
@@ -80,43 +196,116 @@ def corrected_label(finding: Finding, review) -> int | None:
 
 EXPORT_COLUMNS = [
     "example_index",
+    "locator",
     "example_key",
     "original_label",
+    "original_class",
     "decision",
     "corrected_label",
+    "corrected_class",
     "suggested_label",
+    "suggested_class",
     "score",
     "rank",
     "reviewer",
+    "decided_at",
     "note",
 ]
+# The relabel manifest: one row per example whose label a decision changes.
+MANIFEST_COLUMNS = ["path", "example_key", "old_label", "old_class", "new_label", "new_class", "decision", "reviewer", "time"]
 
 
 def export_rows(session: Session, audit_id: int) -> list[dict[str, Any]]:
-    """One row per finding of the audit, in example order, with the decision applied."""
+    """One row per finding of the audit, in example order, with the decision applied and the
+    class names and file (or row) of each example."""
     audit = repo.get_audit(session, audit_id)
     reviews = {r.example_key: r for r in repo.list_reviews(session, audit.dataset_id)}
+    findings = sorted(repo.list_findings(session, audit_id), key=lambda f: (f.example_index, f.kind))
+    ctx = audit_context(session, audit_id, [f.example_index for f in findings])
     rows = []
-    for f in sorted(repo.list_findings(session, audit_id), key=lambda f: (f.example_index, f.kind)):
+    for f in findings:
         r = reviews.get(f.example_key)
+        corrected = corrected_label(f, r)
+        suggested = (f.payload or {}).get("suggested_label")
         rows.append(
             {
                 "example_index": f.example_index,
+                "locator": ctx.locator(f.example_index) if f.example_index >= 0 else "",
                 "example_key": f.example_key,
                 "original_label": f.label,
+                "original_class": ctx.class_name(f.label),
                 "decision": r.decision if r else "",
-                "corrected_label": corrected_label(f, r),
-                "suggested_label": (f.payload or {}).get("suggested_label"),
+                "corrected_label": corrected,
+                "corrected_class": ctx.class_name(corrected),
+                "suggested_label": suggested,
+                "suggested_class": ctx.class_name(suggested) if suggested is not None else None,
                 "score": f.score,
                 "rank": f.rank,
                 "reviewer": r.reviewer if r else "",
+                "decided_at": r.decided_at.isoformat() if r else "",
                 "note": (r.note or "") if r else "",
             }
         )
     return rows
 
 
-def write_export(rows: list[dict[str, Any]], out: Path) -> Path:
+def manifest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The relabel manifest from export rows: each example whose label a decision changes, once
+    (an audit with several finding kinds lists an example once per kind)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["decision"] and r["corrected_label"] != r["original_label"] and r["example_key"] not in out:
+            out[r["example_key"]] = {
+                "path": r["locator"], "example_key": r["example_key"],
+                "old_label": r["original_label"], "old_class": r["original_class"],
+                "new_label": r["corrected_label"], "new_class": r["corrected_class"],
+                "decision": r["decision"], "reviewer": r["reviewer"], "time": r["decided_at"],
+            }  # fmt: skip
+    return list(out.values())
+
+
+def write_corrected_tree(session: Session, audit_id: int, rows: list[dict[str, Any]], out_dir: Path) -> int:
+    """A copy of an ImageFolder data set with every file under its corrected class's folder.
+
+    Every example of the data set is copied (not only the findings), so the tree is ready to
+    train on. Written to `<out_dir>.tmp` first and renamed, so a failure leaves no half tree.
+    Returns the number of files moved to another class.
+    """
+    audit = repo.get_audit(session, audit_id)
+    ds = audit.dataset
+    if ds.format != "imagefolder":
+        raise AuditorError(f"--corrected-tree needs an ImageFolder data set; {ds.name!r} is {ds.format}")
+    root = Path(ds.source_path)
+    if not root.is_dir():
+        raise AuditorError(f"cannot read data set {ds.name!r}: {root} is not a folder any more")
+    if out_dir.exists():
+        raise AuditorError(f"--corrected-tree {out_dir} exists; give a new folder")
+    names = ds.class_names or []
+    new_class = {r["locator"]: r["corrected_class"] for r in rows if r["locator"]}
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    moved = 0
+    try:
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for file in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+                rel = str(file.relative_to(root))
+                target_class = new_class.get(rel, class_dir.name)
+                if target_class not in names and target_class != class_dir.name:
+                    target_class = class_dir.name
+                moved += target_class != class_dir.name
+                dest = tmp / target_class / file.relative_to(class_dir)
+                if dest.exists():  # two classes held a file of the same name
+                    dest = dest.with_name(f"{class_dir.name}__{dest.name}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, dest)
+        tmp.replace(out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AuditorError(f"cannot write --corrected-tree {out_dir}: {exc.strerror or exc}") from None
+    return moved
+
+
+def write_export(rows: list[dict[str, Any]], out: Path, columns: list[str] | None = None) -> Path:
     """Write rows to .csv or .json (by suffix); written to a temp file first, then renamed."""
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".json"):
@@ -128,7 +317,7 @@ def write_export(rows: list[dict[str, Any]], out: Path) -> Path:
             tmp.write_text(json.dumps(rows, indent=1))
         else:
             with tmp.open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
+                w = csv.DictWriter(fh, fieldnames=columns or EXPORT_COLUMNS)
                 w.writeheader()
                 w.writerows(rows)
         tmp.replace(out)

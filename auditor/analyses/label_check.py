@@ -24,6 +24,7 @@ and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,8 @@ class LabelScores:
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
     curvature: dict  # what the curvature covers, which solver and damping, and why
     train_info: dict
+    fitted: Any = None  # the trained model and its influence, kept for `explain_flagged`
+    influence: Any = None
 
 
 def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress) -> LabelScores:
@@ -101,7 +104,57 @@ def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress
         train_agreement=agreement,
         curvature=fitted.curvature,
         train_info=fitted.train_info,
+        fitted=fitted,
+        influence=influence,
     )
+
+
+WHY_PER_LIST = 5  # training examples per list shown for a flagged example
+
+
+def explain_flagged(
+    examples: Examples, scores: LabelScores, rows: list[int], top: int = WHY_PER_LIST
+) -> dict[int, dict[str, list[dict]]]:
+    """Why each flagged example (row index) stands out, from the same trained model and curvature.
+
+    For flagged z_i and every training z_j, I_up,loss(z_j, z_i) = -g_i^T H^-1 g_j: negative when
+    up-weighting z_j lowers z_i's loss (z_j *helps* the given label), positive when it raises it
+    (z_j argues against the given label). A wrong label is typically propped up by few helpers
+    and opposed by many harmful examples of the class it truly is. The nearest examples in input
+    space are listed beside them, with their influence, because the paper's point is that the
+    two differ (section 5.1). The example itself is left out of its own lists.
+    """
+    from auditor.analyses.explain import input_distances
+
+    if not rows:
+        return {}
+    fitted, inf = scores.fitted, scores.influence
+    S = inf.test_factors(fitted.x[rows], fitted.y[rows])
+    U = inf.up_loss_from_factors(fitted.x, fitted.y, S)  # (n, k)
+    D = input_distances(examples, examples.x[rows])  # (k, n)
+    out: dict[int, dict[str, list[dict]]] = {}
+    for col, i in enumerate(rows):
+        u, d = U[:, col].double().clone(), D[col].clone()
+
+        def entry(j: int, u: Tensor = u, d: Tensor = d) -> dict:
+            return {
+                "index": j, "key": examples.keys[j], "label": int(examples.y[j]),
+                "influence": float(u[j]), "distance": float(d[j]),
+            }  # fmt: skip
+
+        u_rank = u.clone()
+        u_rank[i] = torch.nan
+        order = torch.argsort(torch.nan_to_num(u_rank, nan=0.0))
+        helpful = [j for j in order.tolist() if j != i and u[j] < 0][:top]
+        harmful = [j for j in order.flip(0).tolist() if j != i and u[j] > 0][:top]
+        d[i] = torch.inf
+        nearest = torch.argsort(d).tolist()[:top]
+        out[i] = {
+            "helpful": [entry(j) for j in helpful],
+            "harmful": [entry(j) for j in harmful],
+            "nearest": [entry(j) for j in nearest],
+        }
+    return out
 
 
 def _margin(logp: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,9 +197,17 @@ def ranking_score(scores: LabelScores, rank_by: str) -> np.ndarray:
     return 0.5 * (pct(scores.self_influence) + pct(scores.loss))
 
 
-def to_findings(examples: Examples, scores: LabelScores, rank_by: str) -> list[FindingRecord]:
+def flagged_order(scores: LabelScores, rank_by: str) -> np.ndarray:
+    """Positions into `scores` arrays, best-ranked first."""
+    return np.argsort(-ranking_score(scores, rank_by), kind="stable")
+
+
+def to_findings(
+    examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None
+) -> list[FindingRecord]:
     score = ranking_score(scores, rank_by)
-    order = np.argsort(-score, kind="stable")
+    order = flagged_order(scores, rank_by)
+    why = why or {}
     records = []
     for rank, j in enumerate(order, start=1):
         i = int(scores.indices[j])
@@ -167,6 +228,7 @@ def to_findings(examples: Examples, scores: LabelScores, rank_by: str) -> list[F
                     "suggested_label": int(scores.suggested[j]),
                     "prob_label": float(scores.prob_label[j]),
                     "loo_prob_label": float(scores.loo_prob_label[j]),
+                    **({"why": why[i]} if i in why else {}),
                 },
             )
         )
@@ -177,7 +239,12 @@ def run(inp: AnalysisInput) -> AnalysisResult:
     cfg = LabelCheckConfig.from_params(inp.params)
     scores = score_examples(inp.train, cfg, inp.progress)
     rank_by, reason = choose_ranking(scores, cfg.rank_by)
-    findings = to_findings(inp.train, scores, rank_by)
+    why: dict[int, dict] = {}
+    if cfg.why_top and cfg.shard is None:
+        flagged = [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[: cfg.why_top]]
+        inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
+        why = explain_flagged(inp.train, scores, flagged)
+    findings = to_findings(inp.train, scores, rank_by, why)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())
     return AnalysisResult(
@@ -193,6 +260,7 @@ def run(inp: AnalysisInput) -> AnalysisResult:
             "training": scores.train_info,
             "model": cfg.model.to_dict(),
             "train_disagreements": disagree,
+            "why_top": len(why),
         },
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
 from auditor.analyses.settings import (
+    NON_NEGATIVE_INT,
     POSITIVE_INT,
     SOLVER_OPTIONS,
     Check,
@@ -52,6 +53,12 @@ class LabelCheckConfig(Declared):
         choices=RANK_BY,
     )
     shards: int = setting(1, "Split the scoring over N workers (same result)", check=POSITIVE_INT)
+    why_top: int = setting(
+        50,
+        "Say why for the top N flagged examples: their most helpful and most harmful training "
+        "examples by influence, and their nearest in input space (0: none; one-worker runs)",
+        check=NON_NEGATIVE_INT,
+    )
     # (index, count): score only rows i with i % count == index; set by the shard runner
     shard: list[int] | None = setting(None, "This shard's (index, count)", cli=False)
 

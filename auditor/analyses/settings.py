@@ -49,6 +49,7 @@ def positive_number(unit: str = "") -> Check:
 
 
 POSITIVE_INT = at_least(1)
+NON_NEGATIVE_INT = at_least(0)
 
 
 def setting(

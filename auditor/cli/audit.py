@@ -86,7 +86,7 @@ def _register(name: str, enqueue: bool):
                 err_console.print(f"audit {audit_id} queued; watch it with `auditor audit status {audit_id} --watch`")
             return
         from auditor.analyses.registry import get_kind
-        from auditor.findings_view import finding_doc
+        from auditor.findings_view import context_for, finding_doc
         from auditor.runner import execute_audit
         from auditor.store import repo
 
@@ -99,7 +99,9 @@ def _register(name: str, enqueue: bool):
                 outcome = execute_audit(sessions, audit_id, echo=bar, local=True)
         with sessions() as s:
             doc = _audit_doc(repo.get_audit(s, audit_id))
-            top_rows = [finding_doc(f) for f in repo.list_findings(s, audit_id, top=10)]
+            top = repo.list_findings(s, audit_id, top=10)
+            ctx = context_for(s, audit_id, top)
+            top_rows = [finding_doc(f, ctx) for f in top]
         if json_output:
             print_json({**doc, "findings": outcome.findings, "top": top_rows})
         else:
@@ -124,13 +126,20 @@ def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         return
     out_console.print(f"audit {doc['id']} succeeded: {doc['message']}")
     _print_ranking(doc)
-    table = Table("rank", "finding", "kind", "example", "label", "suggested", "score")
+    table = Table("rank", "finding", "kind", "file", "label", "suggested", "score")
     for r in rows:
+        suggested = r["payload"].get("suggested_label")
         table.add_row(
-            str(r["rank"]), str(r["id"]), r["kind"], str(r["example_index"]), str(r["label"]),
-            str(r["payload"].get("suggested_label", "")), f"{r['score']:.4g}",
+            str(r["rank"]), str(r["id"]), r["kind"], r.get("locator") or str(r["example_index"]),
+            _named(r["label"], r.get("label_name")),
+            _named(suggested, r.get("suggested_label_name")) if suggested is not None else "",
+            f"{r['score']:.4g}",
         )
     out_console.print(table)
+
+
+def _named(label: Any, name: str | None) -> str:
+    return f"{label} ({name})" if name is not None and name != str(label) else str(label)
 
 
 def _print_ranking(doc: dict[str, Any]) -> None:

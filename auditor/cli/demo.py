@@ -23,14 +23,16 @@ def demo_command(
     """Flip a fraction of sklearn's digits labels, run a label-check audit, and show how many
     flips the top of the review queue catches (vs ranking by self-influence and training loss)."""
     from auditor.demo import run_demo
-    from auditor.findings_view import finding_doc
+    from auditor.findings_view import context_for, finding_doc, label_text
     from auditor.store import open_store, repo
 
     sessions = open_store()
     with progress_bar("demo label-check", enabled=True) as bar:
         result = run_demo(sessions, fraction, model, seed, echo=bar)
     with sessions() as s:
-        top = [finding_doc(f) for f in repo.list_findings(s, result.audit_id, top=10)]
+        rows = repo.list_findings(s, result.audit_id, top=10)
+        ctx = context_for(s, result.audit_id, rows)
+        top = [finding_doc(f, ctx) for f in rows]
         ranked_by = (repo.get_audit(s, result.audit_id).summary or {}).get("rank_by", "score")
     flipped = set(__import__("json").loads(result.truth_path.read_text())["flipped_indices"])
     doc = {
@@ -55,8 +57,8 @@ def demo_command(
     else:
         t = Table("rank", "finding", "example", "label", "suggested", ranked_by, "planted flip?")
         for d in doc["top"]:
-            t.add_row(str(d["rank"]), str(d["id"]), str(d["example_index"]), str(d["label"]),
-                      str(d["payload"]["suggested_label"]), f"{d['score']:.3g}", "yes" if d["flipped"] else "")
+            t.add_row(str(d["rank"]), str(d["id"]), d["locator"], label_text(d["label"], ctx),
+                      label_text(d["payload"]["suggested_label"], ctx), f"{d['score']:.3g}", "yes" if d["flipped"] else "")
         out_console.print(t)
         r = doc["recall"]
         out_console.print(
@@ -67,7 +69,9 @@ def demo_command(
         )
         out_console.print(
             f"next: `auditor review next {result.audit_id}`, "
-            f"`auditor report {result.audit_id} --out report.html --truth {result.truth_path}`"
+            f"`auditor report {result.audit_id} --out report.html --truth {result.truth_path}`, "
+            f"or in a browser: `auditor user add NAME --role reviewer` then `auditor serve` and open "
+            f"http://127.0.0.1:8000/audits/{result.audit_id}"
         )
     if result.status != "succeeded":
         raise typer.Exit(1)

@@ -25,50 +25,80 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 @user_errors
 def list_findings(
     audit_id: int,
-    top: Annotated[int, typer.Option(min=1, help="Show the first N by rank")] = 20,
+    top: Annotated[int, typer.Option(min=1, help="Show at most N findings (one page)")] = 20,
     kind: Annotated[str | None, typer.Option(help="Only findings of this kind")] = None,
+    label: Annotated[str | None, typer.Option("--class", help="Only examples given this class (index or name)")] = None,
+    decision: Annotated[str | None, typer.Option(help="Only: undecided | confirmed | relabelled | dismissed")] = None,
+    page: Annotated[int, typer.Option(min=1, help="Page number, N findings per page")] = 1,
+    order: Annotated[str, typer.Option(help="rank | -score | score | label")] = "rank",
     json_output: JsonOption = False,
 ) -> None:
-    """An audit's findings, best-ranked first."""
-    from auditor.findings_view import finding_doc
+    """An audit's findings, best-ranked first, with class names, files and decisions."""
+    from auditor.findings_view import context_for, finding_doc, label_text, parse_class
     from auditor.store import open_store, repo
 
     sessions = open_store()
     with sessions() as s:
-        repo.get_audit(s, audit_id)
-        docs = [finding_doc(f) for f in repo.list_findings(s, audit_id, top=top, kind=kind)]
+        ctx0 = None
+        wanted = None
+        if label is not None:
+            from auditor.findings_view import audit_context
+
+            ctx0 = audit_context(s, audit_id)
+            wanted = parse_class(label, ctx0.class_names)
+        result = repo.query_findings(
+            s, audit_id, kind=kind, label=wanted, decision=decision, order=order,
+            offset=(page - 1) * top, limit=top,
+        )  # fmt: skip
+        ctx = context_for(s, audit_id, [f for f, _ in result.rows])
+        docs = [finding_doc(f, ctx, r) for f, r in result.rows]
     if json_output:
         print_json(docs)
         return
-    table = Table("id", "rank", "kind", "example", "label", "suggested", "score")
+    table = Table("id", "rank", "kind", "file", "label", "suggested", "score", "decision")
     for d in docs:
+        dec = d["decision"]
+        shown = "" if dec is None else dec["decision"] + (
+            f" -> {dec['new_label_name']}" if dec["decision"] == "relabelled" else ""
+        ) + f" ({dec['reviewer']})"
+        suggested = d["payload"].get("suggested_label")
         table.add_row(
-            str(d["id"]), str(d["rank"]), d["kind"], str(d["example_index"]), str(d["label"]),
-            str(d["payload"].get("suggested_label", "")), f"{d['score']:.4g}",
+            str(d["id"]), str(d["rank"]), d["kind"], d["locator"] or "", label_text(d["label"], ctx),
+            label_text(suggested, ctx) if suggested is not None else "", f"{d['score']:.4g}", shown,
         )
     out_console.print(table)
+    shown_to = (page - 1) * top + len(docs)
+    err_console.print(
+        f"{len(docs) and (page - 1) * top + 1}-{shown_to} of {result.total}"
+        + (f"; next: --page {page + 1}" if shown_to < result.total else "")
+    )
 
 
 @app.command("show")
 @user_errors
 def show(finding_id: int, json_output: JsonOption = False) -> None:
-    """One finding with its example (rendered when it is an image) and any decision."""
+    """One finding with its example (drawn when it is an image), why it was flagged, and the
+    example's decision history."""
     from auditor.cli.render import image_to_text
     from auditor.errors import DataError
-    from auditor.findings_view import dataset_examples, finding_doc, load_example
+    from auditor.findings_view import (
+        context_for,
+        dataset_examples,
+        event_doc,
+        finding_doc,
+        label_text,
+        load_example,
+    )
     from auditor.store import open_store, repo
 
     sessions = open_store()
     found, is_image = None, False
     with sessions() as s:
         f = repo.get_finding(s, finding_id)
-        doc = finding_doc(f)
         audit = repo.get_audit(s, f.audit_id)
-        review = repo.get_review(s, audit.dataset_id, f.example_key)
-        doc["decision"] = None if review is None else {
-            "decision": review.decision, "new_label": review.new_label, "reviewer": review.reviewer,
-            "note": review.note, "version": review.version,
-        }
+        ctx = context_for(s, f.audit_id, [f])
+        doc = finding_doc(f, ctx, repo.get_review(s, audit.dataset_id, f.example_key))
+        doc["history"] = [event_doc(e, ctx) for e in repo.review_history(s, audit.dataset_id, f.example_key)]
         # The example itself is only drawn for people, and only if its file is still there:
         # the finding and its decision live in the database and never need the dataset.
         if not json_output and f.example_index >= 0:
@@ -83,10 +113,27 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
     out_console.print(f"finding {doc['id']} (audit {doc['audit_id']}, {doc['kind']}, rank {doc['rank']})")
     if found is not None and is_image:
         out_console.print(image_to_text(found[0]))
-    for k, v in {"example": doc["example_index"], "label": doc["label"], "score": doc["score"], **doc["payload"]}.items():
-        out_console.print(f"  {k}: {v}")
-    if doc["decision"]:
-        out_console.print(f"  decision: {doc['decision']}")
+    p = doc["payload"]
+    out_console.print(f"  file: {doc['locator']}   (data set {doc['dataset']})")
+    out_console.print(f"  label: {label_text(doc['label'], ctx)}")
+    if "suggested_label" in p:
+        out_console.print(f"  suggested: {label_text(p['suggested_label'], ctx)}")
+    out_console.print(f"  score: {doc['score']:.4g}")
+    for k, v in p.items():
+        if k not in ("why", "suggested_label"):
+            out_console.print(f"  {k}: {v}")
+    for kind, rows in (doc.get("why") or {}).items():
+        listed = ", ".join(f"{r['locator']} ({r['label_name']}, {r['influence']:+.3g})" for r in rows[:5])
+        out_console.print(f"  {kind}: {listed}")
+    dec = doc["decision"]
+    out_console.print(
+        "  decision: none" if dec is None else
+        f"  decision: {dec['decision']}" + (f" -> {label_text(dec['new_label'], ctx)}" if dec["new_label"] is not None else "")
+        + f" by {dec['reviewer']} (version {dec['version']})"
+    )  # fmt: skip
+    for e in doc["history"]:
+        extra = f" -> {label_text(e['new_label'], ctx)}" if e["new_label"] is not None else ""
+        out_console.print(f"    {e['at'][:19]}  {e['reviewer'] or '-'}: {e['decision']}{extra}" + (f"  ({e['note']})" if e["note"] else ""))
 
 
 @app.command("export")
@@ -94,19 +141,38 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
 def export(
     audit_id: int,
     out: Annotated[Path, typer.Option("--out", help="labels.csv or labels.json")],
+    manifest: Annotated[bool, typer.Option("--manifest", help="Write only the relabel manifest: path, old label, new label, reviewer, time")] = False,
+    corrected_tree: Annotated[Path | None, typer.Option("--corrected-tree", help="ImageFolder data sets: also write a corrected copy of the folder tree here")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Every example with original label, decision, corrected label and score, ready to train on."""
-    from auditor.findings_view import export_rows, write_export
+    """Every example with original label, decision, corrected label, class names and file,
+    ready to train on; or (--manifest) just the examples whose label changes."""
+    from auditor.findings_view import (
+        MANIFEST_COLUMNS,
+        export_rows,
+        manifest_rows,
+        write_corrected_tree,
+        write_export,
+    )
     from auditor.store import open_store
 
     check_out_path(out)
     sessions = open_store()
     with sessions() as s:
         rows = export_rows(s, audit_id)
-    write_export(rows, out)
+        moved = None
+        if corrected_tree is not None:
+            moved = write_corrected_tree(s, audit_id, rows, corrected_tree)
     decided = sum(1 for r in rows if r["decision"])
+    written = manifest_rows(rows) if manifest else rows
+    write_export(written, out, MANIFEST_COLUMNS if manifest else None)
+    doc = {"out": str(out), "rows": len(written), "decided": decided}
+    if corrected_tree is not None:
+        doc.update(corrected_tree=str(corrected_tree), moved=moved)
     if json_output:
-        print_json({"out": str(out), "rows": len(rows), "decided": decided})
-    else:
-        out_console.print(f"wrote {len(rows)} rows ({decided} decided) to {out}")
+        print_json(doc)
+        return
+    what = "relabelled examples" if manifest else f"rows ({decided} decided)"
+    out_console.print(f"wrote {len(written)} {what} to {out}")
+    if corrected_tree is not None:
+        out_console.print(f"wrote the corrected folder tree to {corrected_tree} ({moved} files moved to another class)")

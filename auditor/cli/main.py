@@ -9,11 +9,12 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from auditor.cli import audit, dataset, db, findings, review, schedule
+from auditor.cli import audit, dataset, db, findings, review, schedule, user
 from auditor.cli.audit_diff import diff_command
 from auditor.cli.common import err_console, error_line
 from auditor.cli.demo import demo_command
 from auditor.cli.report import report_command
+from auditor.cli.serve import serve_command
 from auditor.cli.validate import validate_command
 from auditor.cli.worker import worker_command
 
@@ -63,12 +64,14 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(findings.app, name="findings")
 app.add_typer(review.app, name="review")
 app.add_typer(schedule.app, name="schedule")
+app.add_typer(user.app, name="user")
 app.command("beat")(schedule.beat_command)
 audit.app.command("diff")(diff_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
 app.command("worker")(worker_command)
 app.command("report")(report_command)
+app.command("serve")(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

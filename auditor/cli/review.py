@@ -10,7 +10,7 @@ import typer
 from auditor.cli.common import err_console, out_console, print_json, styled, user_errors
 from auditor.errors import AuditorError
 
-app = typer.Typer(no_args_is_help=True, help="Review findings: next, decide.")
+app = typer.Typer(no_args_is_help=True, help="Review findings: next, decide, undo.")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
@@ -18,6 +18,14 @@ def _reviewer(name: str | None) -> str:
     from auditor.config import get_settings
 
     return name or get_settings().reviewer or getpass.getuser()
+
+
+def _recorded_as(s, name: str | None) -> tuple[str, int | None]:
+    """(reviewer name, user id) a decision is recorded under: once users are registered
+    (`auditor user add`), the reviewer must be one who may decide."""
+    from auditor.auth import cli_reviewer
+
+    return cli_reviewer(s, _reviewer(name))
 
 
 def _decision(confirm: bool, relabel: str | None, dismiss: bool) -> str:
@@ -67,9 +75,10 @@ def decide(
         new_label = parse_label(relabel, examples)
     try:
         with sessions() as s, s.begin():
+            who, user_id = _recorded_as(s, reviewer)
             r = repo.decide(
-                s, finding_id, decision, new_label, _reviewer(reviewer), note,
-                expected_version=version,
+                s, finding_id, decision, new_label, who, note,
+                expected_version=version, user_id=user_id,
             )  # fmt: skip
             doc = {
                 "finding_id": finding_id, "example_key": r.example_key, "decision": r.decision,
@@ -81,6 +90,30 @@ def decide(
         print_json(doc)
     else:
         out_console.print(f"finding {finding_id}: {decision}" + (f" -> {new_label}" if new_label is not None else ""))
+
+
+@app.command("undo")
+@user_errors
+def undo(
+    finding_id: int,
+    reviewer: Annotated[str | None, typer.Option(help="Reviewer name (default: $AUDITOR_REVIEWER or user)")] = None,
+    version: Annotated[int | None, typer.Option(help="Only if the standing decision is still this version")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Withdraw the decision standing on the finding's example; the one before it (if any)
+    stands again. The history keeps both."""
+    from auditor.store import open_store, repo
+
+    sessions = open_store()
+    with sessions() as s, s.begin():
+        who, user_id = _recorded_as(s, reviewer)
+        r = repo.undo(s, finding_id, who, expected_version=version, user_id=user_id)
+        doc = {"finding_id": finding_id, "decision": None if r is None else r.decision,
+               "new_label": None if r is None else r.new_label, "version": None if r is None else r.version}  # fmt: skip
+    if json_output:
+        print_json(doc)
+    else:
+        out_console.print(f"finding {finding_id}: undone; standing now: {doc['decision'] or 'no decision'}")
 
 
 def _version_hint(sessions, finding_id: int) -> str:
@@ -106,7 +139,13 @@ def next_finding(
     """
     from auditor.cli.render import image_to_text
     from auditor.errors import Conflict
-    from auditor.findings_view import finding_doc, load_example, parse_label
+    from auditor.findings_view import (
+        context_for,
+        finding_doc,
+        label_text,
+        load_example,
+        parse_label,
+    )
     from auditor.store import open_store, repo
 
     sessions = open_store()
@@ -122,20 +161,21 @@ def next_finding(
                 else:
                     out_console.print("nothing left to review")
                 return
-            doc = finding_doc(f)
+            ctx = context_for(s, f.audit_id, [f])
+            doc = finding_doc(f, ctx)
             if json_output:
                 print_json(doc)
                 return
             if examples is None:  # read once; False: not readable, do not try again
                 examples = _readable_examples(s, f.audit_id, "show examples") or False
             found = load_example(examples, f) if examples else None
-        out_console.rule(f"finding {f.id}  rank {f.rank}  example {f.example_index}")
+        out_console.rule(f"finding {f.id}  rank {f.rank}  {doc['locator']}")
         if found is not None and examples and examples.is_image:
             out_console.print(image_to_text(found[0]))
         p = doc["payload"]
         out_console.print(
             styled(
-                "label ", (str(f.label), "bold"), "   suggested ", (str(p.get("suggested_label", "-")), "bold"),
+                "label ", (label_text(f.label, ctx), "bold"), "   suggested ", (label_text(p.get("suggested_label"), ctx), "bold"),
                 f"   score {f.score:.4g}   p(label) {p.get('prob_label', float('nan')):.3f}",
             )
         )
@@ -158,6 +198,7 @@ def next_finding(
                 err_console.print("type c, r, d, s or q")
                 continue
             with sessions() as s, s.begin():
-                repo.decide(s, f.id, decision, new_label, _reviewer(reviewer))
+                who, user_id = _recorded_as(s, reviewer)
+                repo.decide(s, f.id, decision, new_label, who, user_id=user_id)
         except (Conflict, AuditorError) as exc:
             err_console.print(styled((str(exc), "yellow")))

@@ -37,6 +37,9 @@ from sqlalchemy.types import TypeDecorator
 AUDIT_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 DECISIONS = ("confirmed", "relabelled", "dismissed")
+# A review event is a decision or the undo of the latest standing one (append-only history).
+EVENT_KINDS = (*DECISIONS, "undone")
+ROLES = ("viewer", "reviewer", "admin")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -101,6 +104,9 @@ class Dataset(Base):
     format: Mapped[str] = mapped_column(String(32))
     # Reader options (label/group column, resize) so a re-scan reads the source the same way.
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Class names as the source names them (ImageFolder folders, CSV label values, NPZ
+    # `class_names`), refreshed at each scan; None when the source only has indices.
+    class_names: Mapped[list[str] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     snapshots: Mapped[list[Snapshot]] = relationship(
@@ -144,6 +150,9 @@ class SnapshotExample(Base):
     example_index: Mapped[int] = mapped_column(primary_key=True)
     example_key: Mapped[str] = mapped_column(String(64))
     label: Mapped[int | None]
+    # Where a person finds the example: its file relative to the data set's root (ImageFolder)
+    # or "row N" of the file (NPZ, CSV; CSV rows count data lines from 1 after the header).
+    locator: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_snapshot_examples_snapshot_key", "snapshot_id", "example_key"),)
 
@@ -247,6 +256,77 @@ class Review(Base):
             name="decision",
         ),
     )
+
+
+class ReviewEvent(Base):
+    """One entry of the append-only decision history of an example of a dataset.
+
+    `reviews` holds the decision standing now, derived from these events in the same
+    transaction (`repo.decide`, `repo.undo`): an event of a decision kind stands until a later
+    one replaces it; an `undone` event withdraws the latest standing decision (its id in
+    `undoes_id`), bringing back the one before it, or none. Nothing here is updated or deleted,
+    so "who decided what, and when" is always answerable.
+    """
+
+    __tablename__ = "review_events"
+
+    id: Mapped[int] = mapped_column(BigIdType, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    example_key: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))
+    new_label: Mapped[int | None]
+    reviewer: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    note: Mapped[str | None] = mapped_column(Text)
+    # What prompted it: the finding (and its audit) the reviewer was looking at.
+    finding_id: Mapped[int | None] = mapped_column(
+        BigIdType, ForeignKey("findings.id", ondelete="SET NULL")
+    )
+    audit_id: Mapped[int | None] = mapped_column(ForeignKey("audits.id", ondelete="SET NULL"))
+    undoes_id: Mapped[int | None] = mapped_column(BigIdType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_review_events_example", "dataset_id", "example_key", "id"),
+        CheckConstraint(
+            "decision IN ('confirmed', 'relabelled', 'dismissed', 'undone')",
+            name="decision",
+        ),
+    )
+
+
+class User(Base):
+    """Someone who signs in to the review app or decides from the CLI.
+
+    Roles: a viewer reads; a reviewer also decides; an admin also manages users. Passwords are
+    stored as PBKDF2-SHA256 hashes (`auditor.auth`), never in clear.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'reviewer', 'admin')", name="role"),
+    )
+
+
+class ApiToken(Base):
+    """A bearer token for scripts (`POST /api/token`); only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+    user: Mapped[User] = relationship()
 
 
 class Schedule(Base):

@@ -35,6 +35,7 @@ from auditor.store.models import (
     Dataset,
     Finding,
     Review,
+    ReviewEvent,
     Schedule,
     Snapshot,
     SnapshotExample,
@@ -133,6 +134,23 @@ def snapshot_keys(session: Session, snapshot_id: int) -> list[str]:
     )
 
 
+def locators(session: Session, snapshot_id: int, indices: Iterable[int]) -> dict[int, str]:
+    """Where a person finds examples of a snapshot (file path or "row N"), by example index.
+    Snapshots recorded before locators existed answer "row N"."""
+    wanted = sorted({int(i) for i in indices if i >= 0})
+    out = {i: f"row {i}" for i in wanted}
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        rows = session.execute(
+            select(SnapshotExample.example_index, SnapshotExample.locator).where(
+                SnapshotExample.snapshot_id == snapshot_id,
+                SnapshotExample.example_index.in_(chunk),
+            )
+        )
+        out.update({int(i): loc for i, loc in rows if loc})
+    return out
+
+
 def label_counts(session: Session, snapshot_id: int) -> dict[int, int]:
     """How many examples of a snapshot carry each label."""
     rows = session.execute(
@@ -193,6 +211,8 @@ def record_snapshot(
     says `new_snapshot=False`.
     """
     digest = content_hash(examples.keys)
+    if examples.class_names is not None and dataset.class_names != examples.class_names:
+        dataset.class_names = list(examples.class_names)
     previous = latest_snapshot(session, dataset.id)
     if previous is not None and previous.content_hash == digest:
         n = previous.n
@@ -204,8 +224,11 @@ def record_snapshot(
     session.add(snapshot)
     session.flush()
     labels = examples.y.tolist()
+    files = examples.extra.get("files")
+    if not (isinstance(files, list) and len(files) == len(labels)):
+        files = None
     rows = [
-        (snapshot.id, index, key, int(label))
+        (snapshot.id, index, key, int(label), files[index] if files else f"row {index}")
         for index, (key, label) in enumerate(zip(examples.keys, labels, strict=True))
     ]
     _bulk_insert(session, SnapshotExample.__table__, rows)  # type: ignore[arg-type]
@@ -572,6 +595,86 @@ def list_findings(
     return list(session.scalars(query))
 
 
+FINDING_DECISION_FILTERS = ("undecided", *DECISIONS)
+FINDING_ORDERS = ("rank", "score", "-score", "label")
+
+
+@dataclass
+class FindingPage:
+    """One page of an audit's findings with the decision standing on each example."""
+
+    rows: list[tuple[Finding, Review | None]]
+    total: int  # findings matching the filters, over all pages
+
+
+def query_findings(
+    session: Session,
+    audit_id: int,
+    *,
+    kind: str | None = None,
+    label: int | None = None,
+    decision: str | None = None,
+    order: str = "rank",
+    offset: int = 0,
+    limit: int | None = 50,
+) -> FindingPage:
+    """Findings of an audit filtered by kind, given label (class) and decision, sorted and paged.
+
+    `decision`: "undecided" or one of DECISIONS, as it stands now (the example's latest decision
+    in this dataset, whichever audit prompted it). `order`: rank (best first), score (lowest
+    first), -score (highest first) or label.
+    """
+    if decision is not None and decision not in FINDING_DECISION_FILTERS:
+        raise AuditorError(f"decision filter must be one of {', '.join(FINDING_DECISION_FILTERS)}, not {decision!r}")
+    if order not in FINDING_ORDERS:
+        raise AuditorError(f"order must be one of {', '.join(FINDING_ORDERS)}, not {order!r}")
+    if offset < 0 or (limit is not None and limit < 0):
+        raise AuditorError("offset and limit must not be negative")
+    audit = get_audit(session, audit_id)
+    on = (Review.dataset_id == audit.dataset_id) & (Review.example_key == Finding.example_key)
+    query = select(Finding, Review).outerjoin(Review, on).where(Finding.audit_id == audit_id)
+    if kind is not None:
+        query = query.where(Finding.kind == kind)
+    if label is not None:
+        query = query.where(Finding.label == label)
+    if decision == "undecided":
+        query = query.where(Review.id.is_(None))
+    elif decision is not None:
+        query = query.where(Review.decision == decision)
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    sort = {
+        "rank": (Finding.rank, Finding.id),
+        "score": (Finding.score, Finding.id),
+        "-score": (Finding.score.desc(), Finding.id),
+        "label": (Finding.label, Finding.rank, Finding.id),
+    }[order]
+    query = query.order_by(*sort).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return FindingPage([(f, r) for f, r in session.execute(query)], total)
+
+
+def finding_kinds(session: Session, audit_id: int) -> list[str]:
+    """The kinds of finding an audit stored ("label", "helpful:t3", ...)."""
+    return list(session.scalars(select(Finding.kind).where(Finding.audit_id == audit_id).distinct().order_by(Finding.kind)))
+
+
+def findings_for_example(session: Session, audit_id: int, example_index: int) -> list[Finding]:
+    """An audit's findings about the example at `example_index`, label check first."""
+    rows = session.scalars(
+        select(Finding).where(Finding.audit_id == audit_id, Finding.example_index == example_index)
+    )
+    return sorted(rows, key=lambda f: (f.kind != "label", f.kind, f.rank))
+
+
+def neighbour_findings(session: Session, audit_id: int, kind: str, rank: int) -> tuple[int | None, int | None]:
+    """Ids of the findings of the same kind ranked just before and just after `rank`."""
+    base = select(Finding.id).where(Finding.audit_id == audit_id, Finding.kind == kind)
+    before = session.scalar(base.where(Finding.rank < rank).order_by(Finding.rank.desc()).limit(1))
+    after = session.scalar(base.where(Finding.rank > rank).order_by(Finding.rank).limit(1))
+    return before, after
+
+
 def count_findings(session: Session, audit_id: int, kind: str | None = None) -> int:
     """How many findings an audit stored."""
     query = select(func.count()).select_from(Finding).where(Finding.audit_id == audit_id)
@@ -628,6 +731,7 @@ def decide(
     reviewer: str = "",
     note: str | None = None,
     expected_version: int | None = None,
+    user_id: int | None = None,
 ) -> Review:
     """Record a reviewer's decision about the example behind a finding.
 
@@ -641,6 +745,11 @@ def decide(
     dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
     assert dataset_id is not None
     review = get_review(session, dataset_id, finding.example_key)
+    event = ReviewEvent(
+        dataset_id=dataset_id, example_key=finding.example_key, decision=decision,
+        new_label=new_label, reviewer=reviewer, user_id=user_id, note=note,
+        finding_id=finding.id, audit_id=finding.audit_id, created_at=utcnow(),
+    )  # fmt: skip
     if review is None:
         if expected_version is not None:
             raise Conflict(
@@ -655,11 +764,12 @@ def decide(
             new_label=new_label,
             reviewer=reviewer,
             note=note,
-            decided_at=utcnow(),
+            decided_at=event.created_at,
         )
         try:
             with session.begin_nested():
                 session.add(review)
+                session.add(event)
         except IntegrityError:
             raise Conflict(
                 f"example {finding.example_key} was decided by another reviewer just now"
@@ -679,12 +789,100 @@ def decide(
             review.new_label = new_label
             review.reviewer = reviewer
             review.note = note
-            review.decided_at = utcnow()
+            review.decided_at = event.created_at
+            session.flush()  # the version check happens here, before the event is added
+            session.add(event)
     except StaleDataError:
         raise Conflict(
             f"example {finding.example_key} was changed by another reviewer just now"
         ) from None
     return review
+
+
+def standing_decision(events: Sequence[ReviewEvent]) -> ReviewEvent | None:
+    """The decision event standing after `events` (one example's history, oldest first): each
+    decision replaces the one before; an `undone` event withdraws the latest standing one and
+    brings back the one it had replaced. This is how `reviews` is derived from the history."""
+    stack: list[ReviewEvent] = []
+    for e in events:
+        if e.decision == "undone":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(e)
+    return stack[-1] if stack else None
+
+
+def review_history(session: Session, dataset_id: int, example_key: str) -> list[ReviewEvent]:
+    """Every event about one example of a dataset, oldest first."""
+    return list(
+        session.scalars(
+            select(ReviewEvent)
+            .where(ReviewEvent.dataset_id == dataset_id, ReviewEvent.example_key == example_key)
+            .order_by(ReviewEvent.id)
+        )
+    )
+
+
+def list_review_events(session: Session, dataset_id: int | None = None) -> list[ReviewEvent]:
+    """All review events (of one dataset), oldest first."""
+    query = select(ReviewEvent).order_by(ReviewEvent.id)
+    if dataset_id is not None:
+        query = query.where(ReviewEvent.dataset_id == dataset_id)
+    return list(session.scalars(query))
+
+
+def undo(
+    session: Session,
+    finding_id: int,
+    reviewer: str = "",
+    expected_version: int | None = None,
+    user_id: int | None = None,
+    note: str | None = None,
+) -> Review | None:
+    """Withdraw the decision standing on the finding's example: an `undone` event is appended
+    and the decision before it (if any) stands again. Returns the standing review, or None.
+
+    `expected_version` is the version of the decision the reviewer saw; a different one (someone
+    decided in between) is a `Conflict`. With nothing to undo, an `AuditorError`.
+    """
+    finding = get_finding(session, finding_id)
+    dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
+    assert dataset_id is not None
+    review = get_review(session, dataset_id, finding.example_key)
+    if review is None:
+        raise Conflict(f"example {finding.example_key} has no decision to undo")
+    if expected_version is not None and review.version != expected_version:
+        raise Conflict(
+            f"example {finding.example_key} was changed by {review.reviewer or 'someone'} "
+            f"since (now version {review.version}); reload before undoing"
+        )
+    history = review_history(session, dataset_id, finding.example_key)
+    standing = standing_decision(history)
+    event = ReviewEvent(
+        dataset_id=dataset_id, example_key=finding.example_key, decision="undone",
+        new_label=None, reviewer=reviewer, user_id=user_id, note=note, finding_id=finding.id,
+        audit_id=finding.audit_id, undoes_id=standing.id if standing else None, created_at=utcnow(),
+    )  # fmt: skip
+    before = standing_decision([*history, event])
+    try:
+        with session.begin_nested():
+            if before is None:
+                session.delete(review)
+            else:
+                review.finding_id = before.finding_id
+                review.decision = before.decision
+                review.new_label = before.new_label
+                review.reviewer = before.reviewer
+                review.note = before.note
+                review.decided_at = before.created_at
+            session.flush()
+            session.add(event)
+    except StaleDataError:
+        raise Conflict(
+            f"example {finding.example_key} was changed by another reviewer just now"
+        ) from None
+    return None if before is None else review
 
 
 def next_unsettled_finding(

@@ -1,0 +1,32 @@
+"""`auditor serve`: the review web app (see `auditor.web`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from auditor.cli.common import err_console, styled, user_errors
+
+
+@user_errors
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port")] = 8000,
+) -> None:
+    """Serve the review app: audits with live progress, review queues, examples, decisions."""
+    import uvicorn
+
+    from auditor.auth import has_users
+    from auditor.store import open_store
+    from auditor.web.app import create_app
+
+    sessions = open_store()  # a database that is down or behind is one line here, not a traceback
+    with sessions() as s:
+        if not has_users(s):
+            err_console.print(styled((
+                "no users yet: nobody can sign in until you add one, e.g. "
+                "auditor user add alice --role admin", "yellow",
+            )))  # fmt: skip
+    err_console.print(f"review app on http://{host}:{port}/ (Ctrl+C stops it)")
+    uvicorn.run(create_app(sessions), host=host, port=port, log_level="warning")

@@ -1,0 +1,76 @@
+"""The examples behind findings, as PNG pictures for the pages.
+
+A data set is read once from its source and kept (the last few, least recently used first out),
+keyed by where it lives and when it last changed, so paging a queue does not re-read thousands
+of files per thumbnail, and an edited data set is read again.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from auditor.data.base import Examples
+from auditor.errors import DataError
+from auditor.resolve import load_dataset_source
+from auditor.store.models import Dataset
+
+
+class ExampleStore:
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._cache: OrderedDict[tuple, Examples] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key(self, ds: Dataset) -> tuple:
+        try:
+            stamp = Path(ds.source_path).stat().st_mtime_ns
+        except OSError as exc:
+            raise DataError(f"cannot read data set {ds.name!r}: {ds.source_path}: {exc.strerror or exc}") from None
+        return (ds.id, ds.source_path, repr(sorted((ds.options or {}).items())), stamp)
+
+    def examples(self, ds: Dataset) -> Examples:
+        key = self._key(ds)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        examples = load_dataset_source(ds)  # outside the lock: reading may take seconds
+        with self._lock:
+            self._cache[key] = examples
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return examples
+
+    def png(self, ds: Dataset, index: int, example_key: str | None = None) -> bytes:
+        """The example at `index` (found by `example_key` if rows moved) as PNG bytes."""
+        examples = self.examples(ds)
+        if not examples.is_image:
+            raise DataError(f"data set {ds.name!r} holds feature rows, not images")
+        i = index
+        if example_key is not None and not (0 <= i < len(examples) and examples.keys[i] == example_key):
+            try:
+                i = examples.keys.index(example_key)
+            except ValueError:
+                raise DataError(f"example {example_key} is no longer in data set {ds.name!r}") from None
+        if not 0 <= i < len(examples):
+            raise DataError(f"data set {ds.name!r} has no example {index}")
+        return to_png(examples.x[i])
+
+
+def to_png(x: np.ndarray) -> bytes:
+    """PNG of one uint8 image stored as (H, W) or (C, H, W)."""
+    from PIL import Image
+
+    a = np.asarray(x)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
