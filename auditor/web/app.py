@@ -289,17 +289,20 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         else:
             wanted = _class(a.dataset.class_names, body.label) if body.label not in (None, "") else None
             targets = [f for f, _ in repo.query_findings(s, audit_id, label=wanted, decision="undecided", limit=body.top_k).rows]
-        done, skipped = [], []
+        done, skipped, decisions = [], [], {}
+        ctx = _ctx(s, a)
         for f in targets:
             if (f.payload or {}).get("suggested_label") is None:
                 skipped.append({"finding_id": f.id, "reason": "suggests no label"})
                 continue
             try:
-                repo.decide(s, f.id, "confirmed", None, user.name, None, user_id=user.id)
+                review = repo.decide(s, f.id, "confirmed", None, user.name, None, user_id=user.id)
+                s.flush()
                 done.append(f.id)
+                decisions[str(f.id)] = decision_doc(review, ctx)
             except Conflict as exc:
                 skipped.append({"finding_id": f.id, "reason": str(exc)})
-        return {"confirmed": done, "skipped": skipped}
+        return {"confirmed": done, "skipped": skipped, "decisions": decisions}
 
     @app.get("/api/audits/{audit_id}/examples/{index}/image", tags=["findings"], response_class=Response,
              responses={200: {"content": {"image/png": {}}}})  # fmt: skip

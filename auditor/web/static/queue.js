@@ -56,8 +56,16 @@
   async function acceptSuggested(body) {
     try {
       const doc = await api("POST", `/api/audits/${window.AUDIT_ID}/accept-suggested`, body);
-      toast(`accepted the suggested label for ${doc.confirmed.length}` + (doc.skipped.length ? `; skipped ${doc.skipped.length}` : ""));
-      setTimeout(() => location.reload(), 600);
+      for (const [id, decision] of Object.entries(doc.decisions)) {
+        const card = cards.find((c) => c.dataset.id === id);
+        if (card) {
+          show(card, decision);
+          card.querySelector(".pick").checked = false;
+        }
+      }
+      const away = doc.confirmed.filter((id) => !byId.has(String(id))).length;
+      toast(`accepted the suggested label for ${doc.confirmed.length}` +
+        (away ? ` (${away} not on this page)` : "") + (doc.skipped.length ? `; skipped ${doc.skipped.length} decided by someone` : ""));
     } catch (err) {
       toast(err.message, true);
     }
