@@ -55,7 +55,12 @@ def list_findings(
     if json_output:
         print_json(docs)
         return
-    table = Table("id", "rank", "kind", "file", "label", "suggested", "score", "decision")
+    kinds = {d["kind"] for d in docs}
+    table = Table("id", "rank", *(["kind"] if len(kinds) > 1 else []))
+    # a file path is what a reviewer copies: never wrapped, the other columns give way
+    table.add_column("file", no_wrap=True, min_width=max([len(d["locator"] or "") for d in docs] + [4]))
+    for name in ("label", "suggested", "score", "decision"):
+        table.add_column(name)
     for d in docs:
         dec = d["decision"]
         shown = "" if dec is None else dec["decision"] + (
@@ -63,7 +68,7 @@ def list_findings(
         ) + f" ({dec['reviewer']})"
         suggested = d["payload"].get("suggested_label")
         table.add_row(
-            str(d["id"]), str(d["rank"]), d["kind"], d["locator"] or "", label_text(d["label"], ctx),
+            str(d["id"]), str(d["rank"]), *([d["kind"]] if len(kinds) > 1 else []), d["locator"] or "", label_text(d["label"], ctx),
             label_text(suggested, ctx) if suggested is not None else "", f"{d['score']:.4g}", shown,
         )
     out_console.print(table)
