@@ -127,3 +127,12 @@ def test_export_writes_names_files_a_relabel_manifest_and_a_corrected_tree(db: T
     assert top[2]["locator"] in files  # dismissed: stays where it was
     again = cli("findings", "export", str(db.audit_id), "--out", str(manifest), "--corrected-tree", str(tree), ok=False)
     assert again.exit_code != 0 and "exists; give a new folder" in again.stderr
+
+
+def test_the_html_report_names_files_and_classes(db: Template, tmp_path: Path) -> None:
+    top = cli("findings", "list", str(db.audit_id), "--top", "1", "--json")[0]
+    out = tmp_path / "report.html"
+    cli("report", str(db.audit_id), "--out", str(out))
+    text = out.read_text()
+    assert f"#1 {top['locator']}" in text
+    assert f"{top['label_name']} → {top['suggested_label_name']}" in text

@@ -22,13 +22,13 @@ def services() -> dict:
 
 
 def test_the_stack_has_its_services_on_the_right_images(services: dict) -> None:
-    assert {"postgres", "redis", "migrate", "worker", "beat"} <= services.keys()
+    assert {"postgres", "redis", "migrate", "worker", "beat", "web"} <= services.keys()
     assert services["postgres"]["image"] == "postgres:16"
     assert services["redis"]["image"] == "redis:7"
 
 
 def test_auditor_services_share_the_database_and_broker(services: dict) -> None:
-    for name in ("migrate", "worker", "beat"):
+    for name in ("migrate", "worker", "beat", "web"):
         service = services[name]
         assert service["build"] == "."
         assert service["environment"]["AUDITOR_DATABASE_URL"] == DATABASE_URL
@@ -49,6 +49,13 @@ def test_commands_and_start_order(services: dict) -> None:
         assert after["migrate"]["condition"] == "service_completed_successfully"
         assert after["redis"]["condition"] == "service_healthy"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_review_app_is_published_on_the_host_loopback_only(services: dict) -> None:
+    web = services["web"]
+    assert web["command"] == ["auditor", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert web["ports"] == ["127.0.0.1:8000:8000"]
+    assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_the_worker_reserves_every_gpu(services: dict) -> None:

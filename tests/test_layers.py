@@ -34,9 +34,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.audit_diff",
             "auditor.report",
             "auditor.demo",
+            "auditor.auth",
         ),
     ),
-    ("front doors", ("auditor.cli", "workers")),
+    ("front doors", ("auditor.cli", "auditor.web", "workers")),
 ]
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from auditor.config import artifacts_dir
 from auditor.errors import AuditorError, DataError
-from auditor.findings_view import load_example
+from auditor.findings_view import AuditContext, audit_context, load_example
 from auditor.report.images import histogram, png_data_uri, recall_curve, thumbnail
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
@@ -57,13 +57,18 @@ def _truth(path: Path | None) -> set[int] | None:
         ) from None
 
 
-def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: str) -> str:
+def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: str, ctx: AuditContext) -> str:
     parts = ["<h2>Top flagged examples</h2><div class='grid'>"]
     for f in findings[:top]:
         found = load_example(examples, f) if examples is not None else None
         uri = thumbnail(found[0]) if (found is not None and examples.is_image) else None
         p = f.payload or {}
-        lines = [f"#{f.rank} row {f.example_index}", f"label {f.label} → {p.get('suggested_label', '?')}", f"{f.score:.3g}"]
+        suggested = p.get("suggested_label")
+        lines = [
+            f"#{f.rank} {ctx.locator(f.example_index)}",
+            f"{ctx.class_name(f.label)} → {ctx.class_name(suggested) if suggested is not None else '?'}",
+            f"{f.score:.3g}",
+        ]
         parts.append(_card(uri, lines, bad=truth is not None and f.example_index in truth))
     parts.append("</div>")
     scores = np.array([f.score for f in findings])
@@ -96,7 +101,7 @@ def _label_check(findings, examples, truth: set[int] | None, top: int, rank_by: 
     return "".join(parts)
 
 
-def _explain(findings, train, test) -> str:
+def _explain(findings, train, test, ctx: AuditContext) -> str:
     by_test: dict[int, dict[str, list]] = {}
     for f in findings:
         kind, _, t = f.kind.partition(":t")
@@ -114,7 +119,7 @@ def _explain(findings, train, test) -> str:
             for f in rows:
                 found = load_example(train, f) if train is not None else None
                 uri = thumbnail(found[0]) if (found is not None and train.is_image) else None
-                cards.append(_card(uri, [f"row {f.example_index}", f"label {f.label}", f"{(f.payload or {}).get('influence', f.score):.3g}"]))
+                cards.append(_card(uri, [ctx.locator(f.example_index), str(ctx.class_name(f.label)), f"{(f.payload or {}).get('influence', f.score):.3g}"]))
             parts.append(f"<p>{_e(title)}</p><div class='grid'>{''.join(cards) or '<span class=muted>none</span>'}</div>")
     return "".join(parts)
 
@@ -167,6 +172,7 @@ def build_report(session: Session, audit_id: int, truth: Path | None = None, top
     if audit.status != "succeeded":
         raise AuditorError(f"audit {audit_id} is {audit.status}; a report needs a succeeded audit")
     findings = repo.list_findings(session, audit_id)
+    ctx = audit_context(session, audit_id, [f.example_index for f in findings[:top]] if audit.kind == "label-check" else [f.example_index for f in findings])
     summary = audit.summary or {}
     try:
         train = load_dataset_source(audit.dataset)
@@ -185,11 +191,11 @@ def build_report(session: Session, audit_id: int, truth: Path | None = None, top
     )
     if audit.kind == "label-check":
         rank_by = (summary or {}).get("rank_by") or (audit.params or {}).get("rank_by") or "auto"
-        body = _label_check(findings, train, _truth(truth), top, rank_by)
+        body = _label_check(findings, train, _truth(truth), top, rank_by, ctx)
         if (summary or {}).get("rank_by_reason"):
             body = f"<p>Ranked by {_e(rank_by)}: {_e(summary['rank_by_reason'])}.</p>" + body
     elif audit.kind == "explain":
-        body = _explain(findings, train, test)
+        body = _explain(findings, train, test, ctx)
     elif audit.kind == "domain-mismatch":
         body = _domain_mismatch(findings, summary)
     elif audit.kind == "attack":
