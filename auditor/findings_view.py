@@ -163,12 +163,12 @@ def parse_class(text: str, class_names: list[str] | None) -> int:
         raise AuditorError(f"unknown class {text!r}: give a class index{known}") from None
 
 
-def parse_label(text: str, examples: Examples | None) -> int:
+def parse_label(text: str, examples: Examples | None, class_names: list[str] | None = None) -> int:
     """A reviewer's new label: a class index or, where the data set names its classes (ImageFolder
     folders, CSV label strings, NPZ `class_names`), a class name. Checked against the data set
     when it can be read, so a typo is refused instead of stored as a new class."""
     text = text.strip()
-    names = examples.class_names if examples is not None else None
+    names = examples.class_names if examples is not None else class_names
     if names and text in names:
         return names.index(text)
     try:

@@ -88,6 +88,24 @@ def test_findings_carry_class_names_files_and_why(app_db) -> None:
     assert img.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_picture_whose_file_is_gone_is_a_one_line_404_and_the_rest_still_works(app_db, tmp_path) -> None:
+    client, _, t = app_db
+    h = bearer(client)
+    items = findings(client, h, t.audit_id, limit=2)["items"]
+    gone = t.folder / items[0]["locator"]
+    moved = tmp_path / "moved.png"
+    gone.rename(moved)
+    try:
+        r = client.get(f"/api/audits/{t.audit_id}/examples/{items[0]['example_index']}/image", headers=h,
+                       params={"key": items[0]["example_key"]})  # fmt: skip
+        assert r.status_code == 404 and "no longer in data set" in one_line(r)
+        ok = client.get(f"/api/audits/{t.audit_id}/examples/{items[1]['example_index']}/image", headers=h)
+        assert ok.status_code == 200 and ok.content[:4] == b"\x89PNG"
+        assert client.get(f"/api/findings/{items[0]['id']}", headers=h).status_code == 200
+    finally:
+        moved.rename(gone)
+
+
 def test_a_class_filter_by_name_or_index_gives_the_same_findings(app_db) -> None:
     client, _, t = app_db
     h = bearer(client)

@@ -71,8 +71,9 @@ def decide(
     if relabel is not None:
         with sessions() as s:
             audit_id = repo.get_finding(s, finding_id).audit_id
+            stored_names = repo.get_audit(s, audit_id).dataset.class_names
             examples = _readable_examples(s, audit_id, "check the label against the data set")
-        new_label = parse_label(relabel, examples)
+        new_label = parse_label(relabel, examples, stored_names)
     try:
         with sessions() as s, s.begin():
             who, user_id = _recorded_as(s, reviewer)

@@ -312,8 +312,9 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     ) -> Response:  # fmt: skip
         """The training example at `index` of the audit's data set, as a PNG."""
         a = repo.get_audit(s, audit_id)
+        locator = repo.locators(s, a.snapshot_id, [index]).get(index)
         try:
-            data = request.app.state.examples.png(a.dataset, index, key)
+            data = request.app.state.examples.png(a.dataset, index, key, locator)
         except DataError as exc:
             raise HTTPException(404, str(exc)) from None
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

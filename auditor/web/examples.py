@@ -46,8 +46,16 @@ class ExampleStore:
                 self._cache.popitem(last=False)
         return examples
 
-    def png(self, ds: Dataset, index: int, example_key: str | None = None) -> bytes:
-        """The example at `index` (found by `example_key` if rows moved) as PNG bytes."""
+    def png(self, ds: Dataset, index: int, example_key: str | None = None, locator: str | None = None) -> bytes:
+        """The example at `index` (found by `example_key` if rows moved) as PNG bytes.
+
+        An ImageFolder example with a known file is read alone (a reviewer of a million images
+        should not wait for all of them to be decoded); anything else reads the data set once.
+        """
+        if ds.format == "imagefolder" and locator and not locator.startswith("row "):
+            single = _single_file(Path(ds.source_path), locator)
+            if single is not None:
+                return single
         examples = self.examples(ds)
         if not examples.is_image:
             raise DataError(f"data set {ds.name!r} holds feature rows, not images")
@@ -60,6 +68,23 @@ class ExampleStore:
         if not 0 <= i < len(examples):
             raise DataError(f"data set {ds.name!r} has no example {index}")
         return to_png(examples.x[i])
+
+
+def _single_file(root: Path, locator: str) -> bytes | None:
+    """The picture at root/locator re-encoded as PNG, or None (moved, unreadable, outside root)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        path = (root / locator).resolve()
+        if not path.is_relative_to(root.resolve()):
+            return None
+        with Image.open(path) as im:
+            im.load()
+            buf = io.BytesIO()
+            (im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGB")).save(buf, format="PNG")
+            return buf.getvalue()
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
 
 
 def to_png(x: np.ndarray) -> bytes:
