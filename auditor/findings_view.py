@@ -151,36 +151,41 @@ def dataset_examples(session: Session, audit_id: int) -> tuple[Examples, Any]:
     return load_dataset_source(audit.dataset), audit
 
 
+def resolve_class(value: int | str, names: list[str] | None, count: int | None = None) -> int:
+    """A class given by name (where the data set names its classes: ImageFolder folders, CSV
+    label strings, NPZ `class_names`) or by index. Refused in one line when it is not one of the
+    data set's classes (`len(names)` when named, else `count` when known), so a typo is never
+    stored as a new class."""
+    if isinstance(value, str):
+        text = value.strip()
+        if names and text in names:
+            return names.index(text)
+        try:
+            value = int(text)
+        except ValueError:
+            listed = (
+                f"; its classes are {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}"
+                if names else " (this data set has no class names)"
+            )  # fmt: skip
+            raise AuditorError(f"unknown class {text!r}: give a class index or name{listed}") from None
+    limit = len(names) if names else count
+    if value < 0 or (limit is not None and value >= limit):
+        where = f"the data set's classes 0..{limit - 1}" if limit else "the class indices"
+        raise AuditorError(f"class {value} is outside {where}")
+    return int(value)
+
+
 def parse_class(text: str, class_names: list[str] | None) -> int:
-    """A class given by name (where the data set names its classes) or index, for filters."""
-    text = text.strip()
-    if class_names and text in class_names:
-        return class_names.index(text)
-    try:
-        return int(text)
-    except ValueError:
-        known = f"; its classes are {', '.join(class_names)}" if class_names else " (this data set has no class names)"
-        raise AuditorError(f"unknown class {text!r}: give a class index{known}") from None
+    """A class for a filter, by name or index."""
+    return resolve_class(text, class_names)
 
 
 def parse_label(text: str, examples: Examples | None, class_names: list[str] | None = None) -> int:
-    """A reviewer's new label: a class index or, where the data set names its classes (ImageFolder
-    folders, CSV label strings, NPZ `class_names`), a class name. Checked against the data set
-    when it can be read, so a typo is refused instead of stored as a new class."""
-    text = text.strip()
-    names = examples.class_names if examples is not None else class_names
-    if names and text in names:
-        return names.index(text)
-    try:
-        label = int(text)
-    except ValueError:
-        known = f"; its classes are {', '.join(names)}" if names else " (this data set has no class names)"
-        raise AuditorError(f"unknown label {text!r}: give a class index{known}") from None
-    if examples is not None and not 0 <= label < examples.num_classes:
-        raise AuditorError(
-            f"label {label} is out of range: this data set has classes 0..{examples.num_classes - 1}"
-        )
-    return label
+    """A reviewer's new label, checked against the data set when it can be read, else against
+    the class names stored with it."""
+    if examples is not None:
+        return resolve_class(text, examples.class_names, examples.num_classes)
+    return resolve_class(text, class_names)
 
 
 def corrected_label(finding: Finding, review) -> int | None:

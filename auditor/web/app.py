@@ -33,6 +33,7 @@ from auditor.findings_view import (
     event_doc,
     finding_doc,
     label_text,
+    resolve_class,
 )
 from auditor.records import finite_json
 from auditor.store import repo
@@ -235,7 +236,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         limit: Annotated[int, Query(ge=1, le=500)] = 48,
     ) -> dict[str, Any]:
         a = repo.get_audit(s, audit_id)
-        wanted = _class(a.dataset.class_names, label) if label not in (None, "") else None
+        wanted = resolve_class(label, a.dataset.class_names) if label not in (None, "") else None
         page = repo.query_findings(
             s, audit_id, kind=kind, label=wanted, decision=decision, order=order, offset=offset, limit=limit
         )
@@ -254,7 +255,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         if body.decision == "relabelled":
             if body.new_label is None:
                 raise AuditorError("a relabel decision needs new_label (a class index or name)")
-            new_label = _class(a.dataset.class_names, body.new_label, known=_known_classes(s, a))
+            new_label = resolve_class(body.new_label, a.dataset.class_names, _known_classes(s, a))
         elif body.new_label is not None:
             raise AuditorError(f"a {body.decision} decision takes no new_label")
         if body.decision == "confirmed" and (f.payload or {}).get("suggested_label") is None:
@@ -287,7 +288,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
             if wrong:
                 raise NotFound(f"finding {wrong[0]} is not part of audit {audit_id}")
         else:
-            wanted = _class(a.dataset.class_names, body.label) if body.label not in (None, "") else None
+            wanted = resolve_class(body.label, a.dataset.class_names) if body.label not in (None, "") else None
             targets = [f for f, _ in repo.query_findings(s, audit_id, label=wanted, decision="undecided", limit=body.top_k).rows]
         done, skipped, decisions = [], [], {}
         ctx = _ctx(s, a)
@@ -393,7 +394,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     ) -> HTMLResponse:
         user = page_user(request, s)
         a = repo.get_audit(s, audit_id)
-        wanted = _class(a.dataset.class_names, label) if label else None
+        wanted = resolve_class(label, a.dataset.class_names) if label else None
         kinds = repo.finding_kinds(s, audit_id)
         chosen_kind = kind or ("label" if "label" in kinds else None)
         result = repo.query_findings(
@@ -455,24 +456,6 @@ def _known_classes(s: Session, a: Audit) -> int:
         return len(a.dataset.class_names)
     counts = repo.label_counts(s, a.snapshot_id)
     return max(counts, default=-1) + 1
-
-
-def _class(names: list[str] | None, value: int | str | None, known: int | None = None) -> int:
-    """A class from an index or a name; refused when the data set has no such class."""
-    if isinstance(value, str):
-        text = value.strip()
-        if names and text in names:
-            return names.index(text)
-        try:
-            value = int(text)
-        except ValueError:
-            listed = f"; its classes are {', '.join(names[:20])}" if names else ""
-            raise AuditorError(f"unknown class {text!r}{listed}") from None
-    assert value is not None
-    limit = len(names) if names else known
-    if value < 0 or (limit is not None and value >= limit):
-        raise AuditorError(f"class {value} is outside the data set's classes 0..{(limit or 1) - 1}")
-    return int(value)
 
 
 def _class_options(s: Session, a: Audit, ctx: AuditContext) -> list[dict[str, Any]]:
