@@ -113,7 +113,7 @@ def test_relabel_takes_a_class_name_and_refuses_an_unknown_label(tmp_path: Path)
     )
     run("dataset", "add", "named", str(path))
     finding = run("audit", "run", "label-check", "named", "--json")["top"][0]
-    for bad, says in [("eleven", "its classes are zero, one"), ("12", "out of range")]:
+    for bad, says in [("eleven", "its classes are zero, one"), ("12", "class 12 is outside the data set's classes 0..9")]:
         refused = run("review", "decide", str(finding["id"]), "--relabel", bad, ok=False)
         assert refused.exit_code != 0 and says in refused.stderr
     assert run("review", "next", "--json")["id"] == finding["id"]  # nothing was stored
