@@ -248,6 +248,7 @@ def _bulk_insert(session: Session, table: Table, rows: list[tuple[Any, ...]]) ->
             with cursor.copy(sql) as copy:
                 for row in rows:
                     copy.write_row(row)
+        _analyze_after_bulk(session, table.name, len(rows))
         return
     if session.get_bind().dialect.name == "sqlite":
         placeholders = ", ".join("?" for _ in columns)
@@ -543,6 +544,19 @@ def _upsert_findings_copy(session: Session, audit_id: int, rows: list[tuple[Any,
             (audit_id,),
         )
         cursor.execute("DROP TABLE findings_incoming")
+    _analyze_after_bulk(session, "findings", len(rows))
+
+
+# After this many rows arrive at once, PostgreSQL's statistics are refreshed in the same
+# transaction: before autovacuum gets to it, the planner would take a million fresh findings for
+# a few thousand and pick a nested loop (the review queue's "undecided" count took minutes at 1M
+# findings instead of well under a second; bench/review_app.py).
+ANALYZE_AFTER_ROWS = 10_000
+
+
+def _analyze_after_bulk(session: Session, table: str, rows: int) -> None:
+    if rows >= ANALYZE_AFTER_ROWS:
+        session.connection().exec_driver_sql(f"ANALYZE {table}")
 
 
 def _upsert_findings_statements(
@@ -631,27 +645,49 @@ def query_findings(
     if offset < 0 or (limit is not None and limit < 0):
         raise AuditorError("offset and limit must not be negative")
     audit = get_audit(session, audit_id)
-    on = (Review.dataset_id == audit.dataset_id) & (Review.example_key == Finding.example_key)
-    query = select(Finding, Review).outerjoin(Review, on).where(Finding.audit_id == audit_id)
+    same_example = (Review.dataset_id == audit.dataset_id) & (Review.example_key == Finding.example_key)
+    base = [Finding.audit_id == audit_id]
     if kind is not None:
-        query = query.where(Finding.kind == kind)
+        base.append(Finding.kind == kind)
     if label is not None:
-        query = query.where(Finding.label == label)
-    if decision == "undecided":
-        query = query.where(Review.id.is_(None))
-    elif decision is not None:
-        query = query.where(Review.decision == decision)
-    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+        base.append(Finding.label == label)
+    # Two spellings of the decision filter, each planned well whatever the table statistics say:
+    # the count as a (NOT) EXISTS semi-join (a hash join over the reviews), the page as a
+    # per-row lookup in the reviews' unique index, which stops after `limit` rows. A plain outer
+    # join was planned as a nested loop over a million findings when `reviews` had not been
+    # analysed since it grew (minutes per page; bench/review_app.py).
+    counted, paged = list(base), list(base)
+    if decision is not None:
+        decided = exists().where(same_example)
+        standing = select(Review.decision).where(same_example).scalar_subquery()
+        if decision == "undecided":
+            counted.append(~decided)
+            paged.append(standing.is_(None))
+        else:
+            counted.append(exists().where(same_example, Review.decision == decision))
+            paged.append(standing == decision)
+    total = int(session.scalar(select(func.count()).select_from(Finding).where(*counted)) or 0)
     sort = {
         "rank": (Finding.rank, Finding.id),
         "score": (Finding.score, Finding.id),
         "-score": (Finding.score.desc(), Finding.id),
         "label": (Finding.label, Finding.rank, Finding.id),
     }[order]
-    query = query.order_by(*sort).offset(offset)
+    query = select(Finding).where(*paged).order_by(*sort).offset(offset)
     if limit is not None:
         query = query.limit(limit)
-    return FindingPage([(f, r) for f, r in session.execute(query)], total)
+    findings = list(session.scalars(query))
+    keys = sorted({f.example_key for f in findings})
+    reviews: dict[str, Review] = {}
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        reviews.update(
+            (r.example_key, r)
+            for r in session.scalars(
+                select(Review).where(Review.dataset_id == audit.dataset_id, Review.example_key.in_(chunk))
+            )
+        )
+    return FindingPage([(f, reviews.get(f.example_key)) for f in findings], total)
 
 
 def finding_kinds(session: Session, audit_id: int) -> list[str]:
