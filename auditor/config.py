@@ -30,6 +30,8 @@ ENV_ALEMBIC_INI = "AUDITOR_ALEMBIC_INI"
 ENV_MODEL_FACTORIES = "AUDITOR_MODEL_FACTORIES"
 ENV_LEASE = "AUDITOR_LEASE_SECONDS"
 ENV_MAX_DELIVERIES = "AUDITOR_MAX_DELIVERIES"
+ENV_SECRET_KEY = "AUDITOR_SECRET_KEY"
+ENV_ARTIFACTS = "AUDITOR_ARTIFACTS"
 DEFAULT_LEASE = 120
 DEFAULT_MAX_DELIVERIES = 3
 
@@ -51,6 +53,9 @@ ENV: dict[str, str] = {
     "(besides entry points in the group auditor.models)",
     ENV_LEASE: f"Seconds a running audit may go without a heartbeat before it counts as lost (default {DEFAULT_LEASE})",
     ENV_MAX_DELIVERIES: f"Times an audit is started before it is failed as a poison audit (default {DEFAULT_MAX_DELIVERIES})",
+    ENV_SECRET_KEY: "Key that signs the review app's session cookies (default: generated once into AUDITOR_HOME/secret_key)",
+    ENV_ARTIFACTS: "Folder of audit artifacts and stored models and curvature; mount one volume here to share "
+    "them between worker machines (default: AUDITOR_HOME/artifacts)",
 }
 
 RUN_IN_PROCESS = "run audits in this process with `auditor audit run`"
@@ -76,6 +81,8 @@ class Settings:
     model_factories: tuple[str, ...] = ()
     lease_seconds: int = DEFAULT_LEASE
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    secret_key: str | None = None
+    artifacts: Path | None = None  # None: home / "artifacts"
 
     @property
     def embedded(self) -> bool:
@@ -155,12 +162,14 @@ def get_settings() -> Settings:
         model_factories=tuple(f.strip() for f in (_env(ENV_MODEL_FACTORIES) or "").split(",") if f.strip()),
         lease_seconds=_whole_seconds(ENV_LEASE, DEFAULT_LEASE),
         max_deliveries=_whole_seconds(ENV_MAX_DELIVERIES, DEFAULT_MAX_DELIVERIES),
+        secret_key=_env(ENV_SECRET_KEY),
+        artifacts=Path(_env(ENV_ARTIFACTS) or home / "artifacts").expanduser().resolve(),
     )
 
 
 def artifacts_dir(settings: Settings | None = None) -> Path:
     """Directory for trained models, reports and other files an audit leaves behind (created)."""
     settings = settings or get_settings()
-    path = settings.home / "artifacts"
+    path = settings.artifacts or settings.home / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.base import AnalysisInput
 from auditor.analyses.registry import get_analysis, get_kind
+from auditor.artifacts import ArtifactStore
 from auditor.config import artifacts_dir, get_settings
 from auditor.data.keys import content_hash
 from auditor.errors import AuditorError, Cancelled, Conflict, DataError
 from auditor.factories import local_models
-from auditor.progress import Progress
+from auditor.progress import Progress, Rates
 from auditor.resolve import load_dataset_source
 from auditor.store import repo
 from auditor.store.models import FINISHED_STATUSES, Audit
@@ -65,8 +66,10 @@ class StoreProgress:
     def __init__(self, sessions: sessionmaker[Session], audit_id: int, echo: Progress | None = None, interval: float = 0.5) -> None:
         self.sessions, self.audit_id, self.echo, self.interval = sessions, audit_id, echo, interval
         self._last = 0.0
+        self.rates = Rates()
 
     def __call__(self, fraction: float, message: str) -> None:
+        message = self.rates.update(fraction, message)
         if self.echo is not None:
             self.echo(fraction, message)
         now = time.monotonic()
@@ -202,10 +205,12 @@ def execute_audit(
 
     def compute() -> RunOutcome:
         with sessions() as s:
-            inp = load_inputs(repo.get_audit(s, audit_id))
+            audit = repo.get_audit(s, audit_id)
+            inp, dataset_id = load_inputs(audit), audit.dataset_id
         out_dir = Path(artifacts_dir(get_settings())) / f"audit-{audit_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         inp.artifacts_dir = out_dir
+        inp.cache = ArtifactStore(sessions, dataset_id)
         inp.progress = StoreProgress(sessions, audit_id, echo)
         result = get_analysis(kind)(inp)
 

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import KINDS, get_kind
+from auditor.artifacts import ArtifactStore
 from auditor.config import get_settings
 from auditor.errors import AuditorError, Conflict
 from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
@@ -81,6 +82,9 @@ def run_shard(
             audit = repo.get_audit(s, audit_id)
             inp = load_inputs(audit)
             n_total, kind = audit.snapshot.n, get_kind(audit.kind)
+            # every shard trains the same model and fits the same curvature: the first to finish
+            # stores them, shards that start later load them
+            inp.cache = ArtifactStore(sessions, audit.dataset_id)
         inp.params = {**inp.params, "shard": [index, count]}
         tracker = StoreProgress(sessions, audit_id)
         # shards run in parallel, so each reports its own fraction (capped below 1: only the

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.report",
             "auditor.demo",
             "auditor.auth",
+            "auditor.artifacts",
         ),
     ),
     ("front doors", ("auditor.cli", "auditor.web", "workers")),

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 # Re-exported: the analyses' own names for the bottom layer's progress callback and result row.
 from auditor.progress import Progress, no_progress
 from auditor.records import FindingRecord
 
-__all__ = ["AnalysisInput", "AnalysisResult", "FindingRecord", "Progress", "no_progress"]
+__all__ = ["AnalysisInput", "AnalysisResult", "FindingRecord", "FitCache", "Progress", "no_progress"]
+
+
+class FitCache(Protocol):
+    """Where fitted things (trained weights, curvature factors) are kept between audits, by a key
+    that names everything they depend on. `auditor.artifacts.ArtifactStore` is the real one
+    (safetensors files plus database records); an analysis run without one fits everything."""
+
+    def load(self, kind: str, key: str) -> tuple[dict[str, Any], dict] | None:
+        """(tensors, metadata) stored under `key`, or None."""
+
+    def save(self, kind: str, key: str, tensors: dict[str, Any], meta: dict) -> None:
+        """Keep `tensors` (name -> CPU tensor) and JSON `meta` under `key`; all or nothing."""
 
 
 @dataclass
@@ -23,6 +35,7 @@ class AnalysisInput:
     params: dict[str, Any] = field(default_factory=dict)
     progress: Progress = no_progress
     artifacts_dir: Any | None = None  # pathlib.Path
+    cache: FitCache | None = None  # fitted weights and curvature kept across audits
 
 
 @dataclass

@@ -7,7 +7,11 @@ all train (or load) the model the same way, with the same settings recorded in a
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import inspect
+import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 
@@ -15,9 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from auditor.analyses.base import AnalysisInput
+from auditor.analyses.base import AnalysisInput, FitCache
 from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples, check_test_set
+from auditor.data.keys import content_hash
 from auditor.errors import DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, make_solver
 from auditor.influence.budget import dense_budget, dense_bytes
@@ -29,6 +34,32 @@ from auditor.models import MODEL_NAMES, TrainConfig, build_model, train
 from auditor.models.device import resolve_device
 from auditor.models.loading import build_user_model, load_weights
 from auditor.progress import Progress
+
+log = logging.getLogger(__name__)
+# Bumped when what a stored artifact means changes (training recipe, factor layout), so older
+# artifacts are never taken for current ones.
+ARTIFACT_VERSION = 1
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def artifact_key(parts: dict) -> str:
+    """The key of a stored artifact: sha256 of everything it depends on, as canonical JSON."""
+    text = json.dumps({"version": ARTIFACT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _state_tensors(module: nn.Module) -> dict[str, Tensor]:
+    # cloned: safetensors refuses tensors that share memory (tied weights)
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 __all__ = ["Fitted", "ModelSpec", "SolverSpec", "TestSetup", "choose_solver", "fit_for_test", "fit_model"]
 
@@ -107,6 +138,8 @@ class Fitted:
     train_info: dict
     curvature: dict = field(default_factory=dict)
     predicted: Tensor | None = None  # classes the model predicts for x, where already known
+    data_key: str = ""  # content hash of the examples x, y came from (for stored artifacts)
+    cache: FitCache | None = None
 
     def predictions(self) -> Tensor:
         """The predicted class of every training row (one pass over the data unless known)."""
@@ -145,7 +178,24 @@ class Fitted:
         # trained here by auditor's recipe, to a minimum: no damping if PD (a team's --train-fn
         # makes no such promise, so its models get automatic damping like --no-train ones)
         engine.prefer_undamped = self.spec.train and not self.spec.train_fn
-        inf = InfluenceModel(fm, engine).fit(self.x, self.y)
+        cache = self.cache if (solver.reuse and engine.storable and self.data_key) else None
+        key = ""
+        if cache is not None:
+            key = artifact_key({
+                "kind": "curvature", "weights": weights_hash(self.module), "architecture": repr(self.module),
+                "counted": counted, "solver": chosen.name, "options": options, "damping": chosen.damping,
+                "prefer_undamped": engine.prefer_undamped, "weight_decay": fm.weight_decay,
+                "data": self.data_key, "n": int(self.x.shape[0]), "dtype": str(fm.dtype),
+            })  # fmt: skip
+        reused = self._load_factors(cache, key, engine, fm) if cache is not None else False
+        if reused:
+            inf = InfluenceModel(fm, engine)
+            inf.n = int(self.x.shape[0])
+        else:
+            inf = InfluenceModel(fm, engine).fit(self.x, self.y)
+            if cache is not None:
+                tensors, meta = engine.factors()
+                cache.save("curvature", key, tensors, meta)
         described = engine.describe()
         self.curvature = {
             **described,
@@ -153,8 +203,26 @@ class Fitted:
             "parameters": self._coverage(counted),
             "dtype": str(fm.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "reused": reused,
         }
+        if cache is not None:
+            self.curvature["artifact"] = key
         return inf
+
+    @staticmethod
+    def _load_factors(cache: FitCache, key: str, engine, fm: FunctionalModel) -> bool:
+        """Load stored factors into `engine`; False (fit instead) when none or they do not fit."""
+        from auditor.errors import SolverError
+
+        stored = cache.load("curvature", key)
+        if stored is None:
+            return False
+        try:
+            engine.load_factors(fm, *stored)
+        except (SolverError, KeyError, TypeError, ValueError) as exc:
+            log.warning("stored curvature %s is unusable (%s); fitting it again", key[:12], exc)
+            return False
+        return True
 
     def _coverage(self, counted: list[str]) -> dict:
         """Which parameters the curvature covers and how the rest are treated (for the summary)."""
@@ -280,13 +348,21 @@ def fit_model(
     spec: ModelSpec,
     num_classes: int | None = None,
     progress: Progress | None = None,
+    cache: FitCache | None = None,
+    reuse: bool = True,
 ) -> Fitted:
     """Build (or load) and train the model described by `spec` on `examples`.
 
     A user's model keeps its own dtype (float32, typically) and the data follow it; built-in
     models are float64 (small, and validated against exact retraining). With `spec.train` False
-    the weights are used exactly as given. `progress` receives training progress in [0, 1]."""
+    the weights are used exactly as given. `progress` receives training progress in [0, 1].
+
+    With a `cache` (and `reuse`), a model trained by auditor's recipe on the same examples with
+    the same settings and starting weights is loaded instead of trained again, and the curvature
+    `Fitted.influence` fits is kept for the next audit of the same weights and data. A team's
+    --train-fn is always called (its code may change under the same name)."""
     module, device = build_module(examples, spec, num_classes)
+    data_key = content_hash(examples.keys)
     params = list(module.parameters())
     if not params:
         raise ModelError(f"model {spec.name} has no parameters")
@@ -304,9 +380,31 @@ def fit_model(
         if spec.train_fn:
             info.update(train_with(spec.train_fn, module, x, y))
         else:
-            info.update(train(module, x, y, train_config(spec), progress=progress))
+            key = ""
+            if cache is not None and reuse:
+                key = artifact_key({
+                    "kind": "weights", "model": {k: v for k, v in spec.to_dict().items() if k != "device"},
+                    "train": dataclasses.asdict(train_config(spec)), "start": weights_hash(module),
+                    "architecture": repr(module), "data": data_key, "classes": num_classes or examples.num_classes,
+                })  # fmt: skip
+            stored = cache.load("weights", key) if key and cache is not None else None
+            if stored is not None and _load_trained(module, stored[0]):
+                info.update(stored[1].get("train_info", {}), reused=True)
+            else:
+                info.update(train(module, x, y, train_config(spec), progress=progress), reused=False)
+                if key and cache is not None:
+                    cache.save("weights", key, _state_tensors(module), {"train_info": info})
     module.eval()
-    return Fitted(module, spec, x, y, info, predicted=predicted)
+    return Fitted(module, spec, x, y, info, predicted=predicted, data_key=data_key, cache=cache if reuse else None)
+
+
+def _load_trained(module: nn.Module, tensors: dict[str, Tensor]) -> bool:
+    try:
+        module.load_state_dict(tensors)  # copied into the module's own tensors, on its device
+    except (RuntimeError, KeyError) as exc:
+        log.warning("stored trained weights do not fit the model (%s); training again", exc)
+        return False
+    return True
 
 
 @dataclass
@@ -339,8 +437,9 @@ def fit_for_test(inp: AnalysisInput, model: ModelSpec, solver: SolverSpec, analy
     test = require_test_set(train, inp.test, analysis)
     progress(0.0, "training the model")
     fitted = fit_model(
-        train, model, num_classes=train.num_classes, progress=lambda f, m: progress(0.25 * f, m)
-    )
+        train, model, num_classes=train.num_classes, progress=lambda f, m: progress(0.25 * f, m),
+        cache=inp.cache, reuse=solver.reuse,
+    )  # fmt: skip
     progress(0.25, "fitting the curvature")
     influence = fitted.influence(solver, few_solves=True)
     x_test, y_test = as_tensors(test, fitted.x.dtype, fitted.device)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, Progress
+from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
 from auditor.analyses.common import fit_model
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
@@ -62,11 +62,17 @@ class LabelScores:
     influence: Any = None
 
 
-def score_examples(examples: Examples, cfg: LabelCheckConfig, progress: Progress) -> LabelScores:
+def score_examples(
+    examples: Examples, cfg: LabelCheckConfig, progress: Progress, cache: FitCache | None = None
+) -> LabelScores:
     """Train, fit the curvature, and compute every score (self-influence, loss, margins) for every
-    (shard) example."""
+    (shard) example. With a `cache`, a model and curvature fitted by an earlier audit of the same
+    model, data and settings are reused (every shard of a sharded audit fits the same ones)."""
     progress(0.02, "training model")
-    fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.02 + 0.33 * f, m))
+    fitted = fit_model(
+        examples, cfg.model, progress=lambda f, m: progress(0.02 + 0.33 * f, m),
+        cache=cache, reuse=cfg.solver.reuse,
+    )  # fmt: skip
     progress(0.35, f"fitting the curvature ({cfg.solver.name} solver)")
     influence = fitted.influence(cfg.solver, few_solves=False)
     fm = influence.fm
@@ -237,7 +243,7 @@ def to_findings(
 
 def run(inp: AnalysisInput) -> AnalysisResult:
     cfg = LabelCheckConfig.from_params(inp.params)
-    scores = score_examples(inp.train, cfg, inp.progress)
+    scores = score_examples(inp.train, cfg, inp.progress, inp.cache)
     rank_by, reason = choose_ranking(scores, cfg.rank_by)
     why: dict[int, dict] = {}
     if cfg.why_top and cfg.shard is None:

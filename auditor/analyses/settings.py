@@ -166,6 +166,11 @@ class SolverSpec(Declared):
         check=Check(lambda v: v >= 0, "a number >= 0"),
     )
     options: dict = setting({}, "Solver-specific options (see SOLVER_OPTIONS)", cli=False)
+    reuse: bool = setting(
+        True,
+        "Reuse the trained model and curvature factors of an earlier audit of the same model, data "
+        "and settings (--no-reuse: fit them again; `auditor artifacts list|prune`)",
+    )
 
 
 # Solver options the CLI offers as flags, recorded in the solver's `options` when given:

@@ -34,7 +34,22 @@ def _audit_doc(a) -> dict[str, Any]:
         "created_at": a.created_at.isoformat() if a.created_at else None,
         "started_at": a.started_at.isoformat() if a.started_at else None,
         "finished_at": a.finished_at.isoformat() if a.finished_at else None,
+        **_timing(a),
     }
+
+
+def _timing(a) -> dict[str, Any]:
+    """Seconds since a running audit started and, once it has made some progress, a rough
+    estimate of the seconds left (elapsed x fraction to do / fraction done); the message says
+    the current step's examples/s."""
+    from auditor.store.models import utcnow
+
+    if a.status != "running" or a.started_at is None:
+        return {"elapsed_seconds": None, "eta_seconds": None}
+    elapsed = max((utcnow() - a.started_at).total_seconds(), 0.0)
+    p = a.progress or 0.0
+    eta = elapsed * (1 - p) / p if 0.01 < p < 1 else None
+    return {"elapsed_seconds": round(elapsed, 1), "eta_seconds": None if eta is None else round(eta, 1)}
 
 
 

@@ -9,7 +9,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from auditor.cli import audit, dataset, db, findings, review, schedule, user
+from auditor.cli import artifacts, audit, dataset, db, findings, review, schedule, user
 from auditor.cli.audit_diff import diff_command
 from auditor.cli.common import err_console, error_line
 from auditor.cli.demo import demo_command
@@ -65,6 +65,7 @@ app.add_typer(findings.app, name="findings")
 app.add_typer(review.app, name="review")
 app.add_typer(schedule.app, name="schedule")
 app.add_typer(user.app, name="user")
+app.add_typer(artifacts.app, name="artifacts")
 app.command("beat")(schedule.beat_command)
 audit.app.command("diff")(diff_command)
 app.command("validate")(validate_command)

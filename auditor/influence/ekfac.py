@@ -114,13 +114,7 @@ class EKFACSolver(InverseHVP):
     # ---- fit ----------------------------------------------------------------------------
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> EKFACSolver:
         self.fm = fm
-        self.layers = self._layers(fm)
-        self.watched = [Watched(layer.module, layer.bias is not None) for layer in self.layers]
-        offsets, pos = {}, 0
-        for name, numel in zip(fm.names, fm.numels, strict=True):
-            offsets[name] = (pos, pos + numel)
-            pos += numel
-        self.offsets = offsets
+        self._structure(fm)
         self.fit_n = min(int(x.shape[0]), self.fit_rows)
         if self.fit_n < x.shape[0]:
             pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))
@@ -166,6 +160,44 @@ class EKFACSolver(InverseHVP):
                 )
         return self
 
+    # ---- stored factors --------------------------------------------------------------------
+    storable = True
+
+    def _structure(self, fm: FunctionalModel) -> None:
+        """Layers, hooks and flat offsets: what `fit` derives from the model before any data."""
+        self.layers = self._layers(fm)
+        self.watched = [Watched(layer.module, layer.bias is not None) for layer in self.layers]
+        offsets, pos = {}, 0
+        for name, numel in zip(fm.names, fm.numels, strict=True):
+            offsets[name] = (pos, pos + numel)
+            pos += numel
+        self.offsets = offsets
+
+    def _factor_tensors(self) -> dict[str, Tensor]:
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out.update({f"{i}.QA": layer.QA, f"{i}.QS": layer.QS, f"{i}.lam": layer.lam})
+        return out
+
+    def factors(self) -> tuple[dict[str, Tensor], dict]:
+        tensors, meta = super().factors()
+        meta.update(fit_n=self.fit_n, layers=[layer.name for layer in self.layers])
+        return tensors, meta
+
+    def load_factors(self, fm: FunctionalModel, tensors: dict[str, Tensor], meta: dict) -> EKFACSolver:
+        self._structure(fm)
+        if meta.get("layers") != [layer.name for layer in self.layers]:
+            raise SolverError("stored EK-FAC factors are for other layers than this model's")
+        self.fit_n = int(meta["fit_n"])
+        super().load_factors(fm, tensors, meta)
+        return self
+
+    def _load_tensors(self, fm: FunctionalModel, tensors: dict[str, Tensor]) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.QA, layer.QS, layer.lam = tensors[f"{i}.QA"], tensors[f"{i}.QS"], tensors[f"{i}.lam"]
+            if layer.lam.shape != (layer.QS.shape[0], layer.QA.shape[0]):
+                raise SolverError(f"stored EK-FAC factors of layer {layer.name or 'root'} do not fit")
+
     def _batches(self, fm: FunctionalModel, x: Tensor, y: Tensor | Callable[[Tensor], Tensor]):
         """(start, batch inputs, Tapped) for each batch of rows: one forward and backward pass
         each. `y` is the labels, or a function of a batch's logits that draws them."""
@@ -203,7 +235,8 @@ class EKFACSolver(InverseHVP):
             if outputs:
                 _, delta = jvp_outputs(fm, self.watched, xb, changes)
                 loos.append(t.logits + delta)
-            progress(min(1.0, (start + t.logits.shape[0]) / n), "self-influence and leave-one-out outputs")
+            done = start + t.logits.shape[0]
+            progress(min(1.0, done / n), f"self-influence and leave-one-out outputs ({done:,}/{n:,} examples)")
         logits = torch.cat(outs)
         return SelfScores(torch.cat(sis), logits, torch.cat(loos) if outputs else logits)
 

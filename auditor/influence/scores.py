@@ -78,7 +78,7 @@ class InfluenceModel:
         n = x_train.shape[0]
         for start, G in iter_gradients(self.fm, x_train, y_train, self.batch_size):
             out.append(-(G @ S.T))
-            progress(min(1.0, (start + G.shape[0]) / n), "scoring training examples")
+            progress(min(1.0, (start + G.shape[0]) / n), f"scoring training examples ({start + G.shape[0]:,}/{n:,} examples)")
         return torch.cat(out)
 
     def self_influence(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> Tensor:
@@ -90,7 +90,7 @@ class InfluenceModel:
         n = x.shape[0]
         for start, G in iter_gradients(self.fm, x, y, self.batch_size):
             out.append(self.solver.quadratic(G))
-            progress(min(1.0, (start + G.shape[0]) / n), "self-influence")
+            progress(min(1.0, (start + G.shape[0]) / n), f"self-influence ({start + G.shape[0]:,}/{n:,} examples)")
         return torch.cat(out)
 
     def self_scores(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> SelfScores:
@@ -131,7 +131,7 @@ class InfluenceModel:
             sis.append((G * V).sum(1))
             outs.append(out.detach())
             loos.append((out + delta).detach())
-            progress(min(1.0, (start + G.shape[0]) / n), "self-influence and leave-one-out outputs")
+            progress(min(1.0, (start + G.shape[0]) / n), f"self-influence and leave-one-out outputs ({start + G.shape[0]:,}/{n:,} examples)")
         return SelfScores(torch.cat(sis), torch.cat(outs), torch.cat(loos))
 
     def removal_effect(self, up_loss: Tensor) -> Tensor:

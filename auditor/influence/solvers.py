@@ -116,6 +116,32 @@ class InverseHVP(ABC):
     def describe(self) -> dict:
         return {"solver": self.name, "damping": self.damping, "damping_reason": self.damping_reason}
 
+    # ---- fitted factors as data: fit once, score many (across processes and audits) ------------
+    storable: bool = False  # CG and LiSSA keep nothing worth storing: every solve uses the data
+
+    def factors(self) -> tuple[dict[str, Tensor], dict]:
+        """The fitted state as named tensors and JSON metadata, to be saved (safetensors) and
+        given back to `load_factors` of a new solver of the same kind and settings."""
+        if self.fm is None:
+            raise SolverError(f"{self.name} solver has no factors before fit()")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self._factor_tensors().items()}
+        return tensors, {"solver": self.name, "damping": self.damping, "damping_reason": self.damping_reason}
+
+    def load_factors(self, fm: FunctionalModel, tensors: dict[str, Tensor], meta: dict) -> InverseHVP:
+        """Become the solver that produced `factors()` for the model `fm`, without fitting."""
+        if meta.get("solver") != self.name:
+            raise SolverError(f"stored factors are {meta.get('solver')!r}, not {self.name!r}")
+        self.fm = fm
+        self.damping, self.damping_reason = float(meta["damping"]), str(meta["damping_reason"])
+        self._load_tensors(fm, {k: v.to(fm.device) for k, v in tensors.items()})
+        return self
+
+    def _factor_tensors(self) -> dict[str, Tensor]:
+        raise SolverError(f"the {self.name} solver has no factors to store")
+
+    def _load_tensors(self, fm: FunctionalModel, tensors: dict[str, Tensor]) -> None:
+        raise SolverError(f"the {self.name} solver has no factors to load")
+
     def _auto_from_trace(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> None:
         """Automatic damping for solvers without eigenvalues of their own."""
         if self.auto_damping:
@@ -167,6 +193,17 @@ class DirectSolver(InverseHVP):
         self.evals, self.evecs = evals, evecs
         self.eigenvalue_range = (lam_min, lam_max)
         return self
+
+    storable = True
+
+    def _factor_tensors(self) -> dict[str, Tensor]:
+        return {"evals": self.evals, "evecs": self.evecs}
+
+    def _load_tensors(self, fm: FunctionalModel, tensors: dict[str, Tensor]) -> None:
+        if tensors["evecs"].shape != (fm.num_params, fm.num_params):
+            raise SolverError("stored factors do not match the model's parameters")
+        self.evals, self.evecs = tensors["evals"], tensors["evecs"]
+        self.eigenvalue_range = (float(self.evals[0]), float(self.evals[-1]))
 
     def _solve(self, V: Tensor) -> Tensor:
         return (((V.to(self.evecs) @ self.evecs) / self.evals) @ self.evecs.T).to(V.dtype)
@@ -488,6 +525,16 @@ class ArnoldiSolver(InverseHVP):
         self.evals = evals[keep].to(theta.device)
         self.basis = evecs[:, keep].to(theta.device).T @ Q  # (k, p) orthonormal rows
         return self
+
+    storable = True
+
+    def _factor_tensors(self) -> dict[str, Tensor]:
+        return {"evals": self.evals, "basis": self.basis}
+
+    def _load_tensors(self, fm: FunctionalModel, tensors: dict[str, Tensor]) -> None:
+        if tensors["basis"].shape[1] != fm.num_params:
+            raise SolverError("stored factors do not match the model's parameters")
+        self.evals, self.basis = tensors["evals"], tensors["basis"]
 
     def _solve(self, V: Tensor) -> Tensor:
         return ((V @ self.basis.T) / self.evals) @ self.basis

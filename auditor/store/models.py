@@ -329,6 +329,26 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class Artifact(Base):
+    """A stored fitted thing (trained weights, curvature factors): a safetensors file under the
+    artifact folder, found again by `key`, the hash of everything it depends on (model weights,
+    the examples' content, settings). Recorded only once the file is complete, so a reader never
+    picks up a half-written one."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to the artifact folder
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    uses: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
 class Schedule(Base):
     """A recurring audit of a dataset, every `interval_seconds` or on a `cron` expression."""
 

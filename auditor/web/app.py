@@ -137,7 +137,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     app.state.examples = ExampleStore()
     app.add_middleware(
         SessionMiddleware,
-        secret_key=secret_key(home or settings.home),
+        secret_key=secret_key(home or settings.home, settings.secret_key),
         session_cookie="auditor_session",
         same_site="strict",
         https_only=False,

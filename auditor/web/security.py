@@ -21,15 +21,13 @@ from sqlalchemy.orm import Session
 from auditor.auth import Principal, principal, user_for_token
 from auditor.store.models import User
 
-SECRET_ENV = "AUDITOR_SECRET_KEY"
 
-
-def secret_key(home: Path) -> str:
-    """The key that signs session cookies: $AUDITOR_SECRET_KEY (several servers behind one
-    address must share it), else one generated once and kept in AUDITOR_HOME/secret_key (0600)."""
-    env = os.environ.get(SECRET_ENV, "").strip()
-    if env:
-        return env
+def secret_key(home: Path, configured: str | None = None) -> str:
+    """The key that signs session cookies: AUDITOR_SECRET_KEY (`configured`; several servers
+    behind one address must share it), else one generated once and kept in
+    AUDITOR_HOME/secret_key (0600)."""
+    if configured:
+        return configured
     path = home / "secret_key"
     try:
         return path.read_text().strip()

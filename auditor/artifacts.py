@@ -1,0 +1,168 @@
+"""Stored trained weights and curvature factors: fit once, score many, across audits.
+
+An analysis asks its `FitCache` (this module's `ArtifactStore`) for a key that hashes everything
+the thing depends on (model weights, the examples' content, the settings; see
+`auditor.analyses.common`), so a changed model, data set or setting simply misses. Files are
+safetensors under `AUDITOR_ARTIFACTS/fitted/` (one mounted volume can serve several worker
+machines); each is written to a temporary name and renamed, then recorded in the database, so a
+crash mid-write leaves nothing a later audit could pick up. A record whose file has gone, or a
+file that does not read, is dropped and the thing is fitted again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from auditor.config import artifacts_dir
+from auditor.errors import AuditorError
+from auditor.store.models import Artifact, Dataset, utcnow
+
+log = logging.getLogger(__name__)
+SUBDIR = "fitted"
+
+
+def root(settings=None) -> Path:
+    path = artifacts_dir(settings) / SUBDIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class ArtifactStore:
+    """`FitCache` over a folder and the `artifacts` table."""
+
+    def __init__(self, sessions: sessionmaker[Session], dataset_id: int | None = None, folder: Path | None = None) -> None:
+        self.sessions, self.dataset_id = sessions, dataset_id
+        self.folder = folder or root()
+
+    def load(self, kind: str, key: str) -> tuple[dict[str, Any], dict] | None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        with self.sessions() as s:
+            row = s.scalar(select(Artifact).where(Artifact.key == key))
+            if row is None:
+                return None
+            path, meta = self.folder / row.path, dict(row.meta or {})
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError, ValueError) as exc:
+            log.warning("artifact %s (%s) is unreadable (%s); dropping it", key[:12], path, exc)
+            self._drop(key)
+            return None
+        with self.sessions() as s, s.begin():
+            row = s.scalar(select(Artifact).where(Artifact.key == key))
+            if row is not None:
+                row.last_used_at, row.uses = utcnow(), row.uses + 1
+        return tensors, meta
+
+    def save(self, kind: str, key: str, tensors: dict[str, Any], meta: dict) -> None:
+        """Write the file under a temporary name, rename it, then record it. Another process that
+        saved the same key first wins; this copy is removed."""
+        from safetensors.torch import save_file
+
+        name = f"{kind}-{key}.safetensors"
+        final = self.folder / name
+        tmp = self.folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            save_file(tensors, str(tmp))
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("cannot store %s artifact %s: %s; the audit goes on without it", kind, key[:12], exc)
+            return
+        record = Artifact(
+            kind=kind, key=key, path=name, bytes=final.stat().st_size, dataset_id=self.dataset_id,
+            meta=meta, created_at=utcnow(), last_used_at=utcnow(),
+        )  # fmt: skip
+        try:
+            with self.sessions() as s, s.begin():
+                s.add(record)
+        except IntegrityError:  # saved by a concurrent shard or audit: same content, keep theirs
+            pass
+
+    def _drop(self, key: str) -> None:
+        with self.sessions() as s, s.begin():
+            row = s.scalar(select(Artifact).where(Artifact.key == key))
+            if row is not None:
+                (self.folder / row.path).unlink(missing_ok=True)
+                s.delete(row)
+
+
+@dataclass
+class ArtifactInfo:
+    id: int
+    kind: str
+    key: str
+    path: str
+    bytes: int
+    dataset: str | None
+    created_at: datetime
+    last_used_at: datetime
+    uses: int
+    present: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "key": self.key, "path": self.path, "bytes": self.bytes,
+            "dataset": self.dataset, "created_at": self.created_at.isoformat(),
+            "last_used_at": self.last_used_at.isoformat(), "uses": self.uses, "present": self.present,
+        }  # fmt: skip
+
+
+def list_artifacts(session: Session, folder: Path | None = None) -> list[ArtifactInfo]:
+    folder = folder or root()
+    rows = session.execute(
+        select(Artifact, Dataset.name).outerjoin(Dataset, Dataset.id == Artifact.dataset_id).order_by(Artifact.id)
+    )
+    return [
+        ArtifactInfo(a.id, a.kind, a.key, str(folder / a.path), a.bytes, name, a.created_at,
+                     a.last_used_at, a.uses, (folder / a.path).is_file())  # fmt: skip
+        for a, name in rows
+    ]
+
+
+def prune(
+    session: Session,
+    *,
+    unused_for: timedelta | None = None,
+    dataset: str | None = None,
+    everything: bool = False,
+    dry_run: bool = False,
+    folder: Path | None = None,
+) -> list[ArtifactInfo]:
+    """Remove artifacts (file and record): those not used for `unused_for`, those of `dataset`,
+    or all; records whose file is gone always; temporary files a crashed writer left, too.
+    Returns what was (or, with `dry_run`, would be) removed."""
+    if not (everything or unused_for is not None or dataset is not None):
+        raise AuditorError("say what to prune: --unused-for 30d, --dataset NAME or --all")
+    folder = folder or root()
+    now = utcnow()
+    gone = []
+    for info in list_artifacts(session, folder):
+        old = unused_for is not None and now - info.last_used_at >= unused_for
+        if everything or old or not info.present or (dataset is not None and info.dataset == dataset):
+            gone.append(info)
+    if dry_run:
+        return gone
+    for info in gone:
+        Path(info.path).unlink(missing_ok=True)
+        row = session.get(Artifact, info.id)
+        if row is not None:
+            session.delete(row)
+    for tmp in folder.glob(".*.tmp"):  # left by a writer that crashed an hour or more ago
+        try:
+            if now.timestamp() - tmp.stat().st_mtime > 3600:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return gone
