@@ -123,7 +123,7 @@ def test_schedule_add_records_the_same_params_as_audit_run_would(tmp_path: Path)
     assert added.exit_code == 0, added.stderr
     params = json.loads(added.stdout)["schedule"]["params"]
     assert params["shards"] == 2 and params["rank_by"] == "loss"
-    assert params["solver"] == {"name": "lissa", "damping": None, "options": {"depth": 50}}  # damping: automatic
+    assert params["solver"] == {"name": "lissa", "damping": None, "reuse": True, "options": {"depth": 50}}  # damping: automatic
     cfg = get_kind("label-check").parse(params)
     assert (cfg.shards, cfg.solver.options, cfg.rank_by) == (2, {"depth": 50}, "loss")
 

@@ -121,7 +121,7 @@ def test_schedule_commands_round_trip_as_json(digits_npz: Path) -> None:
             "name": "logreg", "weights": None, "weight_decay": None, "params": "all", "train": True,
             "train_fn": None, "device": "auto", "seed": 0,
         },  # fmt: skip
-        "solver": {"name": "direct", "damping": 0.1},
+        "solver": {"name": "direct", "damping": 0.1, "reuse": True},
         "rank_by": "loss",
     }
     assert doc["params"] == expected
