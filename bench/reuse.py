@@ -39,6 +39,7 @@ def main() -> None:
     from auditor.artifacts import ArtifactStore, list_artifacts
     from auditor.data.base import Examples
     from auditor.data.keys import example_keys
+    from auditor.factories import local_models
     from auditor.store import open_store
 
     x, y, _ = make_data(args.n)
@@ -66,7 +67,8 @@ def main() -> None:
             for attempt in ("first", "second"):
                 print(f"{name}: {attempt} audit ...", file=sys.stderr, flush=True)
                 start = time.perf_counter()
-                results.append(run(AnalysisInput(ex, None, params, cache=store)))
+                with local_models():  # the team's factory runs here, as with `auditor audit run`
+                    results.append(run(AnalysisInput(ex, None, params, cache=store)))
                 times.append(time.perf_counter() - start)
             a = np.array([f.payload["self_influence"] for f in sorted(results[0].findings, key=lambda f: f.example_index)])
             b = np.array([f.payload["self_influence"] for f in sorted(results[1].findings, key=lambda f: f.example_index)])

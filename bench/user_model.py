@@ -95,7 +95,10 @@ def run_ours(data: Path, weights: Path, solver_options: dict | None = None) -> d
     params = {"model": {"name": "user_models:bench_cnn", "weights": str(weights), "train": False, "device": "cpu"}}
     if solver_options:
         params["solver"] = {"name": "ekfac", "options": solver_options}
-    result = run(AnalysisInput(ex, None, params))
+    from auditor.factories import local_models
+
+    with local_models():  # the team's factory runs here, as with `auditor audit run`
+        result = run(AnalysisInput(ex, None, params))
     seconds = time.perf_counter() - start
     order = [f.example_index for f in sorted(result.findings, key=lambda f: f.rank)]
     si = {f.example_index: f.payload["self_influence"] for f in result.findings}
