@@ -162,7 +162,7 @@ def test_artifacts_list_and_prune(data28: Path) -> None:
     listed = cli("artifacts", "list", "--json")
     assert sorted(a["kind"] for a in listed) == ["curvature", "weights"] and all(a["present"] for a in listed)
     text = cli("artifacts", "list")
-    assert "d28" in text and "2 artifacts" in text
+    assert "d28" in text and "2 artifacts" in text and listed[0]["key"][:12] in text
     refused = cli("artifacts", "prune", ok=False)
     assert refused.exit_code != 0 and "say what to prune" in refused.stderr
     dry = cli("artifacts", "prune", "--dataset", "d28", "--dry-run", "--json")

@@ -239,6 +239,31 @@ def test_bulk_accept_confirms_the_top_undecided_and_skips_what_others_decided(ap
     assert {i["id"] for i in confirmed["items"]} == {top[0]["id"], top[2]["id"], top[3]["id"]}
 
 
+def test_a_decision_is_answered_only_once_it_is_committed(app_db, monkeypatch) -> None:
+    """The request's transaction commits before the response is sent: a commit that fails is a
+    one-line 503, never a 200 for a decision that was not stored."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import SessionTransaction
+
+    client, sessions, t = app_db
+    h = bearer(client)
+    f = findings(client, h, t.audit_id, limit=1)["items"][0]
+    real_commit = SessionTransaction.commit
+
+    def failing_commit(self, _to_root=False):
+        if self.nested:  # savepoints (the decision's own) go through
+            return real_commit(self, _to_root)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(SessionTransaction, "commit", failing_commit)
+    r = client.post(f"/api/findings/{f['id']}/decision", headers=h, json={"decision": "dismissed"})
+    monkeypatch.setattr(SessionTransaction, "commit", real_commit)
+    assert r.status_code == 503 and one_line(r).startswith("database error, nothing was stored")
+    assert events(sessions) == 0
+    r = client.post(f"/api/findings/{f['id']}/decision", headers=h, json={"decision": "dismissed"})
+    assert r.status_code == 200 and events(sessions) == 1
+
+
 def test_pages_need_sign_in_and_show_names_not_indices(app_db) -> None:
     client, _, t = app_db
     html = {"Accept": "text/html"}

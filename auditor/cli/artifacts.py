@@ -33,12 +33,15 @@ def list_(json_output: JsonOption = False) -> None:
     if json_output:
         print_json([i.to_dict() for i in infos])
         return
-    table = Table("id", "kind", "data set", "size", "last used", "uses", "file")
+    from pathlib import Path
+
+    table = Table("id", "kind", "key", "data set", "size", "last used", "uses")
     for i in infos:
-        table.add_row(str(i.id), i.kind, i.dataset or "-", _size(i.bytes), i.last_used_at.isoformat()[:16],
-                      str(i.uses), i.path if i.present else f"{i.path} (missing)")  # fmt: skip
+        table.add_row(str(i.id), i.kind, i.key[:12] + ("" if i.present else " (file missing)"), i.dataset or "-",
+                      _size(i.bytes), i.last_used_at.strftime("%m-%d %H:%M"), str(i.uses))  # fmt: skip
     out_console.print(table)
-    out_console.print(f"{len(infos)} artifacts, {_size(sum(i.bytes for i in infos))}")
+    where = f" in {Path(infos[0].path).parent}" if infos else ""
+    out_console.print(f"{len(infos)} artifact{'' if len(infos) == 1 else 's'}, {_size(sum(i.bytes for i in infos))}{where}")
 
 
 @app.command("prune")

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -168,6 +169,11 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(request, 422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
+    @app.exception_handler(DBAPIError)
+    async def database_down(request: Request, exc: DBAPIError) -> Response:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return _error(request, 503, f"database error, nothing was stored: {reason[0] if reason else type(exc).__name__}")
+
     @app.exception_handler(AuditorError)
     async def domain_error(request: Request, exc: AuditorError) -> Response:
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
@@ -178,7 +184,9 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         with request.app.state.sessions() as s, s.begin():
             yield s
 
-    DB = Annotated[Session, Depends(db)]
+    # scope="function", said explicitly: the transaction commits before the response is sent,
+    # so a 200 means stored (a "request" scope would commit after a 200 was already sent)
+    DB = Annotated[Session, Depends(db, scope="function")]
 
     def who(request: Request, s: DB) -> tuple[Principal, bool]:
         user, by_token = identify(request, s)
