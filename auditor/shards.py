@@ -54,6 +54,27 @@ def start_sharded(sessions: sessionmaker[Session], audit_id: int, task_id: str |
         return count
 
 
+def fit_shared(sessions: sessionmaker[Session], audit_id: int, *, in_worker: bool = True) -> RunOutcome:
+    """One fit for N shards: train the model and fit the curvature before the shards are sent,
+    storing both as artifacts (`auditor.artifacts`), so every shard, on whichever worker, loads
+    them instead of fitting its own. The audit stays running (status "running" returned) unless
+    the fit fails or is cancelled; then the shards are not sent."""
+    from auditor.analyses.label_check import fit_shared as fit
+
+    def compute() -> RunOutcome:
+        with sessions() as s:
+            audit = repo.get_audit(s, audit_id)
+            inp, dataset_id = load_inputs(audit), audit.dataset_id
+        cfg = get_kind("label-check").parse(inp.params)
+        tracker = StoreProgress(sessions, audit_id)
+        fit(inp.train, cfg, ArtifactStore(sessions, dataset_id), lambda f, m: tracker(min(0.3 * f, 0.3), f"fit: {m}"))
+        with sessions() as s, s.begin():
+            status = repo.get_audit(s, audit_id).status
+        return RunOutcome(audit_id, status)
+
+    return guarded(sessions, audit_id, compute, in_worker=in_worker, part="fit", requeue=False)
+
+
 def run_shard(
     sessions: sessionmaker[Session], audit_id: int, index: int, count: int, *, in_worker: bool = True
 ) -> RunOutcome:
@@ -113,7 +134,9 @@ def run_shard(
 def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int) -> RunOutcome:
     """The embedded path: the same shard code, one after another in this process."""
     count = start_sharded(sessions, audit_id)
-    outcome = RunOutcome(audit_id, "running")
+    outcome = fit_shared(sessions, audit_id, in_worker=False)
+    if outcome.status != "running":
+        return outcome
     for i in range(count):
         outcome = run_shard(sessions, audit_id, i, count, in_worker=False)
         if outcome.status in ("failed", "cancelled"):

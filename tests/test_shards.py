@@ -37,6 +37,20 @@ def test_sharded_label_check_matches_a_single_worker(tmp_path, sqlite_url):
     assert _rows(sessions, sharded) == _rows(sessions, single)
 
 
+def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_url):
+    sessions = _setup(tmp_path, sqlite_url)
+    params = {"model": {"name": "logreg"}, "solver": {"name": "ekfac"}, "shards": 3}
+    sharded = create_audit(sessions, "label-check", "d", params)
+    assert run_all_shards_here(sessions, sharded).status == "succeeded"
+    with sessions() as s:
+        summary = repo.get_audit(s, sharded).summary
+    # the fit ran once before the shards; the shard that wrote the summary loaded it
+    assert summary["curvature"]["reused"] is True and summary["training"]["reused"] is True
+    single = create_audit(sessions, "label-check", "d", {k: v for k, v in params.items() if k != "shards"} | {"solver": {"name": "ekfac", "reuse": False}})
+    assert execute_audit(sessions, single).status == "succeeded"
+    assert _rows(sessions, sharded) == _rows(sessions, single)
+
+
 def test_a_redelivered_shard_adds_no_duplicates(tmp_path, sqlite_url):
     sessions = _setup(tmp_path, sqlite_url, n=90)
     audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2})

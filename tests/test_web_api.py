@@ -222,6 +222,18 @@ def test_a_browser_session_must_echo_its_csrf_token_to_decide(app_db) -> None:
     assert r.status_code == 200 and events(sessions) == 1
 
 
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(app_db) -> None:
+    client, _, t = app_db
+    client.post("/login", data={"username": "ana", "password": PASSWORD})
+    page = client.get(f"/audits/{t.audit_id}", headers={"Accept": "text/html"})
+    token = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    r = client.post("/logout", data={"csrf_token": "forged"}, follow_redirects=False)
+    assert r.status_code == 403 and client.get("/api/me").status_code == 200
+    r = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert client.get("/api/me").status_code == 401
+
+
 def test_bulk_accept_confirms_the_top_undecided_and_skips_what_others_decided(app_db) -> None:
     client, sessions, t = app_db
     h = bearer(client)

@@ -436,3 +436,39 @@ def _snapshot_of(sessions: sessionmaker[Session], audit_id: int) -> tuple[Any, .
 def _child_pids(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def test_two_workers_score_shards_against_one_stored_fit(
+    service: dict[str, str], start_worker, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A sharded label check on two real worker processes: the fan-out task trains and fits once
+    and stores both; each shard, on either worker, loads them; the result equals one in-process
+    run that fits everything itself. 28x28 images."""
+    import numpy as np
+    import torch
+
+    d = digits()
+    x = torch.nn.functional.interpolate(torch.tensor(d.x[:240], dtype=torch.float32)[:, None], size=(28, 28), mode="bilinear")[:, 0]
+    x = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    from auditor.data.keys import example_keys
+
+    write_npz(Examples(x, d.y[:240], example_keys(x, d.y[:240]), is_image=True), tmp_path / "d28.npz")
+    cli("dataset", "add", "d28", str(tmp_path / "d28.npz"))
+    supervisor = start_worker("--concurrency", "2")
+    supervisor.wait_ready(count=2)
+    audit_id = int(cli("audit", "enqueue", "label-check", "d28", "--model", "logreg", "--solver", "ekfac",
+                       "--shards", "2", "--why-top", "0", "--json")["id"])  # fmt: skip
+    doc = wait_finished(audit_id, timeout=240)
+    assert doc["status"] == "succeeded", doc
+    assert doc["summary"]["shards"] == 2 and doc["summary"]["curvature"]["reused"] is True
+    stored = {a["kind"]: a["uses"] for a in cli("artifacts", "list", "--json")}
+    assert stored == {"curvature": 2, "weights": 2}  # fitted once; each of the two shards loaded both
+    text = supervisor.text()
+    assert "auditor.run_shard" in text and "succeeded" in text
+    single = cli("audit", "run", "label-check", "d28", "--model", "logreg", "--solver", "ekfac",
+                 "--why-top", "0", "--no-reuse", "--json")  # fmt: skip
+    with sessions() as s:
+        a = sorted(repo.list_findings(s, audit_id), key=lambda f: f.rank)
+        b = sorted(repo.list_findings(s, single["id"]), key=lambda f: f.rank)
+    assert [f.example_key for f in a] == [f.example_key for f in b]
+    np.testing.assert_allclose([f.score for f in a], [f.score for f in b], rtol=1e-9)

@@ -80,11 +80,15 @@ def run_sharded(self, audit_id: int) -> int:
     """Fan a label-check audit out as `shards` tasks on queue gpu; returns the shard count."""
     from auditor.errors import ServiceError
     from auditor.runner import DATABASE_UNREACHABLE
-    from auditor.shards import start_sharded
+    from auditor.shards import fit_shared, start_sharded
     from auditor.store import open_store
 
     try:
-        count = start_sharded(open_store(), audit_id, task_id=self.request.id)
+        sessions = open_store()
+        count = start_sharded(sessions, audit_id, task_id=self.request.id)
+        # one fit, stored as artifacts on the shared volume; the shards load it
+        if fit_shared(sessions, audit_id).status != "running":
+            return 0  # failed or cancelled: recorded on the audit, no shard to send
     except (*DATABASE_UNREACHABLE, ServiceError) as exc:
         _retry_later(self, exc)
         raise

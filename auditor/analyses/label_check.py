@@ -115,6 +115,18 @@ def score_examples(
     )
 
 
+def fit_shared(examples: Examples, cfg: LabelCheckConfig, cache: FitCache, progress: Progress) -> dict:
+    """Train the model and fit the curvature once and store both in `cache`, so that the shards
+    of a sharded label check load them instead of each fitting its own. Returns what was fitted
+    (for the log). Without reuse (`--no-reuse`) there is nothing to share: each shard fits."""
+    if not cfg.solver.reuse:
+        return {"shared": False}
+    fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.8 * f, m), cache=cache)
+    progress(0.8, "fitting the curvature once for every shard")
+    fitted.influence(cfg.solver, few_solves=False)
+    return {"shared": True, "training": fitted.train_info, "curvature": fitted.curvature}
+
+
 WHY_PER_LIST = 5  # training examples per list shown for a flagged example
 
 
