@@ -119,7 +119,11 @@ def run_shard(
             if stored < n_total:
                 return RunOutcome(audit_id, "running", findings=stored)
             rerank(s, audit_id)
-            summary = {**result.summary, "n": stored, "shards": count}
+        # This shard completes the audit: say why for the audit's top examples (the ranking is
+        # global only now), with the one stored model and curvature, then finish.
+        why_count = explain_top(sessions, audit_id, inp, tracker)
+        with sessions() as s, s.begin():
+            summary = {**result.summary, "n": stored, "shards": count, "why_top": why_count}
             summary.pop("train_disagreements", None)  # per-shard figure; not meaningful for the whole
             repo.set_audit_summary(s, audit_id, summary)
             try:
@@ -129,6 +133,26 @@ def run_shard(
         return RunOutcome(audit_id, "succeeded", findings=stored)
 
     return guarded(sessions, audit_id, compute, in_worker=in_worker, part=part, requeue=False)
+
+
+def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -> int:
+    """Add the "why" lists (label_check.explain_flagged) to the audit's top `why_top` label
+    findings; returns how many got them."""
+    from auditor.analyses.label_check import why_for_rows
+
+    cfg = get_kind("label-check").parse({k: v for k, v in inp.params.items() if k != "shard"})
+    if not cfg.why_top:
+        return 0
+    with sessions() as s:
+        top = repo.list_findings(s, audit_id, top=cfg.why_top, kind="label")
+        rows = [f.example_index for f in top]
+    progress(0.99, f"finding why the top {len(rows)} examples are flagged")
+    why = why_for_rows(inp.train, cfg, rows, inp.cache)
+    with sessions() as s, s.begin():
+        for f in repo.list_findings(s, audit_id, top=cfg.why_top, kind="label"):
+            if f.example_index in why:
+                f.payload = {**(f.payload or {}), "why": why[f.example_index]}
+    return len(why)
 
 
 def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int) -> RunOutcome:

@@ -49,6 +49,14 @@ def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_u
     single = create_audit(sessions, "label-check", "d", {k: v for k, v in params.items() if k != "shards"} | {"solver": {"name": "ekfac", "reuse": False}})
     assert execute_audit(sessions, single).status == "succeeded"
     assert _rows(sessions, sharded) == _rows(sessions, single)
+    # the shard that completed the audit said why for the top examples, as one worker does
+    with sessions() as s:
+        a = repo.list_findings(s, sharded, top=60)
+        b = repo.list_findings(s, single, top=60)
+        assert repo.get_audit(s, sharded).summary["why_top"] == 50
+    lists = lambda f: {k: [r["index"] for r in v] for k, v in (f.payload.get("why") or {}).items()}  # noqa: E731
+    assert [lists(f) for f in a] == [lists(f) for f in b]
+    assert all(lists(f) for f in a[:50]) and not any(lists(f) for f in a[50:])
 
 
 def test_a_redelivered_shard_adds_no_duplicates(tmp_path, sqlite_url):

@@ -130,8 +130,20 @@ def fit_shared(examples: Examples, cfg: LabelCheckConfig, cache: FitCache, progr
 WHY_PER_LIST = 5  # training examples per list shown for a flagged example
 
 
+def why_for_rows(
+    examples: Examples, cfg: LabelCheckConfig, rows: list[int], cache: FitCache | None = None
+) -> dict[int, dict[str, list[dict]]]:
+    """`explain_flagged` for given rows in a run that has no scores at hand (the shard that
+    completes a sharded audit): the model and curvature come from `cache` (the audit's one fit)."""
+    if not rows:
+        return {}
+    fitted = fit_model(examples, cfg.model, cache=cache, reuse=cfg.solver.reuse)
+    influence = fitted.influence(cfg.solver, few_solves=False)
+    return explain_flagged(examples, fitted, influence, rows)
+
+
 def explain_flagged(
-    examples: Examples, scores: LabelScores, rows: list[int], top: int = WHY_PER_LIST
+    examples: Examples, fitted: Any, inf: Any, rows: list[int], top: int = WHY_PER_LIST
 ) -> dict[int, dict[str, list[dict]]]:
     """Why each flagged example (row index) stands out, from the same trained model and curvature.
 
@@ -146,7 +158,6 @@ def explain_flagged(
 
     if not rows:
         return {}
-    fitted, inf = scores.fitted, scores.influence
     S = inf.test_factors(fitted.x[rows], fitted.y[rows])
     U = inf.up_loss_from_factors(fitted.x, fitted.y, S)  # (n, k)
     D = input_distances(examples, examples.x[rows])  # (k, n)
@@ -261,7 +272,7 @@ def run(inp: AnalysisInput) -> AnalysisResult:
     if cfg.why_top and cfg.shard is None:
         flagged = [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[: cfg.why_top]]
         inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
-        why = explain_flagged(inp.train, scores, flagged)
+        why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
     findings = to_findings(inp.train, scores, rank_by, why)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())

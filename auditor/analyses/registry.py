@@ -56,7 +56,7 @@ class LabelCheckConfig(Declared):
     why_top: int = setting(
         50,
         "Say why for the top N flagged examples: their most helpful and most harmful training "
-        "examples by influence, and their nearest in input space (0: none; one-worker runs)",
+        "examples by influence, and their nearest in input space (0: none)",
         check=NON_NEGATIVE_INT,
     )
     # (index, count): score only rows i with i % count == index; set by the shard runner
