@@ -76,11 +76,23 @@ def decision_doc(review: Review | None, ctx: AuditContext | None = None) -> dict
 
 
 def event_doc(e: ReviewEvent, ctx: AuditContext | None = None) -> dict[str, Any]:
+    """One history entry. `label` is the label the decision gives the example: the relabel's,
+    or for a confirm the suggestion it accepted (from the finding that prompted it)."""
+    label = e.new_label
+    if e.decision == "confirmed" and e.finding_id is not None:
+        from sqlalchemy.orm import object_session
+
+        session = object_session(e)
+        finding = session.get(Finding, e.finding_id) if session is not None else None
+        suggested = (finding.payload or {}).get("suggested_label") if finding is not None else None
+        label = int(suggested) if suggested is not None else None
     return {
         "id": e.id,
         "decision": e.decision,
         "new_label": e.new_label,
         "new_label_name": ctx.class_name(e.new_label) if ctx else None,
+        "label": label,
+        "label_name": ctx.class_name(label) if ctx and label is not None else None,
         "reviewer": e.reviewer,
         "note": e.note,
         "finding_id": e.finding_id,

@@ -56,6 +56,7 @@ def test_decisions_keep_their_history_and_undo_from_the_cli(db: Template) -> Non
         ("relabelled", "ana"), ("dismissed", "bo"), ("undone", "bo"),
     ]
     assert shown["decision"]["new_label_name"] == "seven"
+    assert [e["label_name"] for e in shown["history"]] == ["seven", None, None]
     text = cli("findings", "show", fid)
     assert top["locator"] in text and "relabelled -> " in text and "(seven)" in text
     undecided = cli("findings", "list", str(db.audit_id), "--decision", "relabelled", "--json")

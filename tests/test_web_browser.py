@@ -147,6 +147,8 @@ def test_a_reviewer_triages_by_keyboard_undoes_bulk_accepts_and_filters(server, 
     page.goto(f"{base}/findings/{ranked[0].id}")
     expect(page.locator("[data-testid=current-decision]")).to_contain_text("confirmed by ana")
     expect(page.locator("[data-testid=history]")).to_contain_text("ana")
+    # the history names the label a confirm accepted
+    expect(page.locator("[data-testid=history]")).to_contain_text(f"confirmed → {ranked[0].payload['suggested_label']} (")
     assert page.locator("section.why img").count() > 0
     page.screenshot(path=str(ARTIFACTS / "example.png"), full_page=True)
 

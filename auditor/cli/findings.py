@@ -137,7 +137,7 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
         + f" by {dec['reviewer']} (version {dec['version']})"
     )  # fmt: skip
     for e in doc["history"]:
-        extra = f" -> {label_text(e['new_label'], ctx)}" if e["new_label"] is not None else ""
+        extra = f" -> {label_text(e['label'], ctx)}" if e["label"] is not None else ""
         out_console.print(f"    {e['at'][:19]}  {e['reviewer'] or '-'}: {e['decision']}{extra}" + (f"  ({e['note']})" if e["note"] else ""))
 
 
