@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -17,6 +18,10 @@ from auditor.cli.report import report_command
 from auditor.cli.serve import serve_command
 from auditor.cli.validate import validate_command
 from auditor.cli.worker import worker_command
+
+# Raised inside torch itself when vmap first imports some of its submodules; nothing of ours uses
+# torch.jit, and a user cannot act on it (the test suite ignores it the same way).
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 try:  # typer 0.2x vendors click as typer._click; older ones raise click's own exceptions
     from typer._click import exceptions as _vendored
