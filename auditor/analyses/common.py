@@ -30,6 +30,7 @@ from auditor.influence.ekfac import kfac_parameters
 from auditor.influence.factory import SOLVER_CLASSES
 from auditor.influence.grads import example_losses
 from auditor.influence.hvp import hvp, last_linear, last_linear_hessian
+from auditor.influence.rows import Rows
 from auditor.models import MODEL_NAMES, TrainConfig, build_model, train
 from auditor.models.device import resolve_device
 from auditor.models.loading import build_user_model, load_weights
@@ -261,7 +262,7 @@ class Fitted:
         float64; it stays in its own dtype, and the retrains with it (float32 tolerances)."""
         if self.x.dtype == torch.float64:
             return self
-        module, x = copy.deepcopy(self.module).to(torch.float64), self.x.to(torch.float64)
+        module, x = copy.deepcopy(self.module).to(torch.float64), self.x.to(torch.float64)  # Rows too
         try:
             with torch.no_grad():
                 module(x[:2])
@@ -278,6 +279,15 @@ def as_tensors(
     x = torch.as_tensor(np.asarray(examples.x), dtype=dtype).to(device)
     y = torch.as_tensor(np.asarray(examples.y), dtype=torch.long).to(device)
     return x, y
+
+
+def rows_of(examples: Examples, dtype: torch.dtype, device: torch.device | str) -> tuple[Rows, Tensor]:
+    """The examples as `Rows` over their stored values (no float copy) and the labels."""
+    if len(examples) == 0:
+        raise DataError(f"dataset {examples.source or ''} has no examples".replace("  ", " "))
+    stored = torch.from_numpy(np.ascontiguousarray(examples.x))
+    y = torch.as_tensor(np.asarray(examples.y), dtype=torch.long).to(device)
+    return Rows(stored, dtype, device), y
 
 
 def train_config(spec: ModelSpec) -> TrainConfig:
@@ -350,6 +360,7 @@ def fit_model(
     progress: Progress | None = None,
     cache: FitCache | None = None,
     reuse: bool = True,
+    lazy_rows: bool = False,
 ) -> Fitted:
     """Build (or load) and train the model described by `spec` on `examples`.
 
@@ -360,7 +371,11 @@ def fit_model(
     With a `cache` (and `reuse`), a model trained by auditor's recipe on the same examples with
     the same settings and starting weights is loaded instead of trained again, and the curvature
     `Fitted.influence` fits is kept for the next audit of the same weights and data. A team's
-    --train-fn is always called (its code may change under the same name)."""
+    --train-fn is always called (its code may change under the same name).
+
+    With `lazy_rows` and a model that is not trained here (--no-train), the examples stay in
+    their stored dtype (uint8 pixels) and are converted a batch at a time (`Rows`), so no step
+    holds all n of them as floats; for callers whose every use of `Fitted.x` slices it."""
     module, device = build_module(examples, spec, num_classes)
     data_key = content_hash(examples.keys)
     params = list(module.parameters())
@@ -369,7 +384,10 @@ def fit_model(
     dtype = params[0].dtype
     if not dtype.is_floating_point:
         raise ModelError(f"model {spec.name} has {dtype} parameters; influence needs floating point")
-    x, y = as_tensors(examples, dtype, device)
+    if lazy_rows and not spec.train:
+        x, y = rows_of(examples, dtype, device)
+    else:
+        x, y = as_tensors(examples, dtype, device)
     fm = FunctionalModel.from_module(module, "all")
     fm.check_inputs(x, y)
     predicted = None

@@ -52,15 +52,27 @@ def input_distances(train: Examples, x_rows: np.ndarray) -> Tensor:
     Images in [0, 1] pixel units; features standardised with the training mean and std, so that
     one feature measured in large units does not decide who is "near".
     """
-    a = np.asarray(train.x, dtype=np.float64).reshape(len(train), -1)
+    stored = np.asarray(train.x).reshape(len(train), -1)
     b = np.asarray(x_rows, dtype=np.float64).reshape(len(x_rows), -1)
+    chunk = 8192  # training rows converted to float64 at a time: memory does not grow with n
     if train.is_image:
-        a, b = a / 255.0, b / 255.0
+        scale = lambda a: a / 255.0  # noqa: E731
     else:
-        mean, std = a.mean(0), a.std(0)
+        total, squares = np.zeros(stored.shape[1]), np.zeros(stored.shape[1])
+        for start in range(0, len(stored), chunk):
+            a = stored[start : start + chunk].astype(np.float64)
+            total += a.sum(0)
+            squares += (a * a).sum(0)
+        mean = total / len(stored)
+        std = np.sqrt(np.maximum(squares / len(stored) - mean * mean, 0.0))
         std[std < 1e-12] = 1.0
-        a, b = (a - mean) / std, (b - mean) / std
-    return torch.cdist(torch.from_numpy(b), torch.from_numpy(a))
+        scale = lambda a: (a - mean) / std  # noqa: E731
+    bt = torch.from_numpy(scale(b))
+    parts = [
+        torch.cdist(bt, torch.from_numpy(scale(stored[start : start + chunk].astype(np.float64))))
+        for start in range(0, len(stored), chunk)
+    ]
+    return torch.cat(parts, dim=1)
 
 
 def rank_positions(values: Tensor) -> Tensor:

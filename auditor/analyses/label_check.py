@@ -35,6 +35,7 @@ from auditor.analyses.common import fit_model
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
 from auditor.errors import ModelError
+from auditor.influence.rows import Rows
 
 __all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
 
@@ -71,7 +72,7 @@ def score_examples(
     progress(0.02, "training model")
     fitted = fit_model(
         examples, cfg.model, progress=lambda f, m: progress(0.02 + 0.33 * f, m),
-        cache=cache, reuse=cfg.solver.reuse,
+        cache=cache, reuse=cfg.solver.reuse, lazy_rows=True,
     )  # fmt: skip
     progress(0.35, f"fitting the curvature ({cfg.solver.name} solver)")
     influence = fitted.influence(cfg.solver, few_solves=False)
@@ -81,7 +82,12 @@ def score_examples(
     if cfg.shard is not None:
         i, k = cfg.shard
         idx = idx[idx % k == i]
-    x, y = fitted.x[idx], fitted.y[idx]
+    if cfg.shard is None:
+        x, y = fitted.x, fitted.y  # every row, sliced batch by batch (no copy of the data)
+    elif isinstance(fitted.x, Rows):
+        x, y = fitted.x.take(idx), fitted.y[idx]
+    else:
+        x, y = fitted.x[idx], fitted.y[idx]
     # over all rows, not the shard's: every shard must make the same `auto` choice
     agreement = float((fitted.predictions() == fitted.y).float().mean())
 
@@ -121,7 +127,7 @@ def fit_shared(examples: Examples, cfg: LabelCheckConfig, cache: FitCache, progr
     (for the log). Without reuse (`--no-reuse`) there is nothing to share: each shard fits."""
     if not cfg.solver.reuse:
         return {"shared": False}
-    fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.8 * f, m), cache=cache)
+    fitted = fit_model(examples, cfg.model, progress=lambda f, m: progress(0.8 * f, m), cache=cache, lazy_rows=True)
     progress(0.8, "fitting the curvature once for every shard")
     fitted.influence(cfg.solver, few_solves=False)
     return {"shared": True, "training": fitted.train_info, "curvature": fitted.curvature}
@@ -137,7 +143,7 @@ def why_for_rows(
     completes a sharded audit): the model and curvature come from `cache` (the audit's one fit)."""
     if not rows:
         return {}
-    fitted = fit_model(examples, cfg.model, cache=cache, reuse=cfg.solver.reuse)
+    fitted = fit_model(examples, cfg.model, cache=cache, reuse=cfg.solver.reuse, lazy_rows=True)
     influence = fitted.influence(cfg.solver, few_solves=False)
     return explain_flagged(examples, fitted, influence, rows)
 

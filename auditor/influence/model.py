@@ -142,7 +142,11 @@ class FunctionalModel:
         """Fail with one line when data does not fit the model (shape, label range, NaN)."""
         if x.shape[0] != y.shape[0]:
             raise DataError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        if x.is_floating_point() and not torch.isfinite(x).all():
+        if hasattr(x, "nonfinite_row"):  # Rows: checked on the stored values, a chunk at a time
+            bad_row = x.nonfinite_row()
+            if bad_row is not None:
+                raise DataError(f"example {bad_row} contains NaN or infinite values")
+        elif x.is_floating_point() and not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0])
             raise DataError(f"example {bad} contains NaN or infinite values")
         try:
