@@ -16,7 +16,9 @@ from auditor.analyses.registry import check_request
 from auditor.data.base import Examples, check_test_set
 from auditor.datasets import snapshotted
 from auditor.errors import DataError
+from auditor.records import finite_json
 from auditor.store import repo
+from auditor.store.models import Audit, utcnow
 
 MAX_SHARDS = 256  # more messages than any deployment has workers only costs (issue 16)
 
@@ -93,3 +95,39 @@ def create_audit(
         )
         snap.session.flush()
         return audit.id
+
+
+def audit_doc(a: Audit, *, summary: bool = True) -> dict[str, Any]:
+    """An audit as `audit status/list --json` and the web API show it; without `summary` (long
+    JSON) and params, for lists."""
+    doc = {
+        "id": a.id,
+        "kind": a.kind,
+        "dataset": a.dataset.name,
+        "test_dataset": a.test_dataset.name if a.test_dataset else None,
+        "snapshot_id": a.snapshot_id,
+        "status": a.status,
+        "progress": round(a.progress, 4),
+        "message": a.message,
+        "error": a.error,
+        "task_id": a.task_id,
+        "created_at": a.created_at.isoformat() if a.created_at else None,
+        "started_at": a.started_at.isoformat() if a.started_at else None,
+        "finished_at": a.finished_at.isoformat() if a.finished_at else None,
+        **_timing(a),
+    }
+    if summary:
+        doc.update(params=a.params, summary=finite_json(a.summary))
+    return doc
+
+
+def _timing(a: Audit) -> dict[str, Any]:
+    """Seconds since a running audit started and, once it has made some progress, a rough
+    estimate of the seconds left (elapsed x fraction to do / fraction done); the message says
+    the current step's examples/s."""
+    if a.status != "running" or a.started_at is None:
+        return {"elapsed_seconds": None, "eta_seconds": None}
+    elapsed = max((utcnow() - a.started_at).total_seconds(), 0.0)
+    p = a.progress or 0.0
+    eta = elapsed * (1 - p) / p if 0.01 < p < 1 else None
+    return {"elapsed_seconds": round(elapsed, 1), "eta_seconds": None if eta is None else round(eta, 1)}

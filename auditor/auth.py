@@ -9,6 +9,7 @@ and only their SHA-256 is stored: a leaked database does not leak usable tokens.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from auditor.datasets import check_name
-from auditor.errors import AuditorError, Conflict, NotFound
+from auditor.errors import AuditorError, NotFound
+from auditor.store import repo
 from auditor.store.models import ROLES, ApiToken, User, utcnow
 
 PBKDF2_ITERATIONS = 200_000
@@ -91,12 +92,7 @@ def add_user(session: Session, name: str, role: str, password: str) -> User:
     check_role(role)
     check_password(password)
     user = User(name=name, role=role, password_hash=hash_password(password))
-    try:
-        with session.begin_nested():
-            session.add(user)
-    except IntegrityError:
-        raise Conflict(f"user {name!r} already exists") from None
-    return user
+    return repo.add_unique(session, user, f"user {name!r} already exists")
 
 
 def get_user(session: Session, name: str) -> User:
@@ -133,12 +129,16 @@ def authenticate(session: Session, name: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         # Hash anyway, so the response time does not tell which user names exist.
-        verify_password(password, _DUMMY_HASH)
+        verify_password(password, _dummy_hash())
         return None
     return user if verify_password(password, user.password_hash) else None
 
 
-_DUMMY_HASH = hash_password("not a password", iterations=PBKDF2_ITERATIONS)
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown users against, made once when first needed (not at import:
+    every `auditor` command that imports this module would pay for 200,000 PBKDF2 rounds)."""
+    return hash_password("not a password")
 
 
 def _token_hash(token: str) -> str:

@@ -142,7 +142,11 @@ def label_text(label: int | None, ctx: AuditContext | None) -> str:
     """"3 (cat)" where the data set names its classes, else "3"."""
     if label is None:
         return "-"
-    name = ctx.class_name(label) if ctx else None
+    return named_label(label, ctx.class_name(label) if ctx else None)
+
+
+def named_label(label: Any, name: str | None) -> str:
+    """A label with its class name where that says more than the index: "3 (cat)", "3"."""
     return f"{label} ({name})" if name is not None and name != str(label) else str(label)
 
 

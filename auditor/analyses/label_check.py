@@ -177,9 +177,7 @@ def explain_flagged(
                 "influence": float(u[j]), "distance": float(d[j]),
             }  # fmt: skip
 
-        u_rank = u.clone()
-        u_rank[i] = torch.nan
-        order = torch.argsort(torch.nan_to_num(u_rank, nan=0.0))
+        order = torch.argsort(u)
         helpful = [j for j in order.tolist() if j != i and u[j] < 0][:top]
         harmful = [j for j in order.flip(0).tolist() if j != i and u[j] > 0][:top]
         d[i] = torch.inf

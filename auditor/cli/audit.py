@@ -17,43 +17,6 @@ app = typer.Typer(no_args_is_help=True, help="Audits: run, enqueue, status, list
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _audit_doc(a) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "kind": a.kind,
-        "dataset": a.dataset.name,
-        "test_dataset": a.test_dataset.name if a.test_dataset else None,
-        "snapshot_id": a.snapshot_id,
-        "status": a.status,
-        "progress": round(a.progress, 4),
-        "message": a.message,
-        "error": a.error,
-        "task_id": a.task_id,
-        "params": a.params,
-        "summary": a.summary,
-        "created_at": a.created_at.isoformat() if a.created_at else None,
-        "started_at": a.started_at.isoformat() if a.started_at else None,
-        "finished_at": a.finished_at.isoformat() if a.finished_at else None,
-        **_timing(a),
-    }
-
-
-def _timing(a) -> dict[str, Any]:
-    """Seconds since a running audit started and, once it has made some progress, a rough
-    estimate of the seconds left (elapsed x fraction to do / fraction done); the message says
-    the current step's examples/s."""
-    from auditor.store.models import utcnow
-
-    if a.status != "running" or a.started_at is None:
-        return {"elapsed_seconds": None, "eta_seconds": None}
-    elapsed = max((utcnow() - a.started_at).total_seconds(), 0.0)
-    p = a.progress or 0.0
-    eta = elapsed * (1 - p) / p if 0.01 < p < 1 else None
-    return {"elapsed_seconds": round(elapsed, 1), "eta_seconds": None if eta is None else round(eta, 1)}
-
-
-
-
 def _use_recorded_damping(dataset: str, params: dict[str, Any]) -> None:
     """No --damping given: the one `validate --sweep-damping` chose for this model and data set,
     if it chose one (auditor.dampings), said on stderr."""
@@ -101,6 +64,7 @@ def _register(name: str, enqueue: bool):
                 err_console.print(f"audit {audit_id} queued; watch it with `auditor audit status {audit_id} --watch`")
             return
         from auditor.analyses.registry import get_kind
+        from auditor.audits import audit_doc
         from auditor.findings_view import context_for, finding_doc
         from auditor.runner import execute_audit
         from auditor.store import repo
@@ -113,7 +77,7 @@ def _register(name: str, enqueue: bool):
             else:
                 outcome = execute_audit(sessions, audit_id, echo=bar, local=True)
         with sessions() as s:
-            doc = _audit_doc(repo.get_audit(s, audit_id))
+            doc = audit_doc(repo.get_audit(s, audit_id))
             top = repo.list_findings(s, audit_id, top=10)
             ctx = context_for(s, audit_id, top)
             top_rows = [finding_doc(f, ctx) for f in top]
@@ -133,6 +97,8 @@ def _register(name: str, enqueue: bool):
 
 
 def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    from auditor.findings_view import named_label
+
     if doc["status"] != "succeeded":
         err_console.print(
             styled((f"audit {doc['id']} {doc['status']}: ", "bold red"), clean(doc["error"] or doc["message"] or "", " ")),
@@ -146,15 +112,11 @@ def _print_outcome(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         suggested = r["payload"].get("suggested_label")
         table.add_row(
             str(r["rank"]), str(r["id"]), r["kind"], r.get("locator") or str(r["example_index"]),
-            _named(r["label"], r.get("label_name")),
-            _named(suggested, r.get("suggested_label_name")) if suggested is not None else "",
+            named_label(r["label"], r.get("label_name")),
+            named_label(suggested, r.get("suggested_label_name")) if suggested is not None else "",
             f"{r['score']:.4g}",
         )
     out_console.print(table)
-
-
-def _named(label: Any, name: str | None) -> str:
-    return f"{label} ({name})" if name is not None and name != str(label) else str(label)
 
 
 def _print_ranking(doc: dict[str, Any]) -> None:
@@ -186,6 +148,7 @@ def status(
     json_output: JsonOption = False,
 ) -> None:
     """Show an audit's status, progress and error."""
+    from auditor.audits import audit_doc
     from auditor.store import open_store, repo
     from auditor.store.models import FINISHED_STATUSES
     from workers.dispatch import reconcile_now
@@ -195,7 +158,7 @@ def status(
     def read() -> dict[str, Any]:
         reconcile_now(sessions, [audit_id])  # a lost audit is shown as what it is
         with sessions() as s:
-            return _audit_doc(repo.get_audit(s, audit_id))
+            return audit_doc(repo.get_audit(s, audit_id))
 
     doc = read()
     if watch and doc["status"] not in FINISHED_STATUSES:
@@ -224,6 +187,7 @@ def list_audits(
     json_output: JsonOption = False,
 ) -> None:
     """List audits, newest first."""
+    from auditor.audits import audit_doc
     from auditor.store import open_store, repo
     from workers.dispatch import reconcile_now
 
@@ -232,7 +196,7 @@ def list_audits(
         shown = [a.id for a in repo.list_audits(s, dataset, status=status, limit=limit)]
     reconcile_now(sessions, shown)
     with sessions() as s:
-        docs = [_audit_doc(a) for a in repo.list_audits(s, dataset, status=status, limit=limit)]
+        docs = [audit_doc(a) for a in repo.list_audits(s, dataset, status=status, limit=limit)]
     if json_output:
         print_json(docs)
         return

@@ -39,13 +39,9 @@ def list_findings(
 
     sessions = open_store()
     with sessions() as s:
-        ctx0 = None
         wanted = None
         if label is not None:
-            from auditor.findings_view import audit_context
-
-            ctx0 = audit_context(s, audit_id)
-            wanted = parse_class(label, ctx0.class_names)
+            wanted = parse_class(label, repo.get_audit(s, audit_id).dataset.class_names)
         result = repo.query_findings(
             s, audit_id, kind=kind, label=wanted, decision=decision, order=order,
             offset=(page - 1) * top, limit=top,

@@ -41,11 +41,9 @@ class Rows:
         self.largest_read = max(self.largest_read, int(out.shape[0]) if out.dim() == self.stored.dim() else 1)
         return out.to(device=self.device, dtype=self.dtype)
 
-    def to(self, *args: Any, **kwargs: Any) -> Rows:
-        """Another dtype or device for the converted batches (the stored bytes are shared)."""
-        probe = torch.empty(0, dtype=self.dtype, device="cpu").to(*args, **kwargs)
-        device = kwargs.get("device") or next((a for a in args if isinstance(a, (str, torch.device))), self.device)
-        return Rows(self.stored, probe.dtype, device)
+    def to(self, dtype: torch.dtype) -> Rows:
+        """The same rows converted to another dtype (the stored bytes are shared)."""
+        return Rows(self.stored, dtype, self.device)
 
     def take(self, index: Any) -> Rows:
         """The rows at `index`, still stored (a shard's rows)."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from croniter import croniter
 from sqlalchemy import Table, delete, exists, func, insert, select, update
@@ -45,6 +45,7 @@ from auditor.store.models import (
 # Rows per executemany call: bounds the memory of the converted parameters. PostgreSQL (psycopg)
 # streams through COPY and is not chunked.
 EXECUTEMANY_CHUNK_ROWS = 20_000
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
 # datasets and snapshots
@@ -61,12 +62,18 @@ def create_dataset(
     if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
         raise Conflict(f"dataset {name!r} already exists (use --update to re-read its source)")
     dataset = Dataset(name=name, source_path=source_path, format=format, options=options or {})
+    return add_unique(session, dataset, f"dataset {name!r} was just created by someone else")
+
+
+def add_unique(session: Session, row: T, conflict: str) -> T:
+    """Insert `row` in a savepoint; when a unique constraint says it is there already (another
+    process won the race), `Conflict(conflict)` and the caller's transaction goes on."""
     try:
         with session.begin_nested():
-            session.add(dataset)
+            session.add(row)
     except IntegrityError:
-        raise Conflict(f"dataset {name!r} was just created by someone else") from None
-    return dataset
+        raise Conflict(conflict) from None
+    return row
 
 
 def get_dataset(session: Session, name: str) -> Dataset:

@@ -9,7 +9,6 @@ decided first, 413 body too large, 422 malformed request).
 
 
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
@@ -25,10 +24,12 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auditor import auth
+from auditor.audits import audit_doc
 from auditor.auth import Principal
 from auditor.errors import AuditorError, Conflict, DataError, NotFound
 from auditor.findings_view import (
     AuditContext,
+    audit_context,
     context_for,
     decision_doc,
     event_doc,
@@ -273,7 +274,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
             expected_version=body.expected_version, user_id=user.id,
         )  # fmt: skip
         s.flush()
-        return {"finding_id": finding_id, "decision": decision_doc(review, _ctx(s, a))}
+        return {"finding_id": finding_id, "decision": decision_doc(review, audit_context(s, a.id))}
 
     @app.post("/api/findings/{finding_id}/undo", tags=["decisions"])
     def undo(
@@ -282,7 +283,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         f = repo.get_finding(s, finding_id)
         review = repo.undo(s, finding_id, user.name, expected_version=body.expected_version if body else None, user_id=user.id)
         s.flush()
-        return {"finding_id": finding_id, "decision": decision_doc(review, _ctx(s, repo.get_audit(s, f.audit_id)))}
+        return {"finding_id": finding_id, "decision": decision_doc(review, audit_context(s, f.audit_id))}
 
     @app.post("/api/audits/{audit_id}/accept-suggested", tags=["decisions"])
     def accept_suggested(audit_id: AuditId, body: BulkAcceptRequest, user: Decider, s: DB) -> dict[str, Any]:
@@ -299,7 +300,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
             wanted = resolve_class(body.label, a.dataset.class_names) if body.label not in (None, "") else None
             targets = [f for f, _ in repo.query_findings(s, audit_id, label=wanted, decision="undecided", limit=body.top_k).rows]
         done, skipped, decisions = [], [], {}
-        ctx = _ctx(s, a)
+        ctx = audit_context(s, audit_id)
         for f in targets:
             if (f.payload or {}).get("suggested_label") is None:
                 skipped.append({"finding_id": f.id, "reason": "suggests no label"})
@@ -453,11 +454,6 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
-def _ctx(s: Session, a: Audit) -> AuditContext:
-    ds = a.dataset
-    return AuditContext(ds.id, ds.name, ds.source_path, ds.class_names)
-
-
 def _known_classes(s: Session, a: Audit) -> int:
     """How many classes the audit's data set has: its names, else the largest label seen + 1."""
     if a.dataset.class_names:
@@ -471,21 +467,12 @@ def _class_options(s: Session, a: Audit, ctx: AuditContext) -> list[dict[str, An
 
 
 def _audit_doc(s: Session, a: Audit, full: bool = False) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "id": a.id, "kind": a.kind, "dataset": a.dataset.name, "status": a.status,
-        "progress": a.progress, "message": a.message, "error": a.error,
-        "created_at": _iso(a.created_at), "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
-        "findings": repo.count_findings(s, a.id),
-    }  # fmt: skip
+    """The CLI's audit document (`auditor.audits.audit_doc`) with its findings count; `full`
+    adds the summary, params and class names."""
+    doc = {**audit_doc(a, summary=full), "findings": repo.count_findings(s, a.id)}
     if full:
-        doc["summary"] = finite_json(a.summary)
         doc["class_names"] = a.dataset.class_names
-        doc["params"] = a.params
     return doc
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None
 
 
 def _finding_full(s: Session, finding_id: int) -> tuple[dict[str, Any], AuditContext, Audit]:
