@@ -439,11 +439,17 @@ def _child_pids(pid: int) -> list[int]:
 
 
 def test_two_workers_score_shards_against_one_stored_fit(
-    service: dict[str, str], start_worker, sessions: sessionmaker[Session], tmp_path: Path
+    service: dict[str, str], start_worker, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A sharded label check on two real worker processes: the fan-out task trains and fits once
     and stores both; each shard, on either worker, loads them; the result equals one in-process
-    run that fits everything itself. 28x28 images."""
+    run that fits everything itself. 28x28 images.
+
+    This file's 3 s visibility timeout would redeliver a shard that runs longer (a busy CI
+    machine), and a redelivered shard loads the artifacts once more; the count of loads below is
+    exact only with one delivery per shard, so this test's broker waits a minute instead."""
+    monkeypatch.setenv("AUDITOR_VISIBILITY_TIMEOUT", "60")
     import numpy as np
     import torch
 
@@ -454,7 +460,7 @@ def test_two_workers_score_shards_against_one_stored_fit(
 
     write_npz(Examples(x, d.y[:240], example_keys(x, d.y[:240]), is_image=True), tmp_path / "d28.npz")
     cli("dataset", "add", "d28", str(tmp_path / "d28.npz"))
-    supervisor = start_worker("--concurrency", "2")
+    supervisor = start_worker("--concurrency", "2", AUDITOR_VISIBILITY_TIMEOUT="60")
     supervisor.wait_ready(count=2)
     audit_id = int(cli("audit", "enqueue", "label-check", "d28", "--model", "logreg", "--solver", "ekfac",
                        "--shards", "2", "--why-top", "0", "--json")["id"])  # fmt: skip

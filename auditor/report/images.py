@@ -14,6 +14,12 @@ def png_data_uri(png: bytes) -> str:
 
 def thumbnail(img: np.ndarray, size: int = 64) -> str:
     """A uint8 image (H, W), (C, H, W) or (H, W, C) as a nearest-neighbour upscaled PNG data URI."""
+    return png_data_uri(png_bytes(img, size))
+
+
+def png_bytes(img: np.ndarray, size: int | None = None) -> bytes:
+    """A uint8 image (H, W), (C, H, W) or (H, W, C) as PNG bytes, upscaled (nearest neighbour)
+    towards `size` pixels when given. Other dtypes are stretched to 0..255."""
     from PIL import Image
 
     a = np.asarray(img)
@@ -25,11 +31,12 @@ def thumbnail(img: np.ndarray, size: int = 64) -> str:
         lo, hi = float(a.min()), float(a.max())
         a = (255 * (a - lo) / max(hi - lo, 1e-12)).astype(np.uint8)
     im = Image.fromarray(a)
-    scale = max(1, size // max(im.size))
-    im = im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST)
+    if size is not None:
+        scale = max(1, size // max(im.size))
+        im = im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    return png_data_uri(buf.getvalue())
+    return buf.getvalue()
 
 
 def figure_uri(fig) -> str:

@@ -12,10 +12,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
 from auditor.data.base import Examples
 from auditor.errors import DataError
+from auditor.report.images import png_bytes
 from auditor.resolve import load_dataset_source
 from auditor.store.models import Dataset
 
@@ -67,7 +66,7 @@ class ExampleStore:
                 raise DataError(f"example {example_key} is no longer in data set {ds.name!r}") from None
         if not 0 <= i < len(examples):
             raise DataError(f"data set {ds.name!r} has no example {index}")
-        return to_png(examples.x[i])
+        return png_bytes(examples.x[i])  # the browser scales it up (CSS, pixelated)
 
 
 def _single_file(root: Path, locator: str) -> bytes | None:
@@ -85,17 +84,3 @@ def _single_file(root: Path, locator: str) -> bytes | None:
             return buf.getvalue()
     except (OSError, UnidentifiedImageError, ValueError):
         return None
-
-
-def to_png(x: np.ndarray) -> bytes:
-    """PNG of one uint8 image stored as (H, W) or (C, H, W)."""
-    from PIL import Image
-
-    a = np.asarray(x)
-    if a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
-    if a.dtype != np.uint8:
-        a = np.clip(a, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
