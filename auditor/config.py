@@ -32,9 +32,12 @@ ENV_LEASE = "AUDITOR_LEASE_SECONDS"
 ENV_MAX_DELIVERIES = "AUDITOR_MAX_DELIVERIES"
 ENV_SECRET_KEY = "AUDITOR_SECRET_KEY"
 ENV_ARTIFACTS = "AUDITOR_ARTIFACTS"
+ENV_STREAM_BYTES = "AUDITOR_STREAM_BYTES"
+ENV_DATA_WORKERS = "AUDITOR_DATA_WORKERS"
 DEFAULT_LEASE = 120
 DEFAULT_MAX_DELIVERIES = 3
 
+DEFAULT_STREAM_BYTES = 256 * 2**20  # data sets larger than this (as stored) are read in batches
 DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
 DEFAULT_BEAT_INTERVAL = 5.0
 
@@ -56,6 +59,9 @@ ENV: dict[str, str] = {
     ENV_SECRET_KEY: "Key that signs the review app's session cookies (default: generated once into AUDITOR_HOME/secret_key)",
     ENV_ARTIFACTS: "Folder of audit artifacts and stored models and curvature; mount one volume here to share "
     "them between worker machines (default: AUDITOR_HOME/artifacts)",
+    ENV_STREAM_BYTES: "Image folders and .npz files larger than this many bytes (as stored) are read from disk a batch at a "
+    f"time instead of loaded whole; 0 streams every one (default {DEFAULT_STREAM_BYTES})",
+    ENV_DATA_WORKERS: "Processes that decode streamed images ahead of the model (default: up to 4, one core left free)",
 }
 
 RUN_IN_PROCESS = "run audits in this process with `auditor audit run`"
@@ -83,6 +89,8 @@ class Settings:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     secret_key: str | None = None
     artifacts: Path | None = None  # None: home / "artifacts"
+    stream_bytes: int = DEFAULT_STREAM_BYTES
+    data_workers: int | None = None  # None: up to 4, leaving a core free
 
     @property
     def embedded(self) -> bool:
@@ -164,6 +172,8 @@ def get_settings() -> Settings:
         max_deliveries=_whole_seconds(ENV_MAX_DELIVERIES, DEFAULT_MAX_DELIVERIES),
         secret_key=_env(ENV_SECRET_KEY),
         artifacts=Path(_env(ENV_ARTIFACTS) or home / "artifacts").expanduser().resolve(),
+        stream_bytes=c if (c := _count(ENV_STREAM_BYTES)) is not None else DEFAULT_STREAM_BYTES,
+        data_workers=_count(ENV_DATA_WORKERS),
     )
 
 

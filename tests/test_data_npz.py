@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from auditor.data.base import Examples
 from auditor.data.bundled import write_npz
 from auditor.data.keys import example_keys
+from auditor.data.lazy import NpyMember
 from auditor.data.npz import load_npz
 from auditor.errors import DataError
 
@@ -33,6 +34,11 @@ def test_images_round_trip_with_the_same_keys(tmp_path: Path, x: np.ndarray, see
     assert loaded.is_image and loaded.x.dtype == np.uint8
     np.testing.assert_array_equal(loaded.x, x)
     assert loaded.keys == examples.keys
+    in_place = load_npz(write_npz(examples, tmp_path / "plain.npz", compressed=False), lazy=True)
+    assert isinstance(in_place.x, NpyMember) and in_place.keys == examples.keys
+    np.testing.assert_array_equal(np.asarray(in_place.x), x)
+    rows = np.random.default_rng(seed).integers(0, len(x), 5)
+    np.testing.assert_array_equal(in_place.x[rows], x[rows])
 
 
 FEATURE_ELEMENTS = {
@@ -76,12 +82,15 @@ def test_numeric_features_load_as_float32(tmp_path: Path, x: np.ndarray) -> None
         ({"x": np.array([["a"], ["b"]]), "y": np.array([0, 1])}, "x must be numeric"),
     ],
 )
+@pytest.mark.parametrize("lazy", [False, True], ids=["loaded", "lazy"])
 def test_bad_arrays_are_one_line_errors_naming_the_file(
-    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+    tmp_path: Path, arrays: dict[str, np.ndarray], message: str, lazy: bool
 ) -> None:
+    if lazy and "x" in arrays and arrays["x"].dtype == np.float64:
+        arrays = {**arrays, "x": arrays["x"].astype(np.float32)}  # read in place: float32 rows
     path = _save(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message) as caught:
-        load_npz(path)
+        load_npz(path, lazy=lazy)
     assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
 
 
@@ -121,3 +130,20 @@ def test_class_names_and_groups_are_kept(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="label 2 has no entry in class_names"):
         load_npz(bad)
+
+
+def test_large_uncompressed_arrays_stay_on_disk_and_compressed_ones_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By size (AUDITOR_STREAM_BYTES): an array too large to hold is read in place; one stored
+    compressed cannot be, so it loads whole as before."""
+    x = np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)
+    y = np.arange(1000) % 3
+    plain, packed = _save(tmp_path / "plain.npz", x=x, y=y), tmp_path / "packed.npz"
+    np.savez_compressed(packed, x=x, y=y)
+    monkeypatch.setenv("AUDITOR_STREAM_BYTES", "1000")
+    streamed = load_npz(plain)
+    assert isinstance(streamed.x, NpyMember) and not streamed.is_image
+    assert streamed.keys == example_keys(x, y)
+    np.testing.assert_array_equal(streamed.x[10:20], x[10:20])
+    assert isinstance(load_npz(packed).x, np.ndarray)
+    monkeypatch.setenv("AUDITOR_STREAM_BYTES", str(x.nbytes))
+    assert isinstance(load_npz(plain).x, np.ndarray)  # at or under the limit: loaded

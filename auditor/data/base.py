@@ -16,7 +16,8 @@ class Examples:
 
     `keys[i]` is a content hash of example i's bytes and label, so findings and review decisions
     follow the example across re-scans even when rows move. `x` keeps the stored dtype: uint8 for
-    images (so the attack can respect the 8-bit representation), float32 for features.
+    images (so the attack can respect the 8-bit representation), float32 for features. For large
+    data sets `x` is a `auditor.data.lazy.LazyArray` (rows read from disk when indexed).
     """
 
     x: np.ndarray
@@ -40,8 +41,10 @@ class Examples:
         n = len(self)
         idx = np.arange(n)[rows]
         per_example = lambda v: isinstance(v, (list, np.ndarray)) and len(v) == n  # noqa: E731
+        from auditor.data.lazy import LazyArray
+
         return Examples(
-            x=self.x[idx],
+            x=self.x.take(idx) if isinstance(self.x, LazyArray) else self.x[idx],
             y=self.y[idx],
             keys=[self.keys[i] for i in idx],
             source=self.source,

@@ -109,11 +109,12 @@ def flip_labels(examples: Examples, fraction: float, seed: int = 0) -> tuple[Exa
     return noisy, flipped
 
 
-def write_npz(examples: Examples, path: str | Path) -> Path:
-    """Save as an .npz that `load_npz` reads back to the same keys (x, y, class names, groups)."""
+def write_npz(examples: Examples, path: str | Path, compressed: bool = True) -> Path:
+    """Save as an .npz that `load_npz` reads back to the same keys (x, y, class names, groups).
+    Uncompressed, `x` can be read in place a batch at a time (`load_npz(..., lazy=True)`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {"x": examples.x, "y": examples.y}
+    arrays: dict[str, np.ndarray] = {"x": np.asarray(examples.x), "y": examples.y}
     if examples.class_names is not None:
         arrays["class_names"] = np.array(examples.class_names, dtype=str)
     if examples.groups is not None:
@@ -121,5 +122,5 @@ def write_npz(examples: Examples, path: str | Path) -> Path:
         # Object arrays would need pickle, which load_npz refuses.
         arrays["groups"] = groups.astype(str) if groups.dtype == object else groups
     with path.open("wb") as handle:
-        np.savez_compressed(handle, **arrays)
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
     return path

@@ -1,4 +1,5 @@
-"""ImageFolder adapter: `root/<class>/<image>` as in torchvision, decoded to one uint8 array.
+"""ImageFolder adapter: `root/<class>/<image>` as in torchvision, decoded to one uint8 array, or
+for large sets (AUDITOR_STREAM_BYTES) scanned once and then read from the files a batch at a time.
 
 Classes are the sorted sub-folder names (torchvision's rule, so label ids match a model trained
 with `torchvision.datasets.ImageFolder`); files are read in sorted order, so a re-scan of
@@ -50,37 +51,40 @@ def _image_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
-    """(H, W) uint8 for grayscale images, (H, W, 3) for colour; `DataError` when unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from auditor.data.lazy import decode
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            gray = image.mode in GRAYSCALE_MODES
-            converted = image.convert("L" if gray else "RGB")
-            if resize is not None:
-                converted = converted.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
-            return np.asarray(converted, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: cannot decode image ({reason})") from None
+    return decode(path, resize)
 
 
-def load_imagefolder(root: str | Path, resize: tuple[int, int] | None = None) -> Examples:
-    """Decode every image under `root/<class>/` into uint8 arrays with integer labels."""
+def _odd_size(path: Path, shape: tuple[int, ...], first: Path, first_shape: tuple[int, ...]) -> DataError:
+    return DataError(
+        f"{path}: image is {shape[1]}x{shape[0]} but {first.name} is {first_shape[1]}x{first_shape[0]}; pass --resize HxW"
+    )
+
+
+def load_imagefolder(root: str | Path, resize: tuple[int, int] | None = None, lazy: bool | None = None) -> Examples:
+    """Every image under `root/<class>/` with integer labels: decoded into one uint8 array, or,
+    with `lazy` (default: when the decoded images would exceed AUDITOR_STREAM_BYTES), read from
+    their files when an analysis asks for them (`auditor.data.lazy.ImageFiles`)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of class sub-folders")
     classes, files = _image_files(root)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    if lazy is None:
+        from auditor.config import get_settings
+
+        lazy = len(files) * _decode(files[0][0], resize).size > get_settings().stream_bytes
+    common = dict(source=str(root.resolve()), is_image=True, class_names=classes)
+    names = [str(path.relative_to(root)) for path, _ in files]
+    if lazy:
+        x, keys = _scan_lazily(root, names, y, resize)
+        return Examples(x=x, y=y, keys=keys, extra={"files": names}, **common)  # type: ignore[arg-type]
     arrays: list[np.ndarray] = []
     for path, _ in files:
         array = _decode(path, resize)
         if arrays and array.shape[:2] != arrays[0].shape[:2]:
-            first = files[0][0]
-            raise DataError(
-                f"{path}: image is {array.shape[1]}x{array.shape[0]} but {first.name} is "
-                f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass --resize HxW"
-            )
+            raise _odd_size(path, array.shape, files[0][0], arrays[0].shape)
         arrays.append(array)
     if all(a.ndim == 2 for a in arrays):
         x = np.stack(arrays)
@@ -88,13 +92,61 @@ def load_imagefolder(root: str | Path, resize: tuple[int, int] | None = None) ->
         # Mixed grayscale and colour: colour wins, grayscale images repeat their one channel.
         x = np.stack([np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    y = np.array([label for _, label in files], dtype=np.int64)
-    return Examples(
-        x=x,
-        y=y,
-        keys=example_keys(x, y),
-        source=str(root.resolve()),
-        is_image=True,
-        class_names=classes,
-        extra={"files": [str(path.relative_to(root)) for path, _ in files]},
-    )
+    return Examples(x=x, y=y, keys=example_keys(x, y), extra={"files": names}, **common)  # type: ignore[arg-type]
+
+
+class _Probe:
+    """What the scan keeps of each image: its size, whether it is colour, and its key as it
+    would be stored on its own (grayscale (H, W) or colour (3, H, W)). Decoded in DataLoader
+    workers; the pixels never come back to the scanning process."""
+
+    def __init__(self, root: Path, names: list[str], labels: list[int], resize: tuple[int, int] | None) -> None:
+        self.root, self.names, self.labels, self.resize = root, names, labels, resize
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple | str:
+        from auditor.data.keys import example_key
+        from auditor.data.lazy import as_stored
+
+        try:
+            array = _decode(self.root / self.names[i], self.resize)
+        except DataError as exc:
+            return str(exc)
+        color = array.ndim == 3
+        return (array.shape[:2], color, example_key(as_stored(array, color), self.labels[i]))
+
+
+def _scan_lazily(root: Path, names: list[str], y: np.ndarray, resize: tuple[int, int] | None):
+    """One decoding pass (in worker processes) for sizes and keys; returns (ImageFiles, keys)."""
+    from torch.utils.data import DataLoader
+
+    from auditor.data.keys import example_key, unique_keys
+    from auditor.data.lazy import ImageFiles, as_stored, data_workers
+
+    labels = y.tolist()
+    probe = _Probe(root, names, labels, resize)
+    workers = data_workers() if len(names) > 256 else 0
+    loader = DataLoader(probe, batch_size=256, num_workers=workers, collate_fn=list)  # type: ignore[arg-type]
+    sizes: list = []
+    colors: list[bool] = []
+    raw: list[str] = []
+    for items in loader:
+        for item in items:
+            if isinstance(item, str):
+                raise DataError(item)
+            size, color, key = item
+            if sizes and tuple(size) != tuple(sizes[0]):
+                path = root / names[len(sizes)]
+                raise _odd_size(path, tuple(size), root / names[0], tuple(sizes[0]))
+            sizes.append(size)
+            colors.append(color)
+            raw.append(key)
+    color = any(colors)
+    if color and not all(colors):  # mixed: grayscale images are stored as three equal channels
+        for i in (i for i, c in enumerate(colors) if not c):
+            raw[i] = example_key(as_stored(_decode(root / names[i], resize), True), labels[i])
+    h, w = sizes[0]
+    row_shape = (3, h, w) if color else (h, w)
+    return ImageFiles(root, names, row_shape, color, resize), unique_keys(raw)

@@ -35,16 +35,26 @@ def example_key(x_row: np.ndarray, label: int) -> str:
 
 
 def example_keys(x: np.ndarray, y: np.ndarray) -> list[str]:
-    """Keys for every row; exact duplicates are told apart by their occurrence number.
+    """Keys for every row; exact duplicates are told apart by their occurrence number (see
+    `unique_keys`). `x` may be lazy (read from disk): it is read in chunks, never whole."""
+    from auditor.data.lazy import chunks
 
-    The second copy of an example gets `example_key` of the first mixed with "#1", the third "#2",
-    and so on, so keys are unique within a dataset (findings are unique per key) and stay stable
-    as long as the duplicates keep their relative order.
-    """
+    labels = y.tolist()
+    raw: list[str] = []
+    for start, block in chunks(x):
+        raw.extend(example_key(row, label) for row, label in zip(block, labels[start : start + len(block)], strict=True))
+    if len(raw) != len(labels):
+        raise ValueError(f"{len(raw)} examples but {len(labels)} labels")
+    return unique_keys(raw)
+
+
+def unique_keys(raw: list[str]) -> list[str]:
+    """The second copy of an example gets `example_key` of the first mixed with "#1", the third
+    "#2", and so on, so keys are unique within a dataset (findings are unique per key) and stay
+    stable as long as the duplicates keep their relative order."""
     keys: list[str] = []
     seen: dict[str, int] = {}
-    for row, label in zip(x, y.tolist(), strict=True):
-        key = example_key(row, label)
+    for key in raw:
         count = seen.get(key, 0)
         seen[key] = count + 1
         if count:

@@ -58,8 +58,39 @@ def check_features(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(features), False
 
 
-def load_npz(path: str | Path) -> Examples:
-    """Read and validate an .npz file; every problem is a one-line `DataError` naming the file."""
+def _lazy_x(path: Path, where: str, lazy: bool | None):
+    """`x` read in place (uncompressed uint8 images or float32 features, larger than
+    AUDITOR_STREAM_BYTES unless `lazy` says), else None. Float rows are checked for NaN in
+    chunks here, as `check_features` checks an array in memory."""
+    if lazy is False:
+        return None
+    from auditor.data.lazy import chunks, npz_member
+
+    member = npz_member(path, "x")
+    if member is None:
+        return None
+    images = member.dtype == np.uint8 and member.ndim >= 3
+    if not (images or (member.dtype == np.float32 and member.ndim == 2)):
+        return None
+    if lazy is None:
+        from auditor.config import get_settings
+
+        if member.nbytes <= get_settings().stream_bytes:
+            return None
+    if not images:
+        for start, block in chunks(member, 65536):
+            bad = ~np.isfinite(block).all(1)
+            if bad.any():
+                raise DataError(f"{where}: x contains NaN or infinity (first in row {start + int(bad.argmax())})")
+    return member, images
+
+
+def load_npz(path: str | Path, lazy: bool | None = None) -> Examples:
+    """Read and validate an .npz file; every problem is a one-line `DataError` naming the file.
+
+    `x` stored uncompressed (`np.savez`, not `savez_compressed`) and larger than
+    AUDITOR_STREAM_BYTES (or with `lazy`) stays on disk and is read in batches
+    (`auditor.data.lazy.NpyMember`); a compressed one is loaded whole."""
     path = Path(path)
     where = str(path)
     try:
@@ -78,7 +109,9 @@ def load_npz(path: str | Path) -> Examples:
             have = ", ".join(archive.files) or "nothing"
             raise DataError(f"{where}: missing array {' and '.join(missing)} (file has {have})")
         try:
-            x, y = archive["x"], archive["y"]
+            in_place = _lazy_x(path, where, lazy)
+            x = in_place[0] if in_place else archive["x"]
+            y = archive["y"]
             class_names = archive["class_names"] if "class_names" in archive.files else None
             groups = archive["groups"] if "groups" in archive.files else None
         except ValueError as exc:  # object arrays need pickle, which is refused
@@ -88,7 +121,7 @@ def load_npz(path: str | Path) -> Examples:
     if x.shape[:1] != y.shape[:1]:
         raise DataError(f"{where}: x has {x.shape[0]} rows but y has {y.shape[0]} labels")
     labels = check_labels(y, where)
-    features, is_image = check_features(x, where)
+    features, is_image = in_place if in_place else check_features(x, where)
     if groups is not None and groups.shape != (len(labels),):
         raise DataError(f"{where}: groups must have shape ({len(labels)},), got {groups.shape}")
     names = [str(name) for name in class_names.tolist()] if class_names is not None else None
