@@ -64,3 +64,84 @@ def test_scores_stream_the_data_in_batches_and_match_the_in_memory_path(
     assert [f.example_index for f in streamed.findings[:20]] == [f.example_index for f in in_memory.findings[:20]]
     top = min(streamed.findings, key=lambda f: f.rank)
     assert top.payload["why"]["nearest"]  # the why lists read the stored rows in chunks too
+
+
+def _image_folder(ex: Examples, root: Path) -> Path:
+    from PIL import Image
+
+    for i, (pixels, label) in enumerate(zip(ex.x, ex.y.tolist(), strict=True)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    return root
+
+
+def _team_cnn(user_models, tmp_path: Path) -> Path:  # noqa: F811
+    weights = tmp_path / "cnn.safetensors"
+    save_file(trained_small_cnn(user_models, digits28(slice(0, 300)), epochs=1).state_dict(), str(weights))
+    return weights
+
+
+def test_a_folder_read_from_its_files_gives_the_scores_of_the_loaded_one_a_batch_at_a_time(
+    user_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The label check over an ImageFolder too large to load (here: forced) decodes its files in
+    DataLoader worker processes, one batch at a time, and scores as if it had loaded them."""
+    import auditor.data.lazy as lazy_module
+    from auditor.data.load import load_examples
+
+    ex = tiled(N)
+    root = _image_folder(ex, tmp_path / "folder")
+    params = {"model": {"name": "user_models:small_cnn", "weights": str(_team_cnn(user_models, tmp_path)), "train": False},
+              "solver": {"name": "ekfac"}, "why_top": 3}  # fmt: skip
+    monkeypatch.setattr(lazy_module, "data_workers", lambda: 1)
+    monkeypatch.setenv("AUDITOR_STREAM_BYTES", "0")
+    on_disk = load_examples(root)
+    loaded = load_examples(root, lazy=False)
+    assert isinstance(on_disk.x, lazy_module.ImageFiles) and on_disk.keys == loaded.keys
+    with local_models():
+        streamed = run(AnalysisInput(on_disk, None, params))
+        in_memory = run(AnalysisInput(loaded, None, params))
+    assert 0 < on_disk.x.largest_decode <= 4096 < N  # never the whole folder at once
+    by_key = lambda r: {f.example_key: f.payload["self_influence"] for f in r.findings}  # noqa: E731
+    a, b = by_key(streamed), by_key(in_memory)
+    np.testing.assert_allclose([a[k] for k in loaded.keys], [b[k] for k in loaded.keys], rtol=1e-5)
+    assert [f.example_key for f in streamed.findings[:20]] == [f.example_key for f in in_memory.findings[:20]]
+
+
+@pytest.mark.parametrize("kind", ["explain", "domain-mismatch"])
+def test_explain_and_domain_mismatch_stream_the_training_set_from_disk(
+    kind: str, user_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Training gradients are read a batch at a time from an .npz left on disk (uint8 images,
+    groups), scored against the test points' factors, with the findings of the loaded set."""
+    from auditor.analyses.registry import get_kind
+    from auditor.data.bundled import write_npz
+    from auditor.data.lazy import NpyMember
+    from auditor.data.npz import load_npz
+
+    ex = tiled(1200)
+    ex.groups = np.array(["scanner-a", "scanner-b"])[np.arange(len(ex)) % 2]
+    path = write_npz(ex, tmp_path / "train.npz", compressed=False)
+    test = digits28(slice(1500, 1620))
+    test.groups = np.array(["scanner-a", "scanner-b"])[np.arange(len(test)) % 2]
+    params = {"model": {"name": "user_models:small_cnn", "weights": str(_team_cnn(user_models, tmp_path)), "train": False},
+              "solver": {"name": "ekfac"}}  # fmt: skip
+    made: list[Rows] = []
+    real_rows_of = common.rows_of
+
+    def spy(examples, dtype, device):
+        rows, y = real_rows_of(examples, dtype, device)
+        made.append(rows)
+        return rows, y
+
+    monkeypatch.setattr(common, "rows_of", spy)
+    on_disk, loaded = load_npz(path, lazy=True), load_npz(path, lazy=False)
+    assert isinstance(on_disk.x, NpyMember)
+    analysis = get_kind(kind).run
+    with local_models():
+        streamed = analysis(AnalysisInput(on_disk, test, params))
+        assert made and made[-1].lazy and made[-1].passes >= 2  # read in passes from the file
+        in_memory = analysis(AnalysisInput(loaded, test, params))
+    rows = lambda r: [(f.kind, f.example_index, round(f.score, 6)) for f in r.findings]  # noqa: E731
+    assert rows(streamed) == rows(in_memory) and len(rows(streamed)) > 0

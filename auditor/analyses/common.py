@@ -285,7 +285,9 @@ def rows_of(examples: Examples, dtype: torch.dtype, device: torch.device | str) 
     """The examples as `Rows` over their stored values (no float copy) and the labels."""
     if len(examples) == 0:
         raise DataError(f"dataset {examples.source or ''} has no examples".replace("  ", " "))
-    stored = torch.from_numpy(np.ascontiguousarray(examples.x))
+    from auditor.data.lazy import LazyArray
+
+    stored = examples.x if isinstance(examples.x, LazyArray) else torch.from_numpy(np.ascontiguousarray(examples.x))
     y = torch.as_tensor(np.asarray(examples.y), dtype=torch.long).to(device)
     return Rows(stored, dtype, device), y
 
@@ -456,7 +458,7 @@ def fit_for_test(inp: AnalysisInput, model: ModelSpec, solver: SolverSpec, analy
     progress(0.0, "training the model")
     fitted = fit_model(
         train, model, num_classes=train.num_classes, progress=lambda f, m: progress(0.25 * f, m),
-        cache=inp.cache, reuse=solver.reuse,
+        cache=inp.cache, reuse=solver.reuse, lazy_rows=True,
     )  # fmt: skip
     progress(0.25, "fitting the curvature")
     influence = fitted.influence(solver, few_solves=True)

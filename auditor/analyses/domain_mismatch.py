@@ -282,6 +282,18 @@ def _example_rows(ctx: _Context, top: list[int], inf: InfluenceModel) -> list[Fi
     return rows
 
 
+def feature_std(x) -> np.ndarray:
+    """Per-feature standard deviation over all rows, read in chunks (x may be on disk)."""
+    from auditor.data.lazy import chunks
+
+    n, total, squares = 0, 0.0, 0.0
+    for _, block in chunks(x, 8192):
+        a = block.reshape(len(block), -1).astype(np.float64)
+        n, total, squares = n + len(a), total + a.sum(0), squares + (a * a).sum(0)
+    mean = total / n
+    return np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+
+
 def _feature_rows(
     ctx: _Context, top: list[int], inf: InfluenceModel, s_mean: Tensor, k: int
 ) -> list[FindingRecord]:
@@ -292,9 +304,10 @@ def _feature_rows(
     train = ctx.train
     if train.is_image or not top:
         return []
-    x, y = as_tensors(train, inf.fm.dtype, inf.fm.device)
-    P = inf.pert_loss(x[top], y[top], s_mean).reshape(len(top), -1)
-    std = torch.as_tensor(np.asarray(train.x, dtype=np.float64).reshape(len(train), -1).std(0))
+    rows = train.subset(top)  # only these rows as floats, not the data set
+    x, y = as_tensors(rows, inf.fm.dtype, inf.fm.device)
+    P = inf.pert_loss(x, y, s_mean).reshape(len(top), -1)
+    std = torch.as_tensor(feature_std(train.x))
     std = torch.where(std > 1e-12, std, torch.ones_like(std)).to(P)
     per_std = P * std
     signed, magnitude = per_std.mean(0), per_std.abs().mean(0)

@@ -52,26 +52,25 @@ def input_distances(train: Examples, x_rows: np.ndarray) -> Tensor:
     Images in [0, 1] pixel units; features standardised with the training mean and std, so that
     one feature measured in large units does not decide who is "near".
     """
-    stored = np.asarray(train.x).reshape(len(train), -1)
+    from auditor.data.lazy import chunks
+
     b = np.asarray(x_rows, dtype=np.float64).reshape(len(x_rows), -1)
-    chunk = 8192  # training rows converted to float64 at a time: memory does not grow with n
+    chunk = 2048  # training rows read and converted to float64 at a time: memory does not grow with n
+    flat = lambda block: block.reshape(len(block), -1).astype(np.float64)  # noqa: E731
     if train.is_image:
         scale = lambda a: a / 255.0  # noqa: E731
     else:
-        total, squares = np.zeros(stored.shape[1]), np.zeros(stored.shape[1])
-        for start in range(0, len(stored), chunk):
-            a = stored[start : start + chunk].astype(np.float64)
+        total, squares = np.zeros(b.shape[1]), np.zeros(b.shape[1])
+        for _, block in chunks(train.x, chunk):
+            a = flat(block)
             total += a.sum(0)
             squares += (a * a).sum(0)
-        mean = total / len(stored)
-        std = np.sqrt(np.maximum(squares / len(stored) - mean * mean, 0.0))
+        mean = total / len(train)
+        std = np.sqrt(np.maximum(squares / len(train) - mean * mean, 0.0))
         std[std < 1e-12] = 1.0
         scale = lambda a: (a - mean) / std  # noqa: E731
     bt = torch.from_numpy(scale(b))
-    parts = [
-        torch.cdist(bt, torch.from_numpy(scale(stored[start : start + chunk].astype(np.float64))))
-        for start in range(0, len(stored), chunk)
-    ]
+    parts = [torch.cdist(bt, torch.from_numpy(scale(flat(block)))) for _, block in chunks(train.x, chunk)]
     return torch.cat(parts, dim=1)
 
 
