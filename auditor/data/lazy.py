@@ -30,6 +30,7 @@ import numpy as np
 from auditor.errors import DataError
 
 BATCH = 256  # rows per decoded batch in a sequential pass
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes stored as (H, W)
 
 
 def data_workers() -> int:
@@ -122,8 +123,6 @@ def decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
     """(H, W) uint8 for grayscale images, (H, W, 3) for colour; `DataError` naming the file when
     it cannot be read."""
     from PIL import Image, UnidentifiedImageError
-
-    from auditor.data.imagefolder import GRAYSCALE_MODES
 
     try:
         with Image.open(path) as image:
