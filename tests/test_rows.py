@@ -145,3 +145,26 @@ def test_explain_and_domain_mismatch_stream_the_training_set_from_disk(
         in_memory = analysis(AnalysisInput(loaded, test, params))
     rows = lambda r: [(f.kind, f.example_index, round(f.score, 6)) for f in r.findings]  # noqa: E731
     assert rows(streamed) == rows(in_memory) and len(rows(streamed)) > 0
+
+
+def test_a_model_trained_here_on_a_set_left_on_disk_matches_the_loaded_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auditor's own recipe trains from `Rows` too (minibatches, the L-BFGS rows, the final
+    objective in chunks): the same weights, training report and scores as from a loaded set."""
+    from auditor.data.bundled import digits, write_npz
+    from auditor.data.lazy import NpyMember
+    from auditor.data.npz import load_npz
+
+    path = write_npz(digits(), tmp_path / "digits.npz", compressed=False)
+    on_disk, loaded = load_npz(path, lazy=True), load_npz(path, lazy=False)
+    assert isinstance(on_disk.x, NpyMember)
+    params = {"model": {"name": "logreg"}, "solver": {"name": "direct"}, "why_top": 2}
+    trained_on: list[type] = []
+    real_train = common.train
+    monkeypatch.setattr(common, "train", lambda module, x, *a, **k: trained_on.append(type(x)) or real_train(module, x, *a, **k))
+    streamed, in_memory = run(AnalysisInput(on_disk, None, params)), run(AnalysisInput(loaded, None, params))
+    assert trained_on == [Rows, Rows]  # both train from rows converted a batch at a time
+    a, b = streamed.summary["training"], in_memory.summary["training"]
+    assert a["iterations"] == b["iterations"] and a["loss"] == pytest.approx(b["loss"], rel=1e-12)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6, abs=1e-12)
+    by_index = lambda r: np.array([f.payload["self_influence"] for f in sorted(r.findings, key=lambda f: f.example_index)])  # noqa: E731
+    np.testing.assert_allclose(by_index(streamed), by_index(in_memory), rtol=1e-8)

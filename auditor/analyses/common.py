@@ -375,9 +375,10 @@ def fit_model(
     `Fitted.influence` fits is kept for the next audit of the same weights and data. A team's
     --train-fn is always called (its code may change under the same name).
 
-    With `lazy_rows` and a model that is not trained here (--no-train), the examples stay in
-    their stored dtype (uint8 pixels) and are converted a batch at a time (`Rows`), so no step
-    holds all n of them as floats; for callers whose every use of `Fitted.x` slices it."""
+    With `lazy_rows`, the examples stay in their stored dtype (uint8 pixels), or on disk, and
+    are converted a batch at a time (`Rows`), so no step holds all n of them as floats (training
+    here holds at most its L-BFGS rows, `TrainConfig.max_lbfgs_rows`); for callers whose every use
+    of `Fitted.x` slices it. A team's --train-fn gets the whole float tensor (its code may need it)."""
     module, device = build_module(examples, spec, num_classes)
     data_key = content_hash(examples.keys)
     params = list(module.parameters())
@@ -386,7 +387,7 @@ def fit_model(
     dtype = params[0].dtype
     if not dtype.is_floating_point:
         raise ModelError(f"model {spec.name} has {dtype} parameters; influence needs floating point")
-    if lazy_rows and not spec.train:
+    if lazy_rows and not (spec.train and spec.train_fn):  # a team's --train-fn gets a whole tensor
         x, y = rows_of(examples, dtype, device)
     else:
         x, y = as_tensors(examples, dtype, device)

@@ -51,6 +51,30 @@ def objective(
     return losses.sum() / n + 0.5 * weight_decay * reg
 
 
+def final_objective(
+    model: nn.Module, x: Tensor, y: Tensor, weight_decay: float, w: Tensor | None, n: int, chunk: int = 4096
+) -> tuple[Tensor, float]:
+    """The objective over all n rows and its gradient norm, summed a chunk of rows at a time, so
+    `x` may be `Rows` (examples converted a batch at a time) and memory does not grow with n."""
+    params = list(model.parameters())
+    total = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+    grads = [torch.zeros_like(p) for p in params]
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        losses = cross_entropy(model(x[start:stop]), y[start:stop])
+        if w is not None:
+            losses = losses * w[start:stop]
+        part = losses.sum() / n
+        for g, d in zip(grads, torch.autograd.grad(part, params, allow_unused=True), strict=True):
+            if d is not None:
+                g += d
+        total = total + part.detach()
+    for g, p in zip(grads, params, strict=True):
+        g += weight_decay * p.detach()
+    total = total + 0.5 * weight_decay * sum((p.detach() * p.detach()).sum() for p in params)
+    return total, float(torch.sqrt(sum((g * g).sum() for g in grads)))
+
+
 def train(
     model: nn.Module,
     x: Tensor,
@@ -64,6 +88,9 @@ def train(
     `progress(fraction, message)` is called every few steps. Training is the longest phase of an
     audit, and a service's progress callback is also where a cancel request is noticed (it raises),
     so without these calls a cancel would wait for the whole fit.
+
+    `x` may be `auditor.influence.rows.Rows`: every use slices it (minibatches, the L-BFGS rows,
+    the final objective in chunks), so at most `max_lbfgs_rows` rows are floats at once.
     """
     cfg = config or TrainConfig()
     report = progress or (lambda fraction, message: None)
@@ -145,9 +172,7 @@ def train(
             break  # stalled: another chunk of steps would not change the model
         previous = current
     model.eval()
-    loss = objective(model, x, y, cfg.weight_decay, w, n)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    gnorm = float(torch.sqrt(sum((g * g).sum() for g in grads)))
+    loss, gnorm = final_objective(model, x, y, cfg.weight_decay, w, n)
     if not torch.isfinite(loss):
         raise ModelError(
             "training loss became NaN/inf; check the data for extreme values or lower the learning rate"
