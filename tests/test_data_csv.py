@@ -97,3 +97,26 @@ def test_missing_group_column_and_file_are_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(DataError, match="not a UTF-8 text file"):
         load_csv(binary)
+
+
+def test_a_file_is_parsed_in_chunks_with_the_same_result_and_the_file_s_own_line_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are parsed CHUNK_ROWS at a time (the text of a large file is never held whole): a
+    file spanning several chunks reads as one, class names are sorted over every chunk, and an
+    error in a later chunk names its line in the file, blank lines counted."""
+    import auditor.data.csv as csv_module
+
+    lines = ["a,b,label,site"] + [f"{i},{i * 0.5},{'cat' if i % 3 else 'dog'},s{i % 2}" for i in range(10)]
+    lines.insert(4, "")  # a blank line inside the data: skipped, but it is line 5 of the file
+    path = _write(tmp_path / "d.csv", "\n".join(lines) + "\n")
+    whole = load_csv(path, group_column="site")
+    monkeypatch.setattr(csv_module, "CHUNK_ROWS", 3)
+    chunked = load_csv(path, group_column="site")
+    np.testing.assert_array_equal(chunked.x, whole.x)
+    assert chunked.y.tolist() == whole.y.tolist() and chunked.class_names == ["cat", "dog"]
+    assert chunked.groups.tolist() == whole.groups.tolist() and chunked.keys == whole.keys
+    assert len(chunked) == 10
+    bad = _write(tmp_path / "bad.csv", "\n".join(lines[:9] + ["9,x,dog,s1"]) + "\n")
+    with pytest.raises(DataError, match=r"column 'b' is not numeric \('x' on line 10\)"):
+        load_csv(bad, group_column="site")
