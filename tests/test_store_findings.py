@@ -55,9 +55,41 @@ def test_numpy_values_are_stored_as_plain_json(sessions: sessionmaker[Session]) 
         assert finding.payload == {"probs": [0.5, 0.25], "top": 1}
 
 
-def test_nan_scores_are_refused() -> None:
-    with pytest.raises(ValueError, match="non-finite score"):
-        repo.upsert_findings(None, 1, [FindingRecord(0, "k", "label", float("nan"), 0)])  # type: ignore[arg-type]
+def test_nan_scores_are_refused_and_nothing_of_the_batch_is_kept(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Findings are stored a chunk at a time; a bad one in a later chunk still leaves nothing,
+    since the caller's transaction is rolled back."""
+    monkeypatch.setattr(repo, "FINDING_CHUNK_ROWS", 2)
+    with sessions() as s, s.begin():
+        audit_id = make_audit(s, make_dataset(s)).id
+    records = [*make_records(5), FindingRecord(9, "k", "label", float("nan"), 9)]
+    with pytest.raises(ValueError, match="non-finite score"), sessions() as s, s.begin():
+        repo.upsert_findings(s, audit_id, records)
+    with sessions() as s:
+        assert repo.count_findings(s, audit_id) == 0
+
+
+def test_findings_are_stored_a_chunk_at_a_time_and_a_repeated_key_keeps_its_last_copy(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repo, "FINDING_CHUNK_ROWS", 3)
+    first, again = make_records(7), make_records(7)
+    again[1] = FindingRecord(again[1].example_index, again[1].example_key, "label", 42.0, 99)
+    consumed: list[int] = []
+
+    def records():  # made on demand, read once
+        for i, r in enumerate([*first, *again[:2]]):
+            consumed.append(i)
+            yield r
+
+    with sessions() as s, s.begin():
+        audit_id = make_audit(s, make_dataset(s)).id
+        repo.upsert_findings(s, audit_id, records())
+    assert consumed == list(range(9))
+    with sessions() as s:
+        stored = {f.example_key: (f.score, f.rank) for f in repo.list_findings(s, audit_id)}
+    assert len(stored) == 7 and stored[again[1].example_key] == (42.0, 99)  # a later chunk's copy wins
 
 
 def test_findings_list_by_rank_with_top_and_kind(sessions: sessionmaker[Session]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,5 +41,5 @@ class AnalysisInput:
 
 @dataclass
 class AnalysisResult:
-    findings: list[FindingRecord]
+    findings: Sequence[FindingRecord]  # a list, or records made when read (the label check's)
     summary: dict[str, Any] = field(default_factory=dict)

@@ -23,8 +23,9 @@ and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -235,37 +236,60 @@ def flagged_order(scores: LabelScores, rank_by: str) -> np.ndarray:
     return np.argsort(-ranking_score(scores, rank_by), kind="stable")
 
 
+class LabelFindings(Sequence[FindingRecord]):
+    """The label check's findings in rank order, each record made when it is read.
+
+    A finding as Python objects is about a kilobyte; a million of them would be the largest thing
+    an audit holds, larger than the data it streams. The store reads them once, a chunk at a time
+    (`repo.upsert_findings`), so only the score arrays (a few floats per example) are kept.
+    """
+
+    def __init__(self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None) -> None:
+        self.keys, self.labels, self.scores, self.why = examples.keys, examples.y, scores, why or {}
+        self.score = ranking_score(scores, rank_by)
+        self.order = np.argsort(-self.score, kind="stable")  # flagged_order, from the same scores
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @overload
+    def __getitem__(self, k: int) -> FindingRecord: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[FindingRecord]: ...
+
+    def __getitem__(self, k: int | slice) -> FindingRecord | list[FindingRecord]:
+        if isinstance(k, slice):
+            return [self[r] for r in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"finding {k} of {len(self)}")
+        rank = k % len(self)
+        j = int(self.order[rank])
+        s, i = self.scores, int(self.scores.indices[j])
+        return FindingRecord(
+            example_index=i,
+            example_key=self.keys[i],
+            kind="label",
+            score=float(self.score[j]),
+            rank=rank + 1,
+            label=int(self.labels[i]),
+            payload={
+                "self_influence": float(s.self_influence[j]),
+                "loss": float(s.loss[j]),
+                "margin": float(s.margin[j]),
+                "loo_margin": float(s.loo_margin[j]),
+                "predicted": int(s.predicted[j]),
+                "suggested_label": int(s.suggested[j]),
+                "prob_label": float(s.prob_label[j]),
+                "loo_prob_label": float(s.loo_prob_label[j]),
+                **({"why": self.why[i]} if i in self.why else {}),
+            },
+        )
+
+
 def to_findings(
     examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None
-) -> list[FindingRecord]:
-    score = ranking_score(scores, rank_by)
-    order = flagged_order(scores, rank_by)
-    why = why or {}
-    records = []
-    for rank, j in enumerate(order, start=1):
-        i = int(scores.indices[j])
-        records.append(
-            FindingRecord(
-                example_index=i,
-                example_key=examples.keys[i],
-                kind="label",
-                score=float(score[j]),
-                rank=rank,
-                label=int(examples.y[i]),
-                payload={
-                    "self_influence": float(scores.self_influence[j]),
-                    "loss": float(scores.loss[j]),
-                    "margin": float(scores.margin[j]),
-                    "loo_margin": float(scores.loo_margin[j]),
-                    "predicted": int(scores.predicted[j]),
-                    "suggested_label": int(scores.suggested[j]),
-                    "prob_label": float(scores.prob_label[j]),
-                    "loo_prob_label": float(scores.loo_prob_label[j]),
-                    **({"why": why[i]} if i in why else {}),
-                },
-            )
-        )
-    return records
+) -> LabelFindings:
+    return LabelFindings(examples, scores, rank_by, why)
 
 
 def run(inp: AnalysisInput) -> AnalysisResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -486,72 +486,82 @@ def stale_audits(session: Session, heartbeat_before: datetime) -> list[Audit]:
 # findings
 
 
-def _finding_rows(records: Iterable[FindingRecord]) -> list[tuple[Any, ...]]:
-    """Plain tuples (index, key, kind, score, rank, label, payload), last record per key wins.
+FINDING_CHUNK_ROWS = 20_000  # findings converted to rows at a time while storing
 
-    Analyses give each example one key, but a retried shard may repeat rows; PostgreSQL refuses
-    to update one row twice in a statement, so duplicates are collapsed here.
+
+def _finding_row(r: FindingRecord) -> tuple[Any, ...]:
+    """A plain tuple (index, key, kind, score, rank, label, payload) of one finding."""
+    score = float(r.score)
+    if not math.isfinite(score):
+        raise ValueError(f"finding for example {r.example_key} has a non-finite score ({score})")
+    label = int(r.label) if r.label is not None else None
+    return (int(r.example_index), r.example_key, r.kind, score, int(r.rank), label, finite_json(r.payload))
+
+
+def _finding_chunks(records: Iterable[FindingRecord]) -> Iterator[list[tuple[Any, ...]]]:
+    """The records as rows, FINDING_CHUNK_ROWS at a time, last record per key wins in a chunk.
+
+    Records are converted as they are stored, so a million findings are never all rows at once
+    (a label check's findings are made on demand too). Analyses give each example one key, but a
+    retried shard may repeat rows; PostgreSQL refuses to update one row twice in a statement, so
+    duplicates are collapsed in each chunk, and later chunks update what earlier ones wrote.
     """
     rows: dict[tuple[str, str], tuple[Any, ...]] = {}
     for r in records:
-        score = float(r.score)
-        if not math.isfinite(score):
-            raise ValueError(f"finding for example {r.example_key} has a non-finite score ({score})")
-        label = int(r.label) if r.label is not None else None
-        rows[(r.example_key, r.kind)] = (
-            int(r.example_index),
-            r.example_key,
-            r.kind,
-            score,
-            int(r.rank),
-            label,
-            finite_json(r.payload),
-        )
-    return list(rows.values())
+        row = _finding_row(r)
+        rows[(row[1], row[2])] = row
+        if len(rows) >= FINDING_CHUNK_ROWS:
+            yield list(rows.values())
+            rows = {}
+    if rows:
+        yield list(rows.values())
 
 
 _FINDING_COLUMNS = ("example_index", "example_key", "kind", "score", "rank", "label", "payload")
 _FINDING_UPDATED = ("example_index", "score", "rank", "label", "payload")
 
 
-def upsert_findings(session: Session, audit_id: int, records: Sequence[FindingRecord]) -> int:
-    """Insert or update an audit's findings on (audit_id, example_key, kind); return row count.
+def upsert_findings(session: Session, audit_id: int, records: Iterable[FindingRecord]) -> int:
+    """Insert or update an audit's findings on (audit_id, example_key, kind); return the number
+    of rows written.
 
     Idempotent, so a retried task can store its results again. PostgreSQL (psycopg): COPY into
     a temporary table, then one INSERT ... ON CONFLICT DO UPDATE; SQLite: the same upsert as a
-    chunked executemany of one prepared statement.
+    chunked executemany of one prepared statement. Records are read once, in order, a chunk at a
+    time, so they may be made on demand.
     """
-    rows = _finding_rows(records)
-    if not rows:
-        return 0
     if _uses_psycopg(session):
-        _upsert_findings_copy(session, audit_id, rows)
-    else:
-        _upsert_findings_statements(session, audit_id, rows)
-    return len(rows)
+        written = _upsert_findings_copy(session, audit_id, _finding_chunks(records))
+        _analyze_after_bulk(session, "findings", written)
+        return written
+    return sum(_upsert_findings_statements(session, audit_id, rows) for rows in _finding_chunks(records))
 
 
-def _upsert_findings_copy(session: Session, audit_id: int, rows: list[tuple[Any, ...]]) -> None:
+def _upsert_findings_copy(session: Session, audit_id: int, chunks: Iterable[list[tuple[Any, ...]]]) -> int:
     connection = session.connection().connection.driver_connection
     columns = ", ".join(_FINDING_COLUMNS)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _FINDING_UPDATED)
     with connection.cursor() as cursor:  # type: ignore[union-attr]
         cursor.execute(
-            "CREATE TEMP TABLE findings_incoming (example_index integer, example_key varchar(64), "
-            "kind varchar(32), score double precision, rank integer, label integer, "
-            "payload jsonb) ON COMMIT DROP"
+            "CREATE TEMP TABLE findings_incoming (seq bigserial, example_index integer, "
+            "example_key varchar(64), kind varchar(32), score double precision, rank integer, "
+            "label integer, payload jsonb) ON COMMIT DROP"
         )
         with cursor.copy(f"COPY findings_incoming ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row((*row[:6], dumps_json(row[6]) if row[6] else "{}"))
+            for rows in chunks:
+                for row in rows:
+                    copy.write_row((*row[:6], dumps_json(row[6]) if row[6] else "{}"))
+        # a key repeated across chunks: its last copy wins, as it would row by row
         cursor.execute(
             f"INSERT INTO findings (audit_id, {columns}) "
-            f"SELECT %s, {columns} FROM findings_incoming "
+            f"SELECT %s, {columns} FROM (SELECT DISTINCT ON (example_key, kind) * FROM findings_incoming "
+            f"ORDER BY example_key, kind, seq DESC) AS latest "
             f"ON CONFLICT (audit_id, example_key, kind) DO UPDATE SET {updates}",
             (audit_id,),
         )
+        written = cursor.rowcount
         cursor.execute("DROP TABLE findings_incoming")
-    _analyze_after_bulk(session, "findings", len(rows))
+    return written
 
 
 # After this many rows arrive at once, PostgreSQL's statistics are refreshed in the same
@@ -568,7 +578,7 @@ def _analyze_after_bulk(session: Session, table: str, rows: int) -> None:
 
 def _upsert_findings_statements(
     session: Session, audit_id: int, rows: list[tuple[Any, ...]]
-) -> None:
+) -> int:
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
         # The driver's own executemany of one prepared statement: about three times faster
@@ -585,7 +595,7 @@ def _upsert_findings_statements(
             connection.exec_driver_sql(
                 sql, [(audit_id, *row[:6], dumps_json(row[6]) if row[6] else "{}") for row in chunk]
             )
-        return
+        return len(rows)
     # Any other PostgreSQL driver: SQLAlchemy's executemany of the dialect's upsert.
     statement = postgresql.insert(Finding.__table__)
     statement = statement.on_conflict_do_update(
@@ -601,6 +611,7 @@ def _upsert_findings_statements(
                 for row in chunk
             ],
         )
+    return len(rows)
 
 
 def list_findings(
