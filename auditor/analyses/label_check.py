@@ -89,8 +89,9 @@ def score_examples(
         x, y = fitted.x.take(idx), fitted.y[idx]
     else:
         x, y = fitted.x[idx], fitted.y[idx]
-    # over all rows, not the shard's: every shard must make the same `auto` choice
-    agreement = float((fitted.predictions() == fitted.y).float().mean())
+    # a shard needs it over all rows, not its own, so that every shard makes the same `auto`
+    # choice; one run takes it from its scoring pass's outputs instead of a pass of its own
+    agreement = float((fitted.predictions() == fitted.y).float().mean()) if cfg.shard is not None else None
 
     def sub(frac: float, msg: str) -> None:
         progress(0.45 + 0.5 * frac, msg)
@@ -103,6 +104,8 @@ def score_examples(
     loo_logp = torch.log_softmax(scores.loo_outputs, -1)
     margin, _ = _margin(logp, y)
     loo_margin, suggested = _margin(loo_logp, y)
+    if agreement is None:
+        agreement = float((logp.argmax(1) == y).float().mean())
     return LabelScores(
         indices=idx,
         self_influence=scores.self_influence.cpu().numpy(),
