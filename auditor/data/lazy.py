@@ -76,7 +76,10 @@ class LazyArray:
                 raise IndexError(f"row {i} is out of range for {len(self)} rows")
             i %= len(self)
             return i if self.index is None else int(self.index[i])
-        view = np.arange(len(self))[key]  # slices, lists, index arrays, boolean masks
+        if isinstance(key, slice):  # the common case, a batch of a pass: no index of all n rows
+            view = np.arange(*key.indices(len(self)))
+        else:  # lists, index arrays, boolean masks
+            view = np.arange(len(self))[key]
         return view if self.index is None else self.index[view]
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -89,8 +92,8 @@ class LazyArray:
         return self._read(np.asarray(pos, dtype=np.int64))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """The whole array in memory: for the steps that need every row at once (training a
-        model here), which held it before lazy reading existed anyway."""
+        """The whole array in memory, for the steps that still need every row at once (a team's
+        --train-fn, `validate`, the attack), which held it before lazy reading existed anyway."""
         out = np.concatenate([b for b in self.batches(0, len(self), 4096)]) if len(self) else self._read(np.zeros(0, np.int64))
         return out if dtype is None else out.astype(dtype)
 
@@ -174,10 +177,6 @@ class _FileDataset:
             return _Failed(str(exc))
 
 
-def _stack(items: list) -> list:
-    return items  # batches are checked and stacked in the reading process
-
-
 class ImageFiles(LazyArray):
     """The images of an ImageFolder, decoded when read. Every image must decode to `row_shape`
     (the scan checked that; a file changed since then is an error naming it)."""
@@ -210,7 +209,7 @@ class ImageFiles(LazyArray):
     def batches(self, start: int, stop: int, size: int) -> Iterator[np.ndarray]:
         """A sequential pass; with data workers, a DataLoader decodes ahead in other processes."""
         workers = data_workers()
-        positions = np.arange(len(self))[start:stop]
+        positions = np.arange(start, min(stop, len(self)))
         if self.index is not None:
             positions = self.index[positions]
         if workers == 0 or len(positions) <= size:
@@ -220,7 +219,7 @@ class ImageFiles(LazyArray):
 
         loader = DataLoader(
             _FileDataset(self, positions), batch_size=size, num_workers=workers,  # type: ignore[arg-type]
-            collate_fn=_stack, prefetch_factor=2, persistent_workers=False,
+            collate_fn=list, prefetch_factor=2, persistent_workers=False,  # stacked here, after the check
         )  # fmt: skip
         for items in loader:
             self.largest_decode = max(self.largest_decode, len(items))
@@ -247,19 +246,17 @@ class NpyMember(LazyArray):
     def _read(self, positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(positions), *self.row_shape), dtype=self.dtype)
         flat = out.reshape(len(positions), -1).view(np.uint8) if len(positions) else None
+        starts = np.flatnonzero(np.diff(positions) != 1) + 1  # one read per run of consecutive rows
         with open(self.path, "rb") as fh:
-            fd, j = fh.fileno(), 0
-            while j < len(positions):  # one read per run of consecutive rows
-                k = j + 1
-                while k < len(positions) and positions[k] == positions[k - 1] + 1:
-                    k += 1
+            for j, k in zip([0, *starts.tolist()], [*starts.tolist(), len(positions)], strict=True):
+                if j == k:
+                    continue
                 want = (k - j) * self.row_bytes
-                data = os.pread(fd, want, self.offset + int(positions[j]) * self.row_bytes)
+                data = os.pread(fh.fileno(), want, self.offset + int(positions[j]) * self.row_bytes)
                 if len(data) != want:
                     raise DataError(f"{self.path}: file is shorter than its array header says (truncated?)")
                 assert flat is not None
                 flat[j:k] = np.frombuffer(data, dtype=np.uint8).reshape(k - j, -1)
-                j = k
         return out
 
 
