@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from auditor.memory import trim_now_and_then
+
 
 class _Pass:
     """A sequential pass over a lazy source that serves consecutive slices, whatever their sizes."""
@@ -73,6 +75,7 @@ class Rows:
         return self.dtype.is_floating_point
 
     def _raw(self, index: Any) -> Tensor:
+        trim_now_and_then()  # once per batch: the pass's freed tensors leave the heap (auditor.memory)
         if not self.lazy:
             return self.stored[index]
         if isinstance(index, slice) and index.step in (None, 1):
