@@ -32,14 +32,8 @@ def tiled(n: int) -> Examples:
     return Examples(x, y, example_keys(x, y), is_image=True)
 
 
-def test_scores_stream_the_data_in_batches_and_match_the_in_memory_path(
-    user_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
-) -> None:
-    ex = tiled(N)
-    weights = tmp_path / "cnn.safetensors"
-    save_file(trained_small_cnn(user_models, digits28(slice(0, 300)), epochs=1).state_dict(), str(weights))
-    params = {"model": {"name": "user_models:small_cnn", "weights": str(weights), "train": False},
-              "solver": {"name": "ekfac"}, "why_top": 3}  # fmt: skip
+def spy_rows(monkeypatch: pytest.MonkeyPatch) -> list[Rows]:
+    """The `Rows` every analysis makes, in order (common.rows_of wrapped)."""
     made: list[Rows] = []
     real_rows_of = common.rows_of
 
@@ -49,6 +43,18 @@ def test_scores_stream_the_data_in_batches_and_match_the_in_memory_path(
         return rows, y
 
     monkeypatch.setattr(common, "rows_of", spy)
+    return made
+
+
+def test_scores_stream_the_data_in_batches_and_match_the_in_memory_path(
+    user_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    ex = tiled(N)
+    weights = tmp_path / "cnn.safetensors"
+    save_file(trained_small_cnn(user_models, digits28(slice(0, 300)), epochs=1).state_dict(), str(weights))
+    params = {"model": {"name": "user_models:small_cnn", "weights": str(weights), "train": False},
+              "solver": {"name": "ekfac"}, "why_top": 3}  # fmt: skip
+    made = spy_rows(monkeypatch)
     with local_models():
         streamed = run(AnalysisInput(ex, None, params))
     (rows,) = made
@@ -127,15 +133,7 @@ def test_explain_and_domain_mismatch_stream_the_training_set_from_disk(
     test.groups = np.array(["scanner-a", "scanner-b"])[np.arange(len(test)) % 2]
     params = {"model": {"name": "user_models:small_cnn", "weights": str(_team_cnn(user_models, tmp_path)), "train": False},
               "solver": {"name": "ekfac"}}  # fmt: skip
-    made: list[Rows] = []
-    real_rows_of = common.rows_of
-
-    def spy(examples, dtype, device):
-        rows, y = real_rows_of(examples, dtype, device)
-        made.append(rows)
-        return rows, y
-
-    monkeypatch.setattr(common, "rows_of", spy)
+    made = spy_rows(monkeypatch)
     on_disk, loaded = load_npz(path, lazy=True), load_npz(path, lazy=False)
     assert isinstance(on_disk.x, NpyMember)
     analysis = get_kind(kind).run
