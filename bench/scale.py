@@ -190,27 +190,13 @@ def run_ours(kind: str, data: Path, weights: Path, lazy: bool = True) -> dict:
 
 def run_kronfluence(kind: str, data: Path, weights: Path) -> dict:
     import torch
-    import torch.nn.functional as F
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments
-    from kronfluence.task import Task
     from safetensors.torch import load_file
+    from user_model import classification_task
 
     from auditor.factories import local_models
     from auditor.models.loading import build_user_model
-
-    class Classification(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            xb, yb = batch
-            logits = model(xb)
-            if sample:
-                with torch.no_grad():
-                    yb = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, yb, reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            xb, yb = batch
-            return F.cross_entropy(model(xb), yb, reduction="sum")
 
     class Stored(torch.utils.data.Dataset):
         """The arrays as stored (uint8 pixels), one float example at a time."""
@@ -233,7 +219,7 @@ def run_kronfluence(kind: str, data: Path, weights: Path) -> dict:
         model = build_user_model(MODELS[kind], tuple(ds.x.shape[1:]), 10)
     model.load_state_dict(load_file(str(weights)))
     model.eval()
-    task = Classification()
+    task = classification_task()
     model = prepare_model(model, task)
     with tempfile.TemporaryDirectory() as scratch:
         analyzer = Analyzer("bench", model=model, task=task, cpu=True, disable_model_save=True,

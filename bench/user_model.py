@@ -134,15 +134,12 @@ def run_loss(data: Path, weights: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "ranking": torch.argsort(-loss).tolist()}
 
 
-def run_kronfluence(data: Path, weights: Path) -> dict:
+def classification_task():
+    """kronfluence's Task for cross-entropy classification: summed loss, and labels drawn from the
+    model's own predictions when it asks for a sample (the true Fisher, as auditor's EK-FAC)."""
     import torch
     import torch.nn.functional as F
-    import user_models
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments
     from kronfluence.task import Task
-    from safetensors.torch import load_file
-    from torch.utils.data import TensorDataset
 
     class Classification(Task):
         def compute_train_loss(self, batch, model, sample=False):
@@ -157,13 +154,24 @@ def run_kronfluence(data: Path, weights: Path) -> dict:
             xb, yb = batch
             return F.cross_entropy(model(xb), yb, reduction="sum")
 
+    return Classification()
+
+
+def run_kronfluence(data: Path, weights: Path) -> dict:
+    import torch
+    import user_models
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+    from safetensors.torch import load_file
+    from torch.utils.data import TensorDataset
+
     z = np.load(data)
     ds = TensorDataset(torch.as_tensor(z["x"], dtype=torch.float32), torch.as_tensor(z["y"]))
     start = time.perf_counter()
     model = user_models.bench_cnn()
     model.load_state_dict(load_file(str(weights)))
     model.eval()
-    task = Classification()
+    task = classification_task()
     model = prepare_model(model, task)
     with tempfile.TemporaryDirectory() as scratch:
         analyzer = Analyzer("bench", model=model, task=task, cpu=True, disable_model_save=True,
