@@ -23,6 +23,7 @@ and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -248,7 +249,9 @@ class LabelFindings(Sequence[FindingRecord]):
     """
 
     def __init__(self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None) -> None:
-        self.keys, self.labels, self.scores, self.why = examples.keys, examples.y, scores, why or {}
+        self.keys, self.labels, self.why = examples.keys, examples.y, why or {}
+        # the score arrays only: not `scores.fitted` (the model and its data), kept while storing
+        self.scores = dataclasses.replace(scores, fitted=None, influence=None)
         self.score = ranking_score(scores, rank_by)
         self.order = np.argsort(-self.score, kind="stable")  # flagged_order, from the same scores
 
