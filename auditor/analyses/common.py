@@ -138,7 +138,7 @@ class Fitted:
     y: Tensor
     train_info: dict
     curvature: dict = field(default_factory=dict)
-    predicted: Tensor | None = None  # classes the model predicts for x, where already known
+    predicted: Tensor | None = None  # classes the model predicts for x, once `predictions()` computed them
     data_key: str = ""  # content hash of the examples x, y came from (for stored artifacts)
     cache: FitCache | None = None
 
@@ -389,7 +389,6 @@ def fit_model(
         x, y = as_tensors(examples, dtype, device)
     fm = FunctionalModel.from_module(module, "all")
     fm.check_inputs(x, y)
-    predicted = None
     if not spec.train:
         check_outputs(module, x, spec.name)
     info: dict = {"trained": spec.train}
@@ -412,7 +411,7 @@ def fit_model(
                 if key and cache is not None:
                     cache.save("weights", key, _state_tensors(module), {"train_info": info})
     module.eval()
-    return Fitted(module, spec, x, y, info, predicted=predicted, data_key=data_key, cache=cache if reuse else None)
+    return Fitted(module, spec, x, y, info, data_key=data_key, cache=cache if reuse else None)
 
 
 def _load_trained(module: nn.Module, tensors: dict[str, Tensor]) -> bool:

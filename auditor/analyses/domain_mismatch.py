@@ -43,6 +43,7 @@ from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
 from auditor.analyses.common import as_tensors, fit_for_test
 from auditor.analyses.registry import DomainMismatchConfig
 from auditor.data.base import Examples
+from auditor.data.lazy import column_moments
 from auditor.influence import InfluenceModel
 from auditor.influence.grads import example_losses
 from auditor.progress import scaled
@@ -282,18 +283,6 @@ def _example_rows(ctx: _Context, top: list[int], inf: InfluenceModel) -> list[Fi
     return rows
 
 
-def feature_std(x) -> np.ndarray:
-    """Per-feature standard deviation over all rows, read in chunks (x may be on disk)."""
-    from auditor.data.lazy import chunks
-
-    n, total, squares = 0, 0.0, 0.0
-    for _, block in chunks(x, 8192):
-        a = block.reshape(len(block), -1).astype(np.float64)
-        n, total, squares = n + len(a), total + a.sum(0), squares + (a * a).sum(0)
-    mean = total / n
-    return np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
-
-
 def _feature_rows(
     ctx: _Context, top: list[int], inf: InfluenceModel, s_mean: Tensor, k: int
 ) -> list[FindingRecord]:
@@ -307,7 +296,7 @@ def _feature_rows(
     rows = train.subset(top)  # only these rows as floats, not the data set
     x, y = as_tensors(rows, inf.fm.dtype, inf.fm.device)
     P = inf.pert_loss(x, y, s_mean).reshape(len(top), -1)
-    std = torch.as_tensor(feature_std(train.x))
+    std = torch.as_tensor(column_moments(train.x)[1])
     std = torch.where(std > 1e-12, std, torch.ones_like(std)).to(P)
     per_std = P * std
     signed, magnitude = per_std.mean(0), per_std.abs().mean(0)

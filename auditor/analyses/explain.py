@@ -52,7 +52,7 @@ def input_distances(train: Examples, x_rows: np.ndarray) -> Tensor:
     Images in [0, 1] pixel units; features standardised with the training mean and std, so that
     one feature measured in large units does not decide who is "near".
     """
-    from auditor.data.lazy import chunks
+    from auditor.data.lazy import chunks, column_moments
 
     b = np.asarray(x_rows, dtype=np.float64).reshape(len(x_rows), -1)
     chunk = 2048  # training rows read and converted to float64 at a time: memory does not grow with n
@@ -60,13 +60,7 @@ def input_distances(train: Examples, x_rows: np.ndarray) -> Tensor:
     if train.is_image:
         scale = lambda a: a / 255.0  # noqa: E731
     else:
-        total, squares = np.zeros(b.shape[1]), np.zeros(b.shape[1])
-        for _, block in chunks(train.x, chunk):
-            a = flat(block)
-            total += a.sum(0)
-            squares += (a * a).sum(0)
-        mean = total / len(train)
-        std = np.sqrt(np.maximum(squares / len(train) - mean * mean, 0.0))
+        mean, std = column_moments(train.x, chunk)
         std[std < 1e-12] = 1.0
         scale = lambda a: (a - mean) / std  # noqa: E731
     bt = torch.from_numpy(scale(b))

@@ -18,6 +18,7 @@ import numpy as np
 
 from auditor.data.base import Examples
 from auditor.data.keys import example_keys
+from auditor.data.lazy import as_stored, decode
 from auditor.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -49,12 +50,6 @@ def _image_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
-    from auditor.data.lazy import decode
-
-    return decode(path, resize)
-
-
 def _odd_size(path: Path, shape: tuple[int, ...], first: Path, first_shape: tuple[int, ...]) -> DataError:
     return DataError(
         f"{path}: image is {shape[1]}x{shape[0]} but {first.name} is {first_shape[1]}x{first_shape[0]}; pass --resize HxW"
@@ -73,7 +68,7 @@ def load_imagefolder(root: str | Path, resize: tuple[int, int] | None = None, la
     if lazy is None:
         from auditor.config import get_settings
 
-        lazy = len(files) * _decode(files[0][0], resize).size > get_settings().stream_bytes
+        lazy = len(files) * decode(files[0][0], resize).size > get_settings().stream_bytes
     common = dict(source=str(root.resolve()), is_image=True, class_names=classes)
     names = [str(path.relative_to(root)) for path, _ in files]
     if lazy:
@@ -81,16 +76,13 @@ def load_imagefolder(root: str | Path, resize: tuple[int, int] | None = None, la
         return Examples(x=x, y=y, keys=keys, extra={"files": names}, **common)  # type: ignore[arg-type]
     arrays: list[np.ndarray] = []
     for path, _ in files:
-        array = _decode(path, resize)
+        array = decode(path, resize)
         if arrays and array.shape[:2] != arrays[0].shape[:2]:
             raise _odd_size(path, array.shape, files[0][0], arrays[0].shape)
         arrays.append(array)
-    if all(a.ndim == 2 for a in arrays):
-        x = np.stack(arrays)
-    else:
-        # Mixed grayscale and colour: colour wins, grayscale images repeat their one channel.
-        x = np.stack([np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    # mixed grayscale and colour: colour wins, grayscale images repeat their one channel
+    color = any(a.ndim == 3 for a in arrays)
+    x = np.stack([as_stored(a, color) for a in arrays])
     return Examples(x=x, y=y, keys=example_keys(x, y), extra={"files": names}, **common)  # type: ignore[arg-type]
 
 
@@ -107,10 +99,9 @@ class _Probe:
 
     def __getitem__(self, i: int) -> tuple | str:
         from auditor.data.keys import example_key
-        from auditor.data.lazy import as_stored
 
         try:
-            array = _decode(self.root / self.names[i], self.resize)
+            array = decode(self.root / self.names[i], self.resize)
         except DataError as exc:
             return str(exc)
         color = array.ndim == 3
@@ -122,7 +113,7 @@ def _scan_lazily(root: Path, names: list[str], y: np.ndarray, resize: tuple[int,
     from torch.utils.data import DataLoader
 
     from auditor.data.keys import example_key, unique_keys
-    from auditor.data.lazy import ImageFiles, as_stored, data_workers
+    from auditor.data.lazy import ImageFiles, data_workers
 
     labels = y.tolist()
     probe = _Probe(root, names, labels, resize)
@@ -145,7 +136,7 @@ def _scan_lazily(root: Path, names: list[str], y: np.ndarray, resize: tuple[int,
     color = any(colors)
     if color and not all(colors):  # mixed: grayscale images are stored as three equal channels
         for i in (i for i, c in enumerate(colors) if not c):
-            raw[i] = example_key(as_stored(_decode(root / names[i], resize), True), labels[i])
+            raw[i] = example_key(as_stored(decode(root / names[i], resize), True), labels[i])
     h, w = sizes[0]
     row_shape = (3, h, w) if color else (h, w)
     return ImageFiles(root, names, row_shape, color, resize), unique_keys(raw)

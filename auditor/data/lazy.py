@@ -301,3 +301,23 @@ def chunks(x: Any, size: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, len(x), size):
         yield start, x[start : start + size]
 
+
+def column_moments(x: Any, size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation (population) of `x` flattened per row, read
+    `size` rows at a time in float64, lazy or not: the spreads that standardise features."""
+    n, total, squares = 0, 0.0, 0.0
+    for _, block in chunks(x, size):
+        a = block.reshape(len(block), -1).astype(np.float64)
+        n, total, squares = n + len(a), total + a.sum(0), squares + (a * a).sum(0)
+    mean = total / n
+    return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+
+
+def first_nonfinite_row(x: Any, size: int = 65536) -> int | None:
+    """The first row of float `x` holding NaN or infinity, read `size` rows at a time."""
+    for start, block in chunks(x, size):
+        bad = ~np.isfinite(block.reshape(len(block), -1)).all(1)
+        if bad.any():
+            return start + int(bad.argmax())
+    return None
+

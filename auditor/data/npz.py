@@ -52,19 +52,26 @@ def check_features(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     features = x.astype(np.float32)
     if x.ndim == 1:
         features = features.reshape(-1, 1)
-    if not np.all(np.isfinite(features)):
-        bad = int(np.argwhere(~np.isfinite(features.reshape(len(features), -1)))[0][0])
-        raise DataError(f"{where}: x contains NaN or infinity (first in row {bad})")
+    _check_finite(features, where)
     return np.ascontiguousarray(features), False
+
+
+def _check_finite(x, where: str) -> None:
+    """Float features, in memory or read in place, must hold no NaN or infinity."""
+    from auditor.data.lazy import first_nonfinite_row
+
+    bad = first_nonfinite_row(x)
+    if bad is not None:
+        raise DataError(f"{where}: x contains NaN or infinity (first in row {bad})")
 
 
 def _lazy_x(path: Path, where: str, lazy: bool | None):
     """`x` read in place (uncompressed uint8 images or float32 features, larger than
     AUDITOR_STREAM_BYTES unless `lazy` says), else None. Float rows are checked for NaN in
-    chunks here, as `check_features` checks an array in memory."""
+    chunks, with the check `check_features` applies to an array in memory."""
     if lazy is False:
         return None
-    from auditor.data.lazy import chunks, npz_member
+    from auditor.data.lazy import npz_member
 
     member = npz_member(path, "x")
     if member is None:
@@ -78,10 +85,7 @@ def _lazy_x(path: Path, where: str, lazy: bool | None):
         if member.nbytes <= get_settings().stream_bytes:
             return None
     if not images:
-        for start, block in chunks(member, 65536):
-            bad = ~np.isfinite(block).all(1)
-            if bad.any():
-                raise DataError(f"{where}: x contains NaN or infinity (first in row {start + int(bad.argmax())})")
+        _check_finite(member, where)
     return member, images
 
 
