@@ -19,13 +19,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.config import artifacts_dir
 from auditor.errors import AuditorError
-from auditor.store.models import Artifact, Dataset, utcnow
+from auditor.store import artifacts as artifact_store
+from auditor.store.models import utcnow
 
 log = logging.getLogger(__name__)
 SUBDIR = "fitted"
@@ -49,7 +48,7 @@ class ArtifactStore:
         from safetensors.torch import load_file
 
         with self.sessions() as s:
-            row = s.scalar(select(Artifact).where(Artifact.key == key))
+            row = artifact_store.find_artifact(s, key)
             if row is None:
                 return None
             path, meta = self.folder / row.path, dict(row.meta or {})
@@ -60,9 +59,7 @@ class ArtifactStore:
             self._drop(key)
             return None
         with self.sessions() as s, s.begin():
-            row = s.scalar(select(Artifact).where(Artifact.key == key))
-            if row is not None:
-                row.last_used_at, row.uses = utcnow(), row.uses + 1
+            artifact_store.mark_used(s, key)
         return tensors, meta
 
     def save(self, kind: str, key: str, tensors: dict[str, Any], meta: dict) -> None:
@@ -80,22 +77,17 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
             log.warning("cannot store %s artifact %s: %s; the audit goes on without it", kind, key[:12], exc)
             return
-        record = Artifact(
-            kind=kind, key=key, path=name, bytes=final.stat().st_size, dataset_id=self.dataset_id,
-            meta=meta, created_at=utcnow(), last_used_at=utcnow(),
-        )  # fmt: skip
-        try:
-            with self.sessions() as s, s.begin():
-                s.add(record)
-        except IntegrityError:  # saved by a concurrent shard or audit: same content, keep theirs
-            pass
+        with self.sessions() as s, s.begin():  # a concurrent shard or audit that won keeps theirs
+            artifact_store.record_artifact(
+                s, kind=kind, key=key, path=name, size=final.stat().st_size, dataset_id=self.dataset_id, meta=meta
+            )
 
     def _drop(self, key: str) -> None:
         with self.sessions() as s, s.begin():
-            row = s.scalar(select(Artifact).where(Artifact.key == key))
+            row = artifact_store.find_artifact(s, key)
             if row is not None:
                 (self.folder / row.path).unlink(missing_ok=True)
-                s.delete(row)
+                artifact_store.delete_artifact(s, row.id)
 
 
 @dataclass
@@ -121,9 +113,7 @@ class ArtifactInfo:
 
 def list_artifacts(session: Session, folder: Path | None = None) -> list[ArtifactInfo]:
     folder = folder or root()
-    rows = session.execute(
-        select(Artifact, Dataset.name).outerjoin(Dataset, Dataset.id == Artifact.dataset_id).order_by(Artifact.id)
-    )
+    rows = artifact_store.artifacts_with_dataset(session)
     return [
         ArtifactInfo(a.id, a.kind, a.key, str(folder / a.path), a.bytes, name, a.created_at,
                      a.last_used_at, a.uses, (folder / a.path).is_file())  # fmt: skip
@@ -156,9 +146,7 @@ def prune(
         return gone
     for info in gone:
         Path(info.path).unlink(missing_ok=True)
-        row = session.get(Artifact, info.id)
-        if row is not None:
-            session.delete(row)
+        artifact_store.delete_artifact(session, info.id)
     for tmp in folder.glob(".*.tmp"):  # left by a writer that crashed an hour or more ago
         try:
             if now.timestamp() - tmp.stat().st_mtime > 3600:

@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from auditor.errors import AuditorError
-from auditor.store import repo
-from auditor.store.models import Audit, Finding, Review, SnapshotExample
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import reviews as review_store
+from auditor.store.models import Audit, Finding, Review
 
 DEFAULT_TOP = "10%"
-_IN_CHUNK = 500  # keys per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -74,19 +74,10 @@ def parse_top(text: str) -> TopSpec:
 
 
 def _finished_audit(session: Session, audit_id: int) -> Audit:
-    audit = repo.get_audit(session, audit_id)
+    audit = audit_store.get_audit(session, audit_id)
     if audit.status != "succeeded":
         raise AuditorError(f"audit {audit_id} is {audit.status}; diff compares succeeded audits")
     return audit
-
-
-def _kind_counts(session: Session, audit_id: int) -> dict[str, int]:
-    rows = session.execute(
-        select(Finding.kind, func.count())
-        .where(Finding.audit_id == audit_id)
-        .group_by(Finding.kind)
-    )
-    return {kind: int(n) for kind, n in rows}
 
 
 def _flagged(
@@ -95,56 +86,9 @@ def _flagged(
     """(kind, example_key) -> finding, for the first top.size(n) findings of each kind."""
     flagged: dict[tuple[str, str], Finding] = {}
     for kind, n in sorted(counts.items()):
-        for finding in repo.list_findings(session, audit_id, top=top.size(n), kind=kind):
+        for finding in finding_store.list_findings(session, audit_id, top=top.size(n), kind=kind):
             flagged[(kind, finding.example_key)] = finding
     return flagged
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), _IN_CHUNK):
-        yield items[start : start + _IN_CHUNK]
-
-
-def _ranks(
-    session: Session, audit_id: int, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], int]:
-    """Rank of each (kind, key) among the audit's findings, where it has one."""
-    wanted = set(keys)
-    ranks: dict[tuple[str, str], int] = {}
-    for chunk in _chunks(sorted({key for _, key in wanted})):
-        rows = session.execute(
-            select(Finding.kind, Finding.example_key, Finding.rank).where(
-                Finding.audit_id == audit_id, Finding.example_key.in_(chunk)
-            )
-        )
-        for kind, key, rank in rows:
-            if (kind, key) in wanted:
-                ranks[(kind, key)] = int(rank)
-    return ranks
-
-
-def _snapshot_holds(session: Session, snapshot_id: int, keys: Iterable[str]) -> set[str]:
-    held: set[str] = set()
-    for chunk in _chunks(sorted(set(keys))):
-        held.update(
-            session.scalars(
-                select(SnapshotExample.example_key).where(
-                    SnapshotExample.snapshot_id == snapshot_id,
-                    SnapshotExample.example_key.in_(chunk),
-                )
-            )
-        )
-    return held
-
-
-def _reviews(session: Session, dataset_id: int, keys: Iterable[str]) -> dict[str, Review]:
-    found: dict[str, Review] = {}
-    for chunk in _chunks(sorted(set(keys))):
-        for review in session.scalars(
-            select(Review).where(Review.dataset_id == dataset_id, Review.example_key.in_(chunk))
-        ):
-            found[review.example_key] = review
-    return found
 
 
 def _row(finding: Finding, review: Review | None) -> dict[str, Any]:
@@ -186,17 +130,17 @@ def diff_audits(
         raise AuditorError(
             f"audit {a_id} is a {a.kind}, audit {b_id} a {b.kind}; diff needs one kind"
         )
-    counts_a, counts_b = _kind_counts(session, a.id), _kind_counts(session, b.id)
+    counts_a, counts_b = finding_store.kind_counts(session, a.id), finding_store.kind_counts(session, b.id)
     flagged_a = _flagged(session, a.id, counts_a, spec)
     flagged_b = _flagged(session, b.id, counts_b, spec)
     new_keys = [k for k in flagged_b if k not in flagged_a]
     gone_keys = [k for k in flagged_a if k not in flagged_b]
-    ranks_in_a = _ranks(session, a.id, new_keys)
-    ranks_in_b = _ranks(session, b.id, gone_keys)
-    in_b = _snapshot_holds(session, b.snapshot_id, [key for _, key in gone_keys])
+    ranks_in_a = finding_store.ranks_of_keys(session, a.id, new_keys)
+    ranks_in_b = finding_store.ranks_of_keys(session, b.id, gone_keys)
+    in_b = dataset_store.snapshot_holds(session, b.snapshot_id, [key for _, key in gone_keys])
     keys_a = {key for _, key in flagged_a}
     keys_b = {key for _, key in flagged_b}
-    reviews = _reviews(session, a.dataset_id, keys_a | keys_b)
+    reviews = review_store.reviews_of_keys(session, a.dataset_id, keys_a | keys_b)
 
     newly = []
     for k in sorted(new_keys, key=lambda k: (k[0], flagged_b[k].rank)):

@@ -17,7 +17,7 @@ from auditor.data.base import Examples, check_test_set
 from auditor.datasets import snapshotted
 from auditor.errors import DataError
 from auditor.records import finite_json
-from auditor.store import repo
+from auditor.store import audits as audit_store
 from auditor.store.models import Audit, utcnow
 
 MAX_SHARDS = 256  # more messages than any deployment has workers only costs (issue 16)
@@ -84,7 +84,7 @@ def create_audit(
                 build_module(train, model)
 
     with snapshotted(sessions, dataset_name, test_name, check=check) as snap:
-        audit = repo.create_audit(
+        audit = audit_store.create_audit(
             snap.session,
             kind,
             snap.dataset,

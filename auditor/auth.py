@@ -16,13 +16,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from auditor.datasets import check_name
-from auditor.errors import AuditorError, NotFound
-from auditor.store import repo
-from auditor.store.models import ROLES, ApiToken, User, utcnow
+from auditor.errors import AuditorError
+from auditor.store import users as user_store
+from auditor.store.models import ROLES, User, utcnow
 
 PBKDF2_ITERATIONS = 200_000
 MIN_PASSWORD_LENGTH = 8
@@ -91,42 +90,30 @@ def add_user(session: Session, name: str, role: str, password: str) -> User:
     check_name(name, "user")
     check_role(role)
     check_password(password)
-    user = User(name=name, role=role, password_hash=hash_password(password))
-    return repo.add_unique(session, user, f"user {name!r} already exists")
+    return user_store.create_user(session, name, role, hash_password(password))
 
 
-def get_user(session: Session, name: str) -> User:
-    user = session.scalar(select(User).where(User.name == name))
-    if user is None:
-        raise NotFound(f"no user named {name!r}")
-    return user
-
-
-def list_users(session: Session) -> list[User]:
-    return list(session.scalars(select(User).order_by(User.name)))
-
-
-def has_users(session: Session) -> bool:
-    return bool(session.scalar(select(func.count()).select_from(User)))
+get_user = user_store.get_user
+list_users = user_store.list_users
+has_users = user_store.has_users
 
 
 def set_password(session: Session, name: str, password: str) -> None:
     check_password(password)
     user = get_user(session, name)
-    user.password_hash = hash_password(password)
     # every token of the user stops working: a new password means "lock the old ones out"
-    session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+    user_store.replace_password_hash(session, user, hash_password(password))
 
 
 def remove_user(session: Session, name: str) -> None:
-    session.delete(get_user(session, name))
+    user_store.delete_user(session, get_user(session, name))
 
 
 def authenticate(session: Session, name: str, password: str) -> User | None:
     """The user when the name and password match, else None (the caller says which never)."""
     if not name or len(password) > MAX_PASSWORD_LENGTH:
         return None
-    user = session.scalar(select(User).where(User.name == name))
+    user = user_store.find_user(session, name)
     if user is None:
         # Hash anyway, so the response time does not tell which user names exist.
         verify_password(password, _dummy_hash())
@@ -149,8 +136,7 @@ def issue_token(session: Session, user: User, ttl: timedelta = TOKEN_TTL) -> str
     """A new random bearer token for `user`; only its hash is stored."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.add(ApiToken(user_id=user.id, token_hash=_token_hash(token), created_at=now, expires_at=now + ttl))
-    session.flush()
+    user_store.add_token(session, user, _token_hash(token), now, now + ttl)
     return token
 
 
@@ -158,7 +144,7 @@ def user_for_token(session: Session, token: str) -> User | None:
     """The user a bearer token belongs to, if it is known and not expired."""
     if not token or len(token) > 200:
         return None
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
+    row = user_store.find_token(session, _token_hash(token))
     if row is None or row.expires_at <= utcnow():
         return None
     return row.user
@@ -169,7 +155,7 @@ def cli_reviewer(session: Session, name: str) -> tuple[str, int | None]:
     any name; once users exist, `name` must be one of them and allowed to decide."""
     if not has_users(session):
         return name, None
-    user = session.scalar(select(User).where(User.name == name))
+    user = user_store.find_user(session, name)
     if user is None:
         raise AuditorError(
             f"reviewer {name!r} is not a registered user; pass --reviewer NAME of a user "

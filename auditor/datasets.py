@@ -22,9 +22,10 @@ from auditor.data.imagefolder import parse_resize
 from auditor.data.load import sniff_format
 from auditor.errors import Conflict, DataError, NotFound
 from auditor.resolve import load_dataset_source, read_source
-from auditor.store import repo
+from auditor.store import datasets as dataset_store
+from auditor.store import reviews as review_store
+from auditor.store.datasets import SnapshotDiff
 from auditor.store.models import Dataset, Snapshot
-from auditor.store.repo import SnapshotDiff
 
 
 @dataclass
@@ -51,7 +52,7 @@ def snapshotted(
     own writes (an audit row) to the same transaction, which commits when the block ends."""
     with sessions() as s:
         row = _get(s, dataset)
-        test_row = repo.get_dataset(s, test) if test else None
+        test_row = dataset_store.get_dataset(s, test) if test else None
         dataset_id, test_id = row.id, test_row.id if test_row is not None else None
     # read the files outside any transaction (see the module docstring)
     examples = load_dataset_source(row)
@@ -59,12 +60,12 @@ def snapshotted(
     if check is not None:  # refuse what the caller cannot use before anything is written
         check(examples, test_examples)
     with sessions() as s, s.begin():
-        row = repo.get_dataset_by_id(s, dataset_id)
-        snapshot, diff = repo.record_snapshot(s, row, examples)
+        row = dataset_store.get_dataset_by_id(s, dataset_id)
+        snapshot, diff = dataset_store.record_snapshot(s, row, examples)
         out = Snapshotted(s, row, snapshot, diff)
         if test_id is not None and test_examples is not None:
-            out.test = repo.get_dataset_by_id(s, test_id)
-            out.test_snapshot, _ = repo.record_snapshot(s, out.test, test_examples)
+            out.test = dataset_store.get_dataset_by_id(s, test_id)
+            out.test_snapshot, _ = dataset_store.record_snapshot(s, out.test, test_examples)
         yield out
 
 
@@ -86,12 +87,12 @@ def check_name(name: str, what: str) -> None:
 
 
 def _get(session: Session, dataset: str | int) -> Dataset:
-    return repo.get_dataset_by_id(session, dataset) if isinstance(dataset, int) else repo.get_dataset(session, dataset)
+    return dataset_store.get_dataset_by_id(session, dataset) if isinstance(dataset, int) else dataset_store.get_dataset(session, dataset)
 
 
 def find_dataset(session: Session, name: str) -> Dataset | None:
     try:
-        return repo.get_dataset(session, name)
+        return dataset_store.get_dataset(session, name)
     except NotFound:
         return None
 
@@ -134,13 +135,13 @@ def register_dataset(
         dataset = find_dataset(session, name)
         created = dataset is None
         if dataset is None:
-            dataset = repo.create_dataset(session, name, str(source), fmt, options)
+            dataset = dataset_store.create_dataset(session, name, str(source), fmt, options)
         elif update:
-            repo.update_dataset_source(session, dataset, str(source), fmt, options)
+            dataset_store.update_dataset_source(session, dataset, str(source), fmt, options)
         else:
             raise Conflict(f"dataset {name!r} was just added by someone else")
         session.flush()
-        snapshot, diff = repo.record_snapshot(session, dataset, examples)
+        snapshot, diff = dataset_store.record_snapshot(session, dataset, examples)
         return {"created": created, **_scan_doc(session, dataset, snapshot, diff)}
 
 
@@ -161,7 +162,7 @@ def _scan_doc(session: Session, dataset: Dataset, snapshot: Snapshot, diff: Snap
 
 
 def dataset_doc(session: Session, dataset: Dataset) -> dict[str, Any]:
-    latest = repo.latest_snapshot(session, dataset.id)
+    latest = dataset_store.latest_snapshot(session, dataset.id)
     return {
         "id": dataset.id,
         "name": dataset.name,
@@ -198,20 +199,20 @@ def describe_diff(name: str, snapshot: Snapshot, diff: SnapshotDiff) -> str:
 
 def list_dataset_docs(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
     with sessions() as session:
-        return [dataset_doc(session, dataset) for dataset in repo.list_datasets(session)]
+        return [dataset_doc(session, dataset) for dataset in dataset_store.list_datasets(session)]
 
 
 def show_dataset(sessions: sessionmaker[Session], name: str) -> dict[str, Any]:
     """A data set with its snapshots, the label counts of the newest and how many are reviewed."""
     with sessions() as session:
-        dataset = repo.get_dataset(session, name)
+        dataset = dataset_store.get_dataset(session, name)
         doc = dataset_doc(session, dataset)
-        snapshots = repo.list_snapshots(session, dataset.id)
+        snapshots = dataset_store.list_snapshots(session, dataset.id)
         doc["snapshots"] = [snapshot_doc(snapshot) for snapshot in snapshots]
         doc["label_counts"] = (
-            {str(k): v for k, v in repo.label_counts(session, snapshots[-1].id).items()}
+            {str(k): v for k, v in dataset_store.label_counts(session, snapshots[-1].id).items()}
             if snapshots
             else {}
         )
-        doc["reviewed"] = len(repo.settled_keys(session, dataset.id))
+        doc["reviewed"] = len(review_store.settled_keys(session, dataset.id))
     return doc

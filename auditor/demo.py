@@ -19,7 +19,8 @@ from auditor.analyses.base import Progress
 from auditor.analyses.label_check import recall_at_budgets
 from auditor.config import get_settings
 from auditor.data.bundled import digits, flip_labels, write_npz
-from auditor.store import repo
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
 
 DEMO_DATASET = "digits-demo"
 
@@ -59,17 +60,17 @@ def run_demo(
     data, truth, flipped = prepare(home, fraction, seed)
     with sessions() as s, s.begin():
         try:
-            ds = repo.get_dataset(s, DEMO_DATASET)
-            repo.update_dataset_source(s, ds, str(data), "npz", {})
+            ds = dataset_store.get_dataset(s, DEMO_DATASET)
+            dataset_store.update_dataset_source(s, ds, str(data), "npz", {})
         except Exception:  # NotFound: first run
-            repo.create_dataset(s, DEMO_DATASET, str(data), "npz", {})
+            dataset_store.create_dataset(s, DEMO_DATASET, str(data), "npz", {})
     params = {"model": {"name": model, "seed": seed}, "solver": {"name": "auto"}}  # default ranking
     audit_id = create_audit(sessions, "label-check", DEMO_DATASET, params, local=True)
     outcome = execute_audit(sessions, audit_id, echo=echo, local=True)
     recall, recall_loss, recall_si = {}, {}, {}
     if outcome.status == "succeeded":
         with sessions() as s:
-            rows = repo.list_findings(s, audit_id)
+            rows = finding_store.list_findings(s, audit_id)
         ranked = np.array([f.example_index for f in rows])
         by_loss = np.array([f.example_index for f in sorted(rows, key=lambda f: -f.payload["loss"])])
         by_si = np.array([f.example_index for f in sorted(rows, key=lambda f: -f.payload["self_influence"])])

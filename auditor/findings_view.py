@@ -15,7 +15,10 @@ from sqlalchemy.orm import Session
 from auditor.data.base import Examples
 from auditor.errors import AuditorError
 from auditor.resolve import load_dataset_source
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import reviews as review_store
 from auditor.store.models import Finding, Review, ReviewEvent
 
 
@@ -43,11 +46,11 @@ class AuditContext:
 
 def audit_context(session: Session, audit_id: int, indices: Sequence[int] = ()) -> AuditContext:
     """The audit's data set names, with the locators of the examples at `indices` looked up."""
-    audit = repo.get_audit(session, audit_id)
+    audit = audit_store.get_audit(session, audit_id)
     ds = audit.dataset
     return AuditContext(
         ds.id, ds.name, ds.source_path, ds.class_names,
-        repo.locators(session, audit.snapshot_id, indices),
+        dataset_store.locators(session, audit.snapshot_id, indices),
     )  # fmt: skip
 
 
@@ -163,7 +166,7 @@ def load_example(examples: Examples, finding: Finding) -> tuple[Any, int] | None
 
 
 def dataset_examples(session: Session, audit_id: int) -> tuple[Examples, Any]:
-    audit = repo.get_audit(session, audit_id)
+    audit = audit_store.get_audit(session, audit_id)
     return load_dataset_source(audit.dataset), audit
 
 
@@ -239,9 +242,9 @@ MANIFEST_COLUMNS = ["path", "example_key", "old_label", "old_class", "new_label"
 def export_rows(session: Session, audit_id: int) -> list[dict[str, Any]]:
     """One row per finding of the audit, in example order, with the decision applied and the
     class names and file (or row) of each example."""
-    audit = repo.get_audit(session, audit_id)
-    reviews = {r.example_key: r for r in repo.list_reviews(session, audit.dataset_id)}
-    findings = sorted(repo.list_findings(session, audit_id), key=lambda f: (f.example_index, f.kind))
+    audit = audit_store.get_audit(session, audit_id)
+    reviews = {r.example_key: r for r in review_store.list_reviews(session, audit.dataset_id)}
+    findings = sorted(finding_store.list_findings(session, audit_id), key=lambda f: (f.example_index, f.kind))
     ctx = audit_context(session, audit_id, [f.example_index for f in findings])
     rows = []
     for f in findings:
@@ -292,7 +295,7 @@ def write_corrected_tree(session: Session, audit_id: int, rows: list[dict[str, A
     train on. Written to `<out_dir>.tmp` first and renamed, so a failure leaves no half tree.
     Returns the number of files moved to another class.
     """
-    audit = repo.get_audit(session, audit_id)
+    audit = audit_store.get_audit(session, audit_id)
     ds = audit.dataset
     if ds.format != "imagefolder":
         raise AuditorError(f"--corrected-tree needs an ImageFolder data set; {ds.name!r} is {ds.format}")

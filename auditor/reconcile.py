@@ -26,13 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.config import get_settings
 from auditor.runner import poison_reason
-from auditor.store import repo
-from auditor.store.models import Audit, utcnow
+from auditor.store import audits as audit_store
+from auditor.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +64,13 @@ def reconcile(
     the module docstring). `requeue` None (no broker): lost audits are failed, never re-sent.
     `audit_ids` limits the pass to those audits."""
     settings = get_settings()
-    if audit_ids is not None:
-        audit_ids = [i for i in audit_ids if 0 < i <= repo.ID_MAX]
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.lease_seconds)
     out = Reconciled()
     with sessions() as s:
-        query = select(Audit.id).where(
-            Audit.status == "running", (Audit.heartbeat_at < stale_before) | Audit.heartbeat_at.is_(None)
-        )
-        queued = select(Audit.id).where(Audit.status == "queued", Audit.created_at < stale_before)
-        if audit_ids is not None:
-            query = query.where(Audit.id.in_(audit_ids))
-            queued = queued.where(Audit.id.in_(audit_ids))
-        lost = list(s.scalars(query.order_by(Audit.id)))
+        lost = audit_store.lost_audit_ids(s, stale_before, audit_ids)
         can_list = pending is not None and requeue is not None
-        orphans = list(s.scalars(queued.order_by(Audit.id))) if can_list else []
+        orphans = audit_store.old_queued_audit_ids(s, stale_before, audit_ids) if can_list else []
     # ask the broker only when there is something to decide
     held = pending() if (pending is not None and requeue is not None and (lost or orphans)) else None
     if held is None:
@@ -91,7 +81,7 @@ def reconcile(
             getattr(out, action).append(audit_id)
     for audit_id in orphans:
         with sessions() as s:
-            audit = s.get(Audit, audit_id)
+            audit = audit_store.find_audit(s, audit_id)
             if audit is None or audit.status != "queued" or (audit.task_id and audit.task_id in (held or {})):
                 continue
         assert requeue is not None
@@ -116,15 +106,14 @@ def _settle_lost(
     """One running audit whose lease expired: 'failed', 'cancelled', 'requeued', 'waiting' or
     None (it turned out to be alive, or finished, when locked)."""
     with sessions() as s, s.begin():
-        audit = s.get(Audit, audit_id)
+        audit = audit_store.find_audit(s, audit_id, for_update=True)
         if audit is None:
             return None
-        s.refresh(audit, with_for_update=True)
         if audit.status != "running" or (audit.heartbeat_at is not None and audit.heartbeat_at >= stale_before):
             return None
         since = audit.heartbeat_at.strftime("%Y-%m-%d %H:%M:%S UTC") if audit.heartbeat_at else "its start"
         if audit.cancel_requested:
-            repo.set_audit_status(s, audit_id, "cancelled", message=f"cancelled; it had stopped running at {since}")
+            audit_store.set_audit_status(s, audit_id, "cancelled", message=f"cancelled; it had stopped running at {since}")
             return "cancelled"
         if audit.task_id is None or requeue is None:
             where = "the process running it" if audit.task_id is None else "the worker running it"
@@ -132,10 +121,10 @@ def _settle_lost(
                 f"lost: {where} stopped (no heartbeat since {since}); nothing will resume it, "
                 "start it again"
             )
-            repo.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
+            audit_store.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
             return "failed"
         if audit.deliveries >= max_deliveries:
-            repo.set_audit_status(s, audit_id, "failed", error=poison_reason(audit), message="failed")
+            audit_store.set_audit_status(s, audit_id, "failed", error=poison_reason(audit), message="failed")
             return "failed"
         # Waiting in a queue: a worker will take it. Merely unacknowledged is not enough: the worker
         # that took it stopped beating, and Redis would hand it back only after the visibility
@@ -143,7 +132,7 @@ def _settle_lost(
         if held is not None and held.get(audit.task_id) == "queued":
             audit.message = f"its worker stopped at {since}; the broker will deliver it again"
             return "waiting"
-        repo.set_audit_status(s, audit_id, "queued")
+        audit_store.set_audit_status(s, audit_id, "queued")
         audit.message = f"its worker stopped at {since} and its message was lost; queued again"
     try:
         requeue(sessions, audit_id)

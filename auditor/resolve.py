@@ -17,11 +17,12 @@ def resolve_examples(ref: str) -> Examples:
         return load_examples(path)
     if any(sep in ref for sep in ("/", "\\")) or path.suffix:
         raise DataError(f"{ref}: no such file or folder")
-    from auditor.store import open_store, repo
+    from auditor.store import datasets as dataset_store
+    from auditor.store import open_store
 
     sessions = open_store()
     with sessions() as s:
-        ds = repo.get_dataset(s, ref)
+        ds = dataset_store.get_dataset(s, ref)
         return load_dataset_source(ds)
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +34,8 @@ from auditor.errors import AuditorError, Cancelled, Conflict, DataError
 from auditor.factories import local_models
 from auditor.progress import Progress, Rates
 from auditor.resolve import load_dataset_source
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import findings as finding_store
 from auditor.store.models import FINISHED_STATUSES, Audit
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,10 @@ class StoreProgress:
         self._last = now
         try:
             with self.sessions() as s, s.begin():
-                status = s.scalar(select(Audit.status).where(Audit.id == self.audit_id))
+                status = audit_store.audit_status(s, self.audit_id)
                 if status in FINISHED_STATUSES:
                     raise Superseded(f"audit {self.audit_id} already {status} in another run")
-                cancel = repo.update_progress(s, self.audit_id, fraction, message)
+                cancel = audit_store.update_progress(s, self.audit_id, fraction, message)
         except DATABASE_UNREACHABLE:  # keep computing; the next report (or the end) tries again
             log.warning("audit %s: could not record progress, the database is unreachable", self.audit_id)
             return
@@ -126,7 +126,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 with self.sessions() as s, s.begin():
-                    repo.touch_heartbeat(s, self.audit_id)
+                    audit_store.touch_heartbeat(s, self.audit_id)
             except Exception:  # noqa: BLE001 - a beat is best effort
                 log.warning("audit %s: heartbeat not recorded", self.audit_id, exc_info=True)
 
@@ -180,32 +180,31 @@ def execute_audit(
     (`auditor.factories`); a worker builds registered factories only.
     """
     with sessions() as s, s.begin():
-        audit = repo.get_audit(s, audit_id)
-        s.refresh(audit, with_for_update=True)
+        audit = audit_store.get_audit(s, audit_id, for_update=True)
         if audit.status == "succeeded":  # a redelivered task: the first delivery finished it
-            return RunOutcome(audit_id, "succeeded", findings=repo.count_findings(s, audit_id))
+            return RunOutcome(audit_id, "succeeded", findings=finding_store.count_findings(s, audit_id))
         if audit.status == "cancelled":
             return RunOutcome(audit_id, "cancelled")
         if audit.cancel_requested:
             if audit.status == "failed":  # it failed before it saw the cancel: leave the reason
                 return RunOutcome(audit_id, "failed", error=audit.error)
-            repo.set_audit_status(s, audit_id, "cancelled", message="cancelled before it started")
+            audit_store.set_audit_status(s, audit_id, "cancelled", message="cancelled before it started")
             return RunOutcome(audit_id, "cancelled")
         limit = get_settings().max_deliveries
         if audit.status == "running" and audit.deliveries >= limit:
             # A poison audit: every earlier start ended without a result or a reason, which is
             # what a worker process that dies (os.abort, out of memory, a segfault) leaves.
             reason = poison_reason(audit)
-            repo.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
+            audit_store.set_audit_status(s, audit_id, "failed", error=reason, message="failed")
             return RunOutcome(audit_id, "failed", error=reason)
         if audit.status == "failed":
-            repo.set_audit_status(s, audit_id, "queued")
-        repo.set_audit_status(s, audit_id, "running", message="starting", task_id=task_id)
+            audit_store.set_audit_status(s, audit_id, "queued")
+        audit_store.set_audit_status(s, audit_id, "running", message="starting", task_id=task_id)
         kind = audit.kind
 
     def compute() -> RunOutcome:
         with sessions() as s:
-            audit = repo.get_audit(s, audit_id)
+            audit = audit_store.get_audit(s, audit_id)
             inp, dataset_id = load_inputs(audit), audit.dataset_id
         out_dir = Path(artifacts_dir(get_settings())) / f"audit-{audit_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -218,15 +217,14 @@ def execute_audit(
             with sessions() as s, s.begin():
                 # Lock the row first: a cancel or another delivery that got here first wins, and
                 # this run's findings are then rolled back with the failed status change.
-                audit = repo.get_audit(s, audit_id)
-                s.refresh(audit, with_for_update=True)
+                audit = audit_store.get_audit(s, audit_id, for_update=True)
                 if audit.status in FINISHED_STATUSES:
                     raise Superseded(f"audit {audit_id} already {audit.status} in another run")
                 if audit.cancel_requested:
                     raise Cancelled(f"audit {audit_id} was cancelled")
-                n = repo.upsert_findings(s, audit_id, result.findings)
-                repo.set_audit_summary(s, audit_id, result.summary)
-                repo.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
+                n = finding_store.upsert_findings(s, audit_id, result.findings)
+                audit_store.set_audit_summary(s, audit_id, result.summary)
+                audit_store.set_audit_status(s, audit_id, "succeeded", message=f"{n} findings")
             return n
 
         # hours of work are not thrown away for a database that is briefly unreachable
@@ -303,11 +301,11 @@ def finish(sessions: sessionmaker[Session], audit_id: int, status: str, reason: 
     with sessions() as s, s.begin():
         try:
             if status == "failed":
-                repo.set_audit_status(s, audit_id, status, error=reason, message="failed")
+                audit_store.set_audit_status(s, audit_id, status, error=reason, message="failed")
             else:
-                repo.set_audit_status(s, audit_id, status, message=reason)
+                audit_store.set_audit_status(s, audit_id, status, message=reason)
         except Conflict:  # e.g. cancelled while we were failing: the first final state wins
-            audit = repo.get_audit(s, audit_id)
+            audit = audit_store.get_audit(s, audit_id)
             return RunOutcome(audit_id, audit.status, error=audit.error)
     return RunOutcome(audit_id, status, error=reason if status == "failed" else None)
 
@@ -321,18 +319,17 @@ def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: b
     """
     try:
         with sessions() as s, s.begin():
-            audit = repo.get_audit(s, audit_id)
-            s.refresh(audit, with_for_update=True)
+            audit = audit_store.get_audit(s, audit_id, for_update=True)
             if audit.status != "running":
                 return
             if in_worker and not audit.cancel_requested:
                 if requeue:
-                    repo.set_audit_status(s, audit_id, "queued")
+                    audit_store.set_audit_status(s, audit_id, "queued")
                     audit.message = "worker stopped; the audit goes back to the queue"
                     # a clean stop is not a crash: it does not count towards the poison bound
                     audit.deliveries = max((audit.deliveries or 0) - 1, 0)
             else:
-                repo.set_audit_status(s, audit_id, "cancelled", message="interrupted")
+                audit_store.set_audit_status(s, audit_id, "cancelled", message="interrupted")
     except Exception:  # the database may be what interrupted us; the next delivery copes
         log.warning("could not record the interruption of audit %s", audit_id, exc_info=True)
 

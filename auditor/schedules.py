@@ -33,16 +33,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from auditor import recurrence
 from auditor.analyses.registry import check_request
 from auditor.dampings import apply_recorded
 from auditor.datasets import snapshotted
 from auditor.errors import AuditorError
 from auditor.runner import AuditStarter
-from auditor.store import repo
-from auditor.store.models import Audit, Schedule, Snapshot, utcnow
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import schedules as schedule_store
+from auditor.store.models import Schedule, Snapshot, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ TEST_DATASET_PARAM = "test_dataset"
 
 
 def format_interval(seconds: int) -> str:
-    """The shortest text `repo.parse_interval` reads back to `seconds` (21600 -> "6h")."""
+    """The shortest text `recurrence.parse_interval` reads back to `seconds` (21600 -> "6h")."""
     parts = []
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, seconds = divmod(seconds, size)
@@ -112,16 +114,16 @@ def add_schedule(
     check_request(kind, params, test_name)
     if (every is None) == (cron is None):
         raise AuditorError("give exactly one of --every (e.g. 6h) or --cron (e.g. '0 3 * * *')")
-    interval = repo.parse_interval(every) if every is not None else None
+    interval = recurrence.parse_interval(every) if every is not None else None
     stored = dict(params)
     if test_name:
         stored[TEST_DATASET_PARAM] = test_name
     now = now or utcnow()
     with sessions() as s, s.begin():
-        dataset = repo.get_dataset(s, dataset_name)
+        dataset = dataset_store.get_dataset(s, dataset_name)
         if test_name:
-            repo.get_dataset(s, test_name)
-        for existing in repo.list_schedules(s, dataset):
+            dataset_store.get_dataset(s, test_name)
+        for existing in schedule_store.list_schedules(s, dataset):
             same = (
                 existing.kind == kind
                 and existing.interval_seconds == interval
@@ -131,7 +133,7 @@ def add_schedule(
             )
             if same:
                 return schedule_doc(existing), False
-        schedule = repo.add_schedule(
+        schedule = schedule_store.add_schedule(
             s,
             dataset,
             kind,
@@ -152,8 +154,8 @@ def list_schedule_docs(
 ) -> list[dict[str, Any]]:
     """Every schedule (optionally of one dataset), by id."""
     with sessions() as s:
-        dataset = repo.get_dataset(s, dataset_name) if dataset_name else None
-        return [schedule_doc(schedule) for schedule in repo.list_schedules(s, dataset)]
+        dataset = dataset_store.get_dataset(s, dataset_name) if dataset_name else None
+        return [schedule_doc(schedule) for schedule in schedule_store.list_schedules(s, dataset)]
 
 
 def set_enabled(
@@ -162,16 +164,16 @@ def set_enabled(
     """Pause or resume; returns (the doc, whether anything changed). Pausing a paused schedule
     (or resuming a running one) changes nothing and is not an error."""
     with sessions() as s, s.begin():
-        schedule = repo.get_schedule(s, schedule_id)
+        schedule = schedule_store.get_schedule(s, schedule_id)
         changed = schedule.enabled != enabled
-        repo.set_schedule_enabled(s, schedule_id, enabled)
+        schedule_store.set_schedule_enabled(s, schedule_id, enabled)
         return schedule_doc(schedule), changed
 
 
 def remove(sessions: sessionmaker[Session], schedule_id: int) -> None:
     """Delete a schedule; its past audits stay. `NotFound` when there is no such schedule."""
     with sessions() as s, s.begin():
-        repo.remove_schedule(s, schedule_id)
+        schedule_store.remove_schedule(s, schedule_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,8 +234,8 @@ def claim_due(sessions: sessionmaker[Session], now: datetime | None = None) -> l
     now = now or utcnow()
     with sessions() as s, s.begin():
         claims = []
-        for schedule in repo.due_schedules(s, now, lock=True):
-            repo.mark_schedule_ran(s, schedule, now)
+        for schedule in schedule_store.due_schedules(s, now, lock=True):
+            schedule_store.mark_schedule_ran(s, schedule, now)
             claims.append(
                 Claim(
                     schedule_id=schedule.id,
@@ -246,18 +248,6 @@ def claim_due(sessions: sessionmaker[Session], now: datetime | None = None) -> l
                 )
             )
         return claims
-
-
-def _last_audit_created(session: Session, schedule_id: int) -> datetime | None:
-    """When the audit behind `repo.last_audited_hash` was created (same statuses)."""
-    return session.scalar(
-        select(Audit.created_at)
-        .where(
-            Audit.schedule_id == schedule_id, Audit.status.in_(("queued", "running", "succeeded"))
-        )
-        .order_by(Audit.id.desc())
-        .limit(1)
-    )
 
 
 def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> ScanOutcome:
@@ -276,7 +266,7 @@ def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> 
             if claim.skip_unchanged and _unchanged(s, claim.schedule_id, snap.snapshot, snap.test_snapshot):
                 outcome.action, outcome.reason = "skipped", "unchanged"
                 return outcome
-            audit = repo.create_audit(
+            audit = audit_store.create_audit(
                 s,
                 claim.kind,
                 snap.dataset,
@@ -298,11 +288,11 @@ def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> 
 def _unchanged(
     session: Session, schedule_id: int, snapshot: Snapshot, test_snapshot: Snapshot | None
 ) -> bool:
-    if repo.last_audited_hash(session, schedule_id) != snapshot.content_hash:
+    if schedule_store.last_audited_hash(session, schedule_id) != snapshot.content_hash:
         return False
     if test_snapshot is None:
         return True
-    audited_at = _last_audit_created(session, schedule_id)
+    audited_at = schedule_store.last_audit_created(session, schedule_id)
     return audited_at is not None and test_snapshot.created_at <= audited_at
 
 

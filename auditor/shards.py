@@ -11,7 +11,6 @@ upserts the same rows again.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import KINDS, get_kind
@@ -19,38 +18,23 @@ from auditor.artifacts import ArtifactStore
 from auditor.config import get_settings
 from auditor.errors import AuditorError, Conflict
 from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
-from auditor.store import repo
-from auditor.store.models import Finding
-
-
-def rerank(session: Session, audit_id: int) -> int:
-    """Rewrite ranks 1..n by (score desc, example_index asc) within each finding kind."""
-    rows = session.execute(
-        select(Finding.id, Finding.kind).where(Finding.audit_id == audit_id).order_by(Finding.kind, Finding.score.desc(), Finding.example_index)
-    ).all()
-    ranks, counter = [], {}
-    for fid, kind in rows:
-        counter[kind] = counter.get(kind, 0) + 1
-        ranks.append({"fid": fid, "new_rank": counter[kind]})
-    if ranks:
-        stmt = update(Finding).where(Finding.id == bindparam("fid")).values(rank=bindparam("new_rank"))
-        session.connection().execute(stmt, ranks)
-    return len(ranks)
+from auditor.store import audits as audit_store
+from auditor.store import findings as finding_store
 
 
 def start_sharded(sessions: sessionmaker[Session], audit_id: int, task_id: str | None = None) -> int:
     """Mark the audit running and return the number of shards to send."""
     with sessions() as s, s.begin():
-        audit = repo.get_audit(s, audit_id)
+        audit = audit_store.get_audit(s, audit_id)
         kind = get_kind(audit.kind)
         if not kind.shardable:
             shardable = ", ".join(k.name for k in KINDS.values() if k.shardable)
             raise AuditorError(f"{audit.kind} audits cannot be sharded; only {shardable}")
         count = kind.shard_count(audit.params or {})
         if audit.status == "failed":
-            repo.set_audit_status(s, audit_id, "queued")
+            audit_store.set_audit_status(s, audit_id, "queued")
         if audit.status in ("queued", "failed", "running"):
-            repo.set_audit_status(s, audit_id, "running", message=f"0 of {count} shards done", task_id=task_id)
+            audit_store.set_audit_status(s, audit_id, "running", message=f"0 of {count} shards done", task_id=task_id)
         return count
 
 
@@ -63,13 +47,13 @@ def fit_shared(sessions: sessionmaker[Session], audit_id: int, *, in_worker: boo
 
     def compute() -> RunOutcome:
         with sessions() as s:
-            audit = repo.get_audit(s, audit_id)
+            audit = audit_store.get_audit(s, audit_id)
             inp, dataset_id = load_inputs(audit), audit.dataset_id
         cfg = get_kind("label-check").parse(inp.params)
         tracker = StoreProgress(sessions, audit_id)
         fit(inp.train, cfg, ArtifactStore(sessions, dataset_id), lambda f, m: tracker(min(0.3 * f, 0.3), f"fit: {m}"))
         with sessions() as s, s.begin():
-            status = repo.get_audit(s, audit_id).status
+            status = audit_store.get_audit(s, audit_id).status
         return RunOutcome(audit_id, status)
 
     return guarded(sessions, audit_id, compute, in_worker=in_worker, part="fit", requeue=False)
@@ -87,8 +71,7 @@ def run_shard(
 
     def compute() -> RunOutcome:
         with sessions() as s, s.begin():
-            audit = repo.get_audit(s, audit_id)
-            s.refresh(audit, with_for_update=True)
+            audit = audit_store.get_audit(s, audit_id, for_update=True)
             if audit.status != "running" or audit.cancel_requested:
                 return RunOutcome(audit_id, audit.status)
             # Every shard start counts: a shard that kills its worker each time is redelivered
@@ -97,10 +80,10 @@ def run_shard(
             audit.deliveries = (audit.deliveries or 0) + 1
             if audit.deliveries > get_settings().max_deliveries * count + 1:
                 reason = poison_reason(audit)
-                repo.set_audit_status(s, audit_id, "failed", error=f"{part}: {reason}", message="failed")
+                audit_store.set_audit_status(s, audit_id, "failed", error=f"{part}: {reason}", message="failed")
                 return RunOutcome(audit_id, "failed", error=reason)
         with sessions() as s:
-            audit = repo.get_audit(s, audit_id)
+            audit = audit_store.get_audit(s, audit_id)
             inp = load_inputs(audit)
             n_total, kind = audit.snapshot.n, get_kind(audit.kind)
             # every shard trains the same model and fits the same curvature: the first to finish
@@ -113,21 +96,21 @@ def run_shard(
         inp.progress = lambda fraction, message: tracker(min(fraction, 0.99), f"{part}: {message}")
         result = kind.run(inp)
         with sessions() as s, s.begin():
-            repo.upsert_findings(s, audit_id, result.findings)
+            finding_store.upsert_findings(s, audit_id, result.findings)
         with sessions() as s, s.begin():
-            stored = repo.count_findings(s, audit_id)
+            stored = finding_store.count_findings(s, audit_id)
             if stored < n_total:
                 return RunOutcome(audit_id, "running", findings=stored)
-            rerank(s, audit_id)
+            finding_store.rerank(s, audit_id)
         # This shard completes the audit: say why for the audit's top examples (the ranking is
         # global only now), with the one stored model and curvature, then finish.
         why_count = explain_top(sessions, audit_id, inp, tracker)
         with sessions() as s, s.begin():
             summary = {**result.summary, "n": stored, "shards": count, "why_top": why_count}
             summary.pop("train_disagreements", None)  # per-shard figure; not meaningful for the whole
-            repo.set_audit_summary(s, audit_id, summary)
+            audit_store.set_audit_summary(s, audit_id, summary)
             try:
-                repo.set_audit_status(s, audit_id, "succeeded", message=f"{stored} findings from {count} shards")
+                audit_store.set_audit_status(s, audit_id, "succeeded", message=f"{stored} findings from {count} shards")
             except Conflict:
                 pass  # another shard finalised at the same moment
         return RunOutcome(audit_id, "succeeded", findings=stored)
@@ -144,12 +127,12 @@ def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -
     if not cfg.why_top:
         return 0
     with sessions() as s:
-        top = repo.list_findings(s, audit_id, top=cfg.why_top, kind="label")
+        top = finding_store.list_findings(s, audit_id, top=cfg.why_top, kind="label")
         rows = [f.example_index for f in top]
     progress(0.99, f"finding why the top {len(rows)} examples are flagged")
     why = why_for_rows(inp.train, cfg, rows, inp.cache)
     with sessions() as s, s.begin():
-        for f in repo.list_findings(s, audit_id, top=cfg.why_top, kind="label"):
+        for f in finding_store.list_findings(s, audit_id, top=cfg.why_top, kind="label"):
             if f.example_index in why:
                 f.payload = {**(f.payload or {}), "why": why[f.example_index]}
     return len(why)

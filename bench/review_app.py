@@ -23,7 +23,11 @@ from store import postgres_database  # noqa: E402
 
 from auditor import auth  # noqa: E402
 from auditor.analyses.base import FindingRecord  # noqa: E402
-from auditor.store import dispose_engines, open_store, repo  # noqa: E402
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import dispose_engines, open_store  # noqa: E402
+from auditor.store import findings as finding_store
+from auditor.store import reviews as review_store
 from auditor.store.migrate import upgrade  # noqa: E402
 from auditor.web.app import create_app  # noqa: E402
 
@@ -60,16 +64,16 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         upgrade(url)
         sessions = open_store(url)
         with sessions() as s, s.begin():
-            ds = repo.create_dataset(s, "big", "/nowhere", "npz")
+            ds = dataset_store.create_dataset(s, "big", "/nowhere", "npz")
             s.flush()
             keys = [f"{i:032x}" for i in range(n)]
             ex = Examples(np.zeros((n, 1), np.float32), np.arange(n) % 10, keys)
-            repo.record_snapshot(s, ds, ex)
+            dataset_store.record_snapshot(s, ds, ex)
             s.get(Dataset, ds.id).class_names = [f"class-{c}" for c in range(10)]
-            audit = repo.create_audit(s, "label-check", ds)
-            repo.set_audit_status(s, audit.id, "running")
-            repo.upsert_findings(s, audit.id, records(n))
-            repo.set_audit_status(s, audit.id, "succeeded")
+            audit = audit_store.create_audit(s, "label-check", ds)
+            audit_store.set_audit_status(s, audit.id, "running")
+            finding_store.upsert_findings(s, audit.id, records(n))
+            audit_store.set_audit_status(s, audit.id, "succeeded")
             user = auth.add_user(s, "ana", "reviewer", "long enough")
             token = auth.issue_token(s, user)
             audit_id = audit.id
@@ -77,7 +81,7 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         decided = min(2000, n // 10)
         with sessions() as s, s.begin():
             for fid in ids[:decided]:
-                repo.decide(s, fid, "dismissed", reviewer="ana")
+                review_store.decide(s, fid, "dismissed", reviewer="ana")
         h = {"Authorization": f"Bearer {token}"}
         out = {}
         with TestClient(create_app(sessions, home=tmp)) as c:

@@ -136,17 +136,20 @@ class MemoryCache:
 def store_findings(findings, folder: Path) -> float:
     """Seconds to store the findings in a fresh SQLite store (the embedded default)."""
     from auditor.data.base import Examples
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import datasets as dataset_store
+    from auditor.store import findings as finding_store
+    from auditor.store import open_store
 
     sessions = open_store(f"sqlite:///{folder / 'auditor.db'}")
     with sessions() as s, s.begin():
-        dataset = repo.create_dataset(s, "bench", str(folder), "npz")
+        dataset = dataset_store.create_dataset(s, "bench", str(folder), "npz")
         s.flush()
-        repo.record_snapshot(s, dataset, Examples(np.zeros((1, 1)), np.zeros(1, dtype=np.int64), ["k"]))
-        audit_id = repo.create_audit(s, "label-check", dataset).id
+        dataset_store.record_snapshot(s, dataset, Examples(np.zeros((1, 1)), np.zeros(1, dtype=np.int64), ["k"]))
+        audit_id = audit_store.create_audit(s, "label-check", dataset).id
     start = time.perf_counter()
     with sessions() as s, s.begin():
-        repo.upsert_findings(s, audit_id, findings)
+        finding_store.upsert_findings(s, audit_id, findings)
     return time.perf_counter() - start
 
 

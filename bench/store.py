@@ -25,7 +25,9 @@ import psycopg
 from sqlalchemy import func, select
 
 from auditor.analyses.base import FindingRecord
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
 from auditor.store.db import session_factory
 from auditor.store.migrate import upgrade
 from auditor.store.models import Finding, Snapshot
@@ -71,18 +73,18 @@ def run(url: str, n: int) -> tuple[float, float, int]:
     upgrade(url)
     sessions = session_factory(url)
     with sessions() as s, s.begin():
-        dataset = repo.create_dataset(s, "bench", "/dev/null", "npz")
+        dataset = dataset_store.create_dataset(s, "bench", "/dev/null", "npz")
         s.flush()
         snapshot = Snapshot(dataset_id=dataset.id, content_hash="0" * 64, n=n)
         s.add(snapshot)
         s.flush()
-        audit_id = repo.create_audit(s, "label-check", dataset, snapshot=snapshot).id
+        audit_id = audit_store.create_audit(s, "label-check", dataset, snapshot=snapshot).id
     timings = []
     for offset in (0.0, 0.5):
         batch = records(n, offset)
         start = time.perf_counter()
         with sessions() as s, s.begin():
-            repo.upsert_findings(s, audit_id, batch)
+            finding_store.upsert_findings(s, audit_id, batch)
         timings.append(time.perf_counter() - start)
         del batch
     with sessions() as s:

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 from auditor.analyses.base import FindingRecord
 from auditor.data.base import Examples
 from auditor.data.keys import example_keys
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
 from auditor.store.models import Audit, Dataset
 
 
@@ -24,18 +25,18 @@ def with_rows(examples: Examples, x: np.ndarray, y: np.ndarray) -> Examples:
 
 
 def make_dataset(session: Session, name: str = "ds", n: int = 20) -> Dataset:
-    dataset = repo.create_dataset(session, name, f"/data/{name}.npz", "npz")
+    dataset = dataset_store.create_dataset(session, name, f"/data/{name}.npz", "npz")
     session.flush()
-    repo.record_snapshot(session, dataset, make_examples(n))
+    dataset_store.record_snapshot(session, dataset, make_examples(n))
     return dataset
 
 
 def make_audit(session: Session, dataset: Dataset, status: str = "succeeded") -> Audit:
-    audit = repo.create_audit(session, "label-check", dataset, params={"solver": "direct"})
+    audit = audit_store.create_audit(session, "label-check", dataset, params={"solver": "direct"})
     if status != "queued":
-        repo.set_audit_status(session, audit.id, "running")
+        audit_store.set_audit_status(session, audit.id, "running")
         if status != "running":
-            repo.set_audit_status(session, audit.id, status)
+            audit_store.set_audit_status(session, audit.id, status)
     return audit
 
 

@@ -16,7 +16,10 @@ from test_user_models import digits28, trained_small_cnn, user_models  # noqa: F
 from auditor.artifacts import ArtifactStore, list_artifacts
 from auditor.data.bundled import write_npz
 from auditor.influence import FunctionalModel, make_solver
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
 from tests.helpers import cli
 
 N = 240
@@ -24,7 +27,7 @@ N = 240
 
 def scores(audit_id: int) -> np.ndarray:
     with open_store()() as s:
-        rows = sorted(repo.list_findings(s, audit_id), key=lambda f: f.example_index)
+        rows = sorted(finding_store.list_findings(s, audit_id), key=lambda f: f.example_index)
     return np.array([r.payload["self_influence"] for r in rows])
 
 
@@ -193,10 +196,10 @@ def test_audit_status_json_has_elapsed_and_eta_while_running(data28: Path) -> No
     from auditor.store.models import utcnow
 
     with open_store()() as s, s.begin():
-        audit = repo.create_audit(s, "label-check", repo.get_dataset(s, "d28"))
-        repo.set_audit_status(s, audit.id, "running")
+        audit = audit_store.create_audit(s, "label-check", dataset_store.get_dataset(s, "d28"))
+        audit_store.set_audit_status(s, audit.id, "running")
         audit.started_at = utcnow() - timedelta(seconds=30)
-        repo.update_progress(s, audit.id, 0.25, "self-influence (60/240 examples), 2 examples/s, about 90 s left")
+        audit_store.update_progress(s, audit.id, 0.25, "self-influence (60/240 examples), 2 examples/s, about 90 s left")
         audit_id = audit.id
     doc = cli("audit", "status", str(audit_id), "--json")
     assert 29 <= doc["elapsed_seconds"] <= 60 and doc["eta_seconds"] == pytest.approx(3 * doc["elapsed_seconds"], rel=0.01)

@@ -22,7 +22,9 @@ from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.errors import AuditorError, DataError
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import open_store
+from auditor.store import schedules as schedule_store
 
 runner = CliRunner()
 
@@ -102,7 +104,7 @@ def test_a_bad_setting_on_the_cli_is_one_line_and_creates_no_audit(tmp_path: Pat
         assert result.exit_code != 0, args
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:"), result.stderr
     with open_store()() as s:
-        assert repo.list_audits(s) == [] and repo.list_schedules(s) == []
+        assert audit_store.list_audits(s) == [] and schedule_store.list_schedules(s) == []
 
 
 def test_auto_solver_in_params_runs_any_kind_not_only_from_the_cli() -> None:

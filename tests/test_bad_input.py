@@ -284,11 +284,12 @@ def test_bad_input_is_one_line_and_stores_nothing(case: Case, store: Path, monke
 def test_names_stored_before_the_rules_are_listed_escaped(store: Path) -> None:
     """A row with markup and a terminal escape in its name (stored before names were checked, or
     by hand) breaks no listing and reaches the terminal only as escapes."""
-    from auditor.store import open_store, repo
+    from auditor.store import datasets as dataset_store
+    from auditor.store import open_store
 
     sessions = open_store()
     with sessions() as s, s.begin():
-        repo.create_dataset(s, "[/bad]\x1b[31mred\nx", str(store / "d.npz"), "npz", {})
+        dataset_store.create_dataset(s, "[/bad]\x1b[31mred\nx", str(store / "d.npz"), "npz", {})
     for args in (["dataset", "list"], ["audit", "list"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.stderr

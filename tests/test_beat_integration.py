@@ -27,7 +27,8 @@ from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
-from auditor.store import open_store, repo
+from auditor.store import open_store
+from auditor.store import schedules as schedule_store
 from auditor.store.migrate import upgrade
 from auditor.store.models import Audit
 from workers.beat import LOCK_KEY
@@ -175,11 +176,11 @@ def test_beat_runs_schedules_from_the_table_and_is_alone(
     cli("schedule", "pause", str(sid))
     time.sleep(4)  # a tick that claimed the schedule just before the pause may still finish
     with sessions() as s:
-        last_run: datetime | None = repo.get_schedule(s, sid).last_run_at
+        last_run: datetime | None = schedule_store.get_schedule(s, sid).last_run_at
     count = audits()
     time.sleep(6)
     with sessions() as s:
-        assert repo.get_schedule(s, sid).last_run_at == last_run
+        assert schedule_store.get_schedule(s, sid).last_run_at == last_run
     assert audits() == count
     assert beat.poll() is None
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import open_store
 from tests.helpers import cli
 
 runner = CliRunner()
@@ -40,7 +41,7 @@ def audit(dataset: str) -> dict[str, Any]:
 
 def _audit_count() -> int:
     with open_store()() as s:
-        return len(repo.list_audits(s))
+        return len(audit_store.list_audits(s))
 
 
 def test_run_prints_one_json_document_with_findings(audit: dict[str, Any]) -> None:

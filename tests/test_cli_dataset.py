@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from auditor.cli.main import app
 from auditor.config import get_settings
 from auditor.data.bundled import flip_labels, wine, write_npz
-from auditor.store import open_store, repo
+from auditor.store import datasets as dataset_store
+from auditor.store import open_store
 
 runner = CliRunner()
 
@@ -26,8 +27,8 @@ def wine_npz(tmp_path: Path) -> Path:
 
 def _counts() -> tuple[int, int]:
     with open_store()() as s:
-        datasets = repo.list_datasets(s)
-        return len(datasets), sum(len(repo.list_snapshots(s, d.id)) for d in datasets)
+        datasets = dataset_store.list_datasets(s)
+        return len(datasets), sum(len(dataset_store.list_snapshots(s, d.id)) for d in datasets)
 
 
 def test_add_then_list_as_json(wine_npz: Path, isolated_home: Path) -> None:
@@ -54,7 +55,7 @@ def test_adding_a_taken_name_fails_and_writes_nothing(wine_npz: Path, tmp_path: 
     assert "dataset 'wine' already exists; pass --update" in result.stderr
     assert _counts() == (1, 1)
     with open_store()() as s:
-        assert repo.get_dataset(s, "wine").format == "npz"
+        assert dataset_store.get_dataset(s, "wine").format == "npz"
 
 
 def test_update_and_scan_report_what_changed(wine_npz: Path) -> None:

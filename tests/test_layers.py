@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lowest first; a module's layer is its longest matching prefix
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("auditor", "auditor.errors", "auditor.progress", "auditor.records", "auditor.config", "auditor.memory")),
+    ("base", ("auditor", "auditor.errors", "auditor.progress", "auditor.records", "auditor.config", "auditor.memory", "auditor.recurrence")),
     ("engine and data", ("auditor.influence", "auditor.data")),
     ("models and store", ("auditor.models", "auditor.store")),
     ("analyses", ("auditor.analyses",)),

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.reconcile import reconcile
 from auditor.runner import execute_audit
-from auditor.store import repo
+from auditor.store import audits as audit_store
 from auditor.store.models import Audit, utcnow
 
 
@@ -32,7 +32,7 @@ def running_audit(sessions: sessionmaker[Session], *, beat_age: float, task_id: 
 
 def row(sessions: sessionmaker[Session], audit_id: int) -> Audit:
     with sessions() as s:
-        return repo.get_audit(s, audit_id)
+        return audit_store.get_audit(s, audit_id)
 
 
 class Sent:
@@ -94,7 +94,7 @@ def test_a_queued_audit_whose_message_was_lost_is_sent_again_once_it_is_older_th
 def test_a_lost_audit_that_used_up_its_deliveries_is_failed_as_poison(sessions) -> None:
     lost = running_audit(sessions, beat_age=120, task_id="t")
     with sessions() as s, s.begin():
-        repo.get_audit(s, lost).deliveries = 3
+        audit_store.get_audit(s, lost).deliveries = 3
     sent = Sent()
     assert reconcile(sessions, requeue=sent, pending=lambda: {}).failed == [lost]
     assert sent.ids == [] and "gave up after 3 starts" in row(sessions, lost).error
@@ -104,7 +104,7 @@ def test_a_delivery_beyond_the_bound_fails_the_audit_instead_of_running_it(sessi
     monkeypatch.setenv("AUDITOR_MAX_DELIVERIES", "2")
     audit_id = running_audit(sessions, beat_age=1, task_id="t")  # started once, its worker died
     with sessions() as s, s.begin():
-        repo.set_audit_status(s, audit_id, "running", message="fitting the curvature")  # died again
+        audit_store.set_audit_status(s, audit_id, "running", message="fitting the curvature")  # died again
     assert row(sessions, audit_id).deliveries == 2
     outcome = execute_audit(sessions, audit_id, task_id="t")
     assert outcome.status == "failed"
@@ -116,6 +116,6 @@ def test_cancel_ends_a_lost_running_audit_at_once_and_a_live_one_at_its_next_rep
     alive = running_audit(sessions, beat_age=1, task_id="t2")
     stale_before = utcnow() - timedelta(seconds=30)
     with sessions() as s, s.begin():
-        assert repo.request_cancel(s, lost, stale_before=stale_before).status == "cancelled"
-        a = repo.request_cancel(s, alive, stale_before=stale_before)
+        assert audit_store.request_cancel(s, lost, stale_before=stale_before).status == "cancelled"
+        a = audit_store.request_cancel(s, alive, stale_before=stale_before)
         assert a.status == "running" and a.cancel_requested

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.errors import AuditorError, Conflict
-from auditor.store import repo
+from auditor.store import findings as finding_store
+from auditor.store import reviews as review_store
 from auditor.store.models import Review, ReviewEvent
 
 
@@ -19,8 +20,8 @@ def _setup(sessions: sessionmaker[Session], n: int = 12) -> tuple[int, int, list
     with sessions() as s, s.begin():
         dataset = make_dataset(s, n=n)
         audit = make_audit(s, dataset)
-        repo.upsert_findings(s, audit.id, make_records(n))
-        ids = [f.id for f in repo.list_findings(s, audit.id)]
+        finding_store.upsert_findings(s, audit.id, make_records(n))
+        ids = [f.id for f in finding_store.list_findings(s, audit.id)]
         return dataset.id, audit.id, ids
 
 
@@ -28,40 +29,40 @@ def test_every_decision_and_undo_is_kept_and_undo_brings_back_the_one_before(ses
     dataset_id, audit_id, ids = _setup(sessions)
     f = ids[0]
     with sessions() as s, s.begin():
-        repo.decide(s, f, "confirmed", reviewer="ana", user_id=None)
+        review_store.decide(s, f, "confirmed", reviewer="ana", user_id=None)
     with sessions() as s, s.begin():
-        repo.decide(s, f, "relabelled", 2, reviewer="bo", expected_version=1, note="a two")
+        review_store.decide(s, f, "relabelled", 2, reviewer="bo", expected_version=1, note="a two")
     with sessions() as s, s.begin():
-        standing = repo.undo(s, f, reviewer="bo", expected_version=2)
+        standing = review_store.undo(s, f, reviewer="bo", expected_version=2)
         assert (standing.decision, standing.reviewer) == ("confirmed", "ana")
     with sessions() as s, s.begin():
-        assert repo.undo(s, f, reviewer="ana") is None  # back to no decision
-        assert repo.settled_keys(s, dataset_id) == set()
+        assert review_store.undo(s, f, reviewer="ana") is None  # back to no decision
+        assert review_store.settled_keys(s, dataset_id) == set()
     with sessions() as s:
-        history = repo.review_history(s, dataset_id, "k000000")
+        history = review_store.review_history(s, dataset_id, "k000000")
         assert [(e.decision, e.reviewer, e.new_label) for e in history] == [
             ("confirmed", "ana", None), ("relabelled", "bo", 2), ("undone", "bo", None), ("undone", "ana", None),
         ]
         assert history[2].undoes_id == history[1].id and history[3].undoes_id == history[0].id
         assert {e.audit_id for e in history} == {audit_id} and {e.finding_id for e in history} == {f}
     with sessions() as s, s.begin(), pytest.raises(Conflict, match="no decision to undo"):
-        repo.undo(s, f, reviewer="ana")
+        review_store.undo(s, f, reviewer="ana")
     with sessions() as s:  # the refused undo stored nothing
-        assert len(repo.review_history(s, dataset_id, "k000000")) == 4
+        assert len(review_store.review_history(s, dataset_id, "k000000")) == 4
 
 
 def test_a_stale_undo_or_decision_is_refused_and_stores_no_event(sessions) -> None:
     dataset_id, _, ids = _setup(sessions)
     with sessions() as s, s.begin():
-        repo.decide(s, ids[1], "dismissed", reviewer="ana")
+        review_store.decide(s, ids[1], "dismissed", reviewer="ana")
     with sessions() as s, s.begin():
-        repo.decide(s, ids[1], "confirmed", reviewer="bo", expected_version=1)
+        review_store.decide(s, ids[1], "confirmed", reviewer="bo", expected_version=1)
     with sessions() as s, s.begin(), pytest.raises(Conflict, match="since"):
-        repo.undo(s, ids[1], reviewer="ana", expected_version=1)  # ana saw version 1; it is 2 now
+        review_store.undo(s, ids[1], reviewer="ana", expected_version=1)  # ana saw version 1; it is 2 now
     with sessions() as s, s.begin(), pytest.raises(Conflict, match="already decided"):
-        repo.decide(s, ids[1], "dismissed", reviewer="ana", expected_version=1)
+        review_store.decide(s, ids[1], "dismissed", reviewer="ana", expected_version=1)
     with sessions() as s, s.begin(), pytest.raises(AuditorError, match="new label"):
-        repo.decide(s, ids[2], "relabelled", None, reviewer="ana")
+        review_store.decide(s, ids[2], "relabelled", None, reviewer="ana")
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(ReviewEvent)) == 2
 
@@ -74,24 +75,24 @@ def test_the_standing_decisions_are_exactly_what_the_history_derives(sessions) -
     for _ in range(60):
         f = rng.choice(ids)
         with sessions() as s, s.begin():
-            finding = repo.get_finding(s, f)
-            current = repo.get_review(s, dataset_id, finding.example_key)
+            finding = finding_store.get_finding(s, f)
+            current = review_store.get_review(s, dataset_id, finding.example_key)
             version = current.version if current else None
             action = rng.choice(["confirmed", "dismissed", "relabelled", "undo", "undo"])
             who = rng.choice(["ana", "bo", "cy"])
             try:
                 if action == "undo":
-                    repo.undo(s, f, reviewer=who, expected_version=version)
+                    review_store.undo(s, f, reviewer=who, expected_version=version)
                 else:
                     label = rng.randrange(3) if action == "relabelled" else None
-                    repo.decide(s, f, action, label, reviewer=who, expected_version=version)
+                    review_store.decide(s, f, action, label, reviewer=who, expected_version=version)
             except Conflict:
                 assert action == "undo" and current is None
     with sessions() as s:
         for f in ids:
-            key = repo.get_finding(s, f).example_key
-            derived = repo.standing_decision(repo.review_history(s, dataset_id, key))
-            review = repo.get_review(s, dataset_id, key)
+            key = finding_store.get_finding(s, f).example_key
+            derived = review_store.standing_decision(review_store.review_history(s, dataset_id, key))
+            review = review_store.get_review(s, dataset_id, key)
             if derived is None:
                 assert review is None
             else:
@@ -103,22 +104,22 @@ def test_the_standing_decisions_are_exactly_what_the_history_derives(sessions) -
 def test_findings_filter_by_class_and_decision_and_page(sessions) -> None:
     _, audit_id, ids = _setup(sessions, n=12)  # labels are i % 3
     with sessions() as s, s.begin():
-        repo.decide(s, ids[0], "confirmed", reviewer="ana")
-        repo.decide(s, ids[3], "relabelled", 1, reviewer="ana")
-        repo.decide(s, ids[4], "dismissed", reviewer="ana")
+        review_store.decide(s, ids[0], "confirmed", reviewer="ana")
+        review_store.decide(s, ids[3], "relabelled", 1, reviewer="ana")
+        review_store.decide(s, ids[4], "dismissed", reviewer="ana")
     with sessions() as s:
-        class0 = repo.query_findings(s, audit_id, label=0, limit=None)
+        class0 = finding_store.query_findings(s, audit_id, label=0, limit=None)
         assert [f.example_index for f, _ in class0.rows] == [0, 3, 6, 9] and class0.total == 4
-        undecided0 = repo.query_findings(s, audit_id, label=0, decision="undecided")
+        undecided0 = finding_store.query_findings(s, audit_id, label=0, decision="undecided")
         assert [f.example_index for f, _ in undecided0.rows] == [6, 9]
-        relabelled = repo.query_findings(s, audit_id, decision="relabelled")
+        relabelled = finding_store.query_findings(s, audit_id, decision="relabelled")
         assert [(f.example_index, r.new_label) for f, r in relabelled.rows] == [(3, 1)]
-        page2 = repo.query_findings(s, audit_id, offset=5, limit=5)
+        page2 = finding_store.query_findings(s, audit_id, offset=5, limit=5)
         assert [f.example_index for f, _ in page2.rows] == [5, 6, 7, 8, 9] and page2.total == 12
-        lowest = repo.query_findings(s, audit_id, order="score", limit=2)
+        lowest = finding_store.query_findings(s, audit_id, order="score", limit=2)
         assert [f.example_index for f, _ in lowest.rows] == [11, 10]
         with pytest.raises(AuditorError, match="decision filter"):
-            repo.query_findings(s, audit_id, decision="maybe")
+            finding_store.query_findings(s, audit_id, decision="maybe")
 
 
 def test_upgrading_keeps_decisions_made_before_the_history_existed(tmp_path) -> None:

@@ -20,7 +20,9 @@ from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.errors import Cancelled
 from auditor.runner import execute_audit
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
 
 N = 30
 
@@ -30,7 +32,7 @@ def audit_id(sessions: sessionmaker[Session], tmp_path: Path) -> int:
     d = digits()
     path = write_npz(Examples(d.x[:N], d.y[:N], d.keys[:N], is_image=True), tmp_path / "d.npz")
     with sessions() as s, s.begin():
-        repo.create_dataset(s, "d", str(path), "npz", {})
+        dataset_store.create_dataset(s, "d", str(path), "npz", {})
     return create_audit(sessions, "label-check", "d", {})
 
 
@@ -48,7 +50,7 @@ def stand_in(monkeypatch: pytest.MonkeyPatch, during: Callable[[], None] = lambd
 
 def read(sessions: sessionmaker[Session], audit_id: int):
     with sessions() as s:
-        return repo.get_audit(s, audit_id), repo.count_findings(s, audit_id)
+        return audit_store.get_audit(s, audit_id), finding_store.count_findings(s, audit_id)
 
 
 def test_a_second_delivery_of_a_finished_audit_changes_nothing(
@@ -70,8 +72,8 @@ def test_an_overlapping_delivery_stops_when_the_other_one_finishes(
 ) -> None:
     def other_delivery_finishes() -> None:
         with sessions() as s, s.begin():
-            repo.upsert_findings(s, audit_id, make_records(N, score_offset=100.0))
-            repo.set_audit_status(s, audit_id, "succeeded", message="by the other delivery")
+            finding_store.upsert_findings(s, audit_id, make_records(N, score_offset=100.0))
+            audit_store.set_audit_status(s, audit_id, "succeeded", message="by the other delivery")
 
     stand_in(monkeypatch, during=other_delivery_finishes)
     outcome = execute_audit(sessions, audit_id, task_id="t1")
@@ -81,7 +83,7 @@ def test_an_overlapping_delivery_stops_when_the_other_one_finishes(
         "succeeded", "by the other delivery", 1.0, N,
     )  # fmt: skip
     with sessions() as s:  # the other delivery's findings, not overwritten by this one's
-        assert min(f.score for f in repo.list_findings(s, audit_id)) > 100
+        assert min(f.score for f in finding_store.list_findings(s, audit_id)) > 100
 
 
 def test_a_cancel_that_arrives_after_the_last_progress_report_still_wins(
@@ -89,7 +91,7 @@ def test_a_cancel_that_arrives_after_the_last_progress_report_still_wins(
 ) -> None:
     def analysis(inp: AnalysisInput) -> AnalysisResult:
         with sessions() as s, s.begin():
-            repo.request_cancel(s, audit_id)
+            audit_store.request_cancel(s, audit_id)
         return AnalysisResult(make_records(N), {})
 
     monkeypatch.setattr(runner, "get_analysis", lambda kind: analysis)
@@ -142,9 +144,9 @@ def test_a_failed_audit_with_a_cancel_request_is_not_run_again(
     sessions, audit_id, monkeypatch
 ) -> None:
     with sessions() as s, s.begin():
-        repo.set_audit_status(s, audit_id, "running")
-        repo.request_cancel(s, audit_id)
-        repo.set_audit_status(s, audit_id, "failed", error="boom")
+        audit_store.set_audit_status(s, audit_id, "running")
+        audit_store.request_cancel(s, audit_id)
+        audit_store.set_audit_status(s, audit_id, "failed", error="boom")
     stand_in(monkeypatch, during=lambda: pytest.fail("must not run"))
     outcome = execute_audit(sessions, audit_id, task_id="t2")
     assert (outcome.status, outcome.error) == ("failed", "boom")
@@ -157,7 +159,7 @@ def test_a_cancel_stops_a_real_audit_during_training(sessions, audit_id, monkeyp
 
     def train_after_cancel(module, x, y, config, progress=None, **kw):
         with sessions() as s, s.begin():
-            repo.request_cancel(s, audit_id)
+            audit_store.request_cancel(s, audit_id)
         time.sleep(0.6)  # past StoreProgress's rate limit, so the next report reads the flag
         try:  # tol 0: without a cancel this fit would run all 500 steps
             return real_train(module, x, y, replace(config, tol=0.0, max_iter=500), progress=progress, **kw)

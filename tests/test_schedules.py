@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from auditor import schedules
+from auditor import recurrence, schedules
 from auditor.analyses.base import FindingRecord
 from auditor.audit_diff import parse_top
 from auditor.cli.main import app
@@ -30,7 +30,12 @@ from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
 from auditor.errors import AuditorError
 from auditor.runner import run_in_process
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
+from auditor.store import reviews as review_store
+from auditor.store import schedules as schedule_store
 from auditor.store.models import Audit, utcnow
 
 runner = CliRunner()
@@ -72,7 +77,7 @@ def digits_npz(tmp_path: Path) -> Path:
 
 def make_due(schedule_id: int) -> None:
     with open_store()() as s, s.begin():
-        repo.get_schedule(s, schedule_id).next_run_at = utcnow() - timedelta(seconds=1)
+        schedule_store.get_schedule(s, schedule_id).next_run_at = utcnow() - timedelta(seconds=1)
 
 
 def schedule_row(schedule_id: int) -> dict[str, Any]:
@@ -188,7 +193,7 @@ def test_schedule_add_refuses_bad_input_in_one_line(
 
 @pytest.mark.parametrize("seconds", [1, 59, 90, 3600, 5400, 86400, 93784, 604800])
 def test_intervals_print_as_text_that_parses_back(seconds: int) -> None:
-    assert repo.parse_interval(schedules.format_interval(seconds)) == seconds
+    assert recurrence.parse_interval(schedules.format_interval(seconds)) == seconds
 
 
 def test_next_run_follows_the_interval_or_the_cron_expression(digits_npz: Path) -> None:
@@ -212,7 +217,7 @@ def test_next_run_follows_the_interval_or_the_cron_expression(digits_npz: Path) 
     assert [c.schedule_id for c in claims] == [hourly["id"], nightly["id"]]
     assert claims[1].next_run_at == datetime(2026, 3, 3, 3, 0, tzinfo=timezone.utc)
     with sessions() as s:
-        stored = repo.get_schedule(s, nightly["id"])
+        stored = schedule_store.get_schedule(s, nightly["id"])
         assert stored.last_run_at == at_three
         assert stored.next_run_at == datetime(2026, 3, 3, 3, 0, tzinfo=timezone.utc)
 
@@ -244,7 +249,7 @@ def test_tick_runs_a_due_schedule_then_skips_it_until_the_data_changes(
     (audit,) = audits_of(sid)
     assert first["audit_ids"] == [audit.id] and audit.status == "succeeded"
     with open_store()() as s:
-        assert repo.count_findings(s, audit.id) == 200
+        assert finding_store.count_findings(s, audit.id) == 200
     ran_at = datetime.fromisoformat(schedule_row(sid)["last_run_at"])
 
     assert cli("schedule", "tick") == {"outcomes": [], "audit_ids": []}  # not due again yet
@@ -297,9 +302,9 @@ def _walk_queue(sessions: sessionmaker[Session], dataset_id: int) -> list[str]:
     """Every key the review queue hands out, best first (dismissing each to get the next)."""
     keys = []
     with sessions() as s, s.begin():
-        while (finding := repo.next_unsettled_finding(s, dataset_id=dataset_id)) is not None:
+        while (finding := review_store.next_unsettled_finding(s, dataset_id=dataset_id)) is not None:
             keys.append(finding.example_key)
-            repo.decide(s, finding.id, "dismissed", reviewer="walker")
+            review_store.decide(s, finding.id, "dismissed", reviewer="walker")
     return keys
 
 
@@ -312,12 +317,12 @@ def test_settled_examples_stay_settled_across_scans_and_diff_reports_them(
     ]
     (first_id,) = cli("schedule", "tick")["audit_ids"]
     with sessions() as s, s.begin():
-        dataset_id = repo.get_dataset(s, "dg").id
-        top = repo.list_findings(s, first_id, top=2)
+        dataset_id = dataset_store.get_dataset(s, "dg").id
+        top = finding_store.list_findings(s, first_id, top=2)
         kept, edited = top[0], top[1]  # a reviewer settles the two best-ranked examples
-        repo.decide(s, kept.id, "confirmed", reviewer="ana")
-        repo.decide(s, edited.id, "dismissed", reviewer="ana")
-        head = repo.next_unsettled_finding(s, dataset_id=dataset_id)
+        review_store.decide(s, kept.id, "confirmed", reviewer="ana")
+        review_store.decide(s, edited.id, "dismissed", reviewer="ana")
+        head = review_store.next_unsettled_finding(s, dataset_id=dataset_id)
         assert head is not None and head.rank == 3
 
     # scan 2: the dataset grew by 20 rows, and the label of the second example changed
@@ -325,7 +330,7 @@ def test_settled_examples_stay_settled_across_scans_and_diff_reports_them(
     make_due(sid)
     (second_id,) = cli("schedule", "tick")["audit_ids"]
     with sessions() as s:
-        second = {f.example_key: f for f in repo.list_findings(s, second_id)}
+        second = {f.example_key: f for f in finding_store.list_findings(s, second_id)}
     assert len(second) == 220
     assert kept.example_key in second  # still audited, same key ...
     assert edited.example_key not in second  # ... the relabelled example has a new key
@@ -345,7 +350,7 @@ def test_settled_examples_stay_settled_across_scans_and_diff_reports_them(
     assert kept.example_key not in queue
     assert new_key in queue
     with sessions() as s:  # the old decision is still there, for the old key
-        review = repo.get_review(s, dataset_id, edited.example_key)
+        review = review_store.get_review(s, dataset_id, edited.example_key)
         assert review is not None and review.decision == "dismissed"
 
 
@@ -354,10 +359,10 @@ def check_diff_against_rankings(
 ) -> None:
     """The diff's sets equal those computed from the two audits' top-ranked findings."""
     with sessions() as s:
-        flagged_a = {f.example_key for f in repo.list_findings(s, a, top=top_a)}
-        flagged_b = {f.example_key for f in repo.list_findings(s, b, top=top_b)}
-        dataset_id = repo.get_audit(s, a).dataset_id
-        settled = repo.settled_keys(s, dataset_id) & (flagged_a | flagged_b)
+        flagged_a = {f.example_key for f in finding_store.list_findings(s, a, top=top_a)}
+        flagged_b = {f.example_key for f in finding_store.list_findings(s, b, top=top_b)}
+        dataset_id = audit_store.get_audit(s, a).dataset_id
+        settled = review_store.settled_keys(s, dataset_id) & (flagged_a | flagged_b)
     assert (diff["a"]["flagged"], diff["b"]["flagged"]) == (top_a, top_b)
     assert {r["example_key"] for r in diff["newly_flagged"]} == flagged_b - flagged_a
     assert {r["example_key"] for r in diff["no_longer_flagged"]} == flagged_a - flagged_b
@@ -372,21 +377,21 @@ def check_diff_against_rankings(
 def _audit_with_ranking(s: Session, dataset_name: str, keys: list[str], ranking: list[str]) -> int:
     """A succeeded label-check audit whose snapshot holds `keys`, ranked as `ranking` says."""
     try:
-        dataset = repo.get_dataset(s, dataset_name)
+        dataset = dataset_store.get_dataset(s, dataset_name)
     except AuditorError:
-        dataset = repo.create_dataset(s, dataset_name, f"/data/{dataset_name}.npz", "npz")
+        dataset = dataset_store.create_dataset(s, dataset_name, f"/data/{dataset_name}.npz", "npz")
         s.flush()
     n = len(keys)
     examples = Examples(x=np.zeros((n, 2), np.float32), y=np.zeros(n, np.int64), keys=keys)
-    snapshot, _ = repo.record_snapshot(s, dataset, examples)
-    audit = repo.create_audit(s, "label-check", dataset, snapshot=snapshot)
-    repo.set_audit_status(s, audit.id, "running")
+    snapshot, _ = dataset_store.record_snapshot(s, dataset, examples)
+    audit = audit_store.create_audit(s, "label-check", dataset, snapshot=snapshot)
+    audit_store.set_audit_status(s, audit.id, "running")
     records = [
         FindingRecord(keys.index(key), key, "label", float(n - rank), rank, 0, {})
         for rank, key in enumerate(ranking, start=1)
     ]
-    repo.upsert_findings(s, audit.id, records)
-    repo.set_audit_status(s, audit.id, "succeeded")
+    finding_store.upsert_findings(s, audit.id, records)
+    audit_store.set_audit_status(s, audit.id, "succeeded")
     return audit.id
 
 
@@ -400,8 +405,8 @@ def test_audit_diff_names_newly_flagged_no_longer_flagged_and_settled() -> None:
     with sessions() as s, s.begin():
         a = _audit_with_ranking(s, "toy", old, old)
         b = _audit_with_ranking(s, "toy", new, b_ranking)
-        k00 = repo.list_findings(s, a, top=1)[0]
-        repo.decide(s, k00.id, "confirmed", reviewer="ana")
+        k00 = finding_store.list_findings(s, a, top=1)[0]
+        review_store.decide(s, k00.id, "confirmed", reviewer="ana")
         other = _audit_with_ranking(s, "other", old, old)
 
     doc = cli("audit", "diff", str(a), str(b), "--top", "25%")  # 5 of 20
@@ -428,7 +433,7 @@ def test_audit_diff_names_newly_flagged_no_longer_flagged_and_settled() -> None:
     assert "different datasets" in cli_error("audit", "diff", str(a), str(other))
     assert "cannot read --top" in cli_error("audit", "diff", str(a), str(b), "--top", "ten")
     with sessions() as s, s.begin():
-        queued = repo.create_audit(s, "label-check", repo.get_dataset(s, "toy")).id
+        queued = audit_store.create_audit(s, "label-check", dataset_store.get_dataset(s, "toy")).id
     assert "diff compares succeeded audits" in cli_error("audit", "diff", str(a), str(queued))
 
 
@@ -449,10 +454,10 @@ def test_concurrent_ticks_take_each_due_schedule_once(
 ) -> None:
     path = write_digits(tmp_path / "small.npz", n=40)
     with sessions() as s, s.begin():
-        dataset = repo.create_dataset(s, "small", str(path), "npz")
+        dataset = dataset_store.create_dataset(s, "small", str(path), "npz")
         s.flush()
         ids = [
-            repo.add_schedule(
+            schedule_store.add_schedule(
                 s,
                 dataset,
                 "label-check",
@@ -464,13 +469,13 @@ def test_concurrent_ticks_take_each_due_schedule_once(
             for i in range(4)
         ]
     # Hold each claim's row lock a little longer, so the ticks really overlap.
-    mark = repo.mark_schedule_ran
+    mark = schedule_store.mark_schedule_ran
 
     def slow_mark(session: Session, schedule: Any, now: datetime | None = None) -> None:
         threading.Event().wait(0.05)
         mark(session, schedule, now)
 
-    monkeypatch.setattr(repo, "mark_schedule_ran", slow_mark)
+    monkeypatch.setattr(schedule_store, "mark_schedule_ran", slow_mark)
     created: list[int] = []
     outcomes: list[schedules.ScanOutcome] = []
     errors: list[BaseException] = []

@@ -6,7 +6,10 @@ from auditor.audits import create_audit
 from auditor.data.bundled import digits, write_npz
 from auditor.runner import execute_audit
 from auditor.shards import run_all_shards_here, run_shard, start_sharded
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
 
 
 def _setup(tmp_path, url, n=150):
@@ -17,13 +20,13 @@ def _setup(tmp_path, url, n=150):
     path = write_npz(small, tmp_path / "d.npz")
     sessions = open_store(url)
     with sessions() as s, s.begin():
-        repo.create_dataset(s, "d", str(path), "npz", {})
+        dataset_store.create_dataset(s, "d", str(path), "npz", {})
     return sessions
 
 
 def _rows(sessions, audit_id):
     with sessions() as s:
-        return [(f.example_key, f.rank, round(f.score, 9)) for f in repo.list_findings(s, audit_id)]
+        return [(f.example_key, f.rank, round(f.score, 9)) for f in finding_store.list_findings(s, audit_id)]
 
 
 def test_sharded_label_check_matches_a_single_worker(tmp_path, sqlite_url):
@@ -43,7 +46,7 @@ def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_u
     sharded = create_audit(sessions, "label-check", "d", params)
     assert run_all_shards_here(sessions, sharded).status == "succeeded"
     with sessions() as s:
-        summary = repo.get_audit(s, sharded).summary
+        summary = audit_store.get_audit(s, sharded).summary
     # the fit ran once before the shards; the shard that wrote the summary loaded it
     assert summary["curvature"]["reused"] is True and summary["training"]["reused"] is True
     single = create_audit(sessions, "label-check", "d", {k: v for k, v in params.items() if k != "shards"} | {"solver": {"name": "ekfac", "reuse": False}})
@@ -51,9 +54,9 @@ def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_u
     assert _rows(sessions, sharded) == _rows(sessions, single)
     # the shard that completed the audit said why for the top examples, as one worker does
     with sessions() as s:
-        a = repo.list_findings(s, sharded, top=60)
-        b = repo.list_findings(s, single, top=60)
-        assert repo.get_audit(s, sharded).summary["why_top"] == 50
+        a = finding_store.list_findings(s, sharded, top=60)
+        b = finding_store.list_findings(s, single, top=60)
+        assert audit_store.get_audit(s, sharded).summary["why_top"] == 50
     lists = lambda f: {k: [r["index"] for r in v] for k, v in (f.payload.get("why") or {}).items()}  # noqa: E731
     assert [lists(f) for f in a] == [lists(f) for f in b]
     assert all(lists(f) for f in a[:50]) and not any(lists(f) for f in a[50:])
@@ -79,9 +82,9 @@ def test_a_shard_that_keeps_dying_fails_the_audit_after_the_bound(tmp_path, sqli
     audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2})
     count = start_sharded(sessions, audit_id)
     with sessions() as s, s.begin():  # 4 shard starts that died without a word
-        repo.get_audit(s, audit_id).deliveries += 4
+        audit_store.get_audit(s, audit_id).deliveries += 4
     outcome = run_shard(sessions, audit_id, 0, count)
     assert outcome.status == "failed" and "gave up after 6 starts" in outcome.error
     with sessions() as s:
-        audit = repo.get_audit(s, audit_id)
+        audit = audit_store.get_audit(s, audit_id)
         assert audit.status == "failed" and audit.error.startswith("shard 1/2: gave up")

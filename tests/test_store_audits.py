@@ -7,7 +7,8 @@ from factories import make_audit, make_dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.errors import Conflict, NotFound
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
 from auditor.store.models import utcnow
 
 
@@ -15,14 +16,14 @@ def test_an_audit_runs_from_queued_to_succeeded(sessions: sessionmaker[Session])
     with sessions() as s, s.begin():
         dataset = make_dataset(s)
         audit = make_audit(s, dataset, status="queued")
-        assert audit.snapshot_id == repo.latest_snapshot(s, dataset.id).id
+        assert audit.snapshot_id == dataset_store.latest_snapshot(s, dataset.id).id
     with sessions() as s, s.begin():
-        repo.set_audit_status(s, audit.id, "running", task_id="task-1")
-        assert repo.update_progress(s, audit.id, 0.4, "scoring") is False
+        audit_store.set_audit_status(s, audit.id, "running", task_id="task-1")
+        assert audit_store.update_progress(s, audit.id, 0.4, "scoring") is False
     with sessions() as s, s.begin():
-        repo.set_audit_status(s, audit.id, "succeeded", message="done")
+        audit_store.set_audit_status(s, audit.id, "succeeded", message="done")
     with sessions() as s:
-        audit = repo.get_audit(s, audit.id)
+        audit = audit_store.get_audit(s, audit.id)
         assert (audit.status, audit.progress, audit.task_id) == ("succeeded", 1.0, "task-1")
         assert audit.started_at.tzinfo == timezone.utc
         assert audit.started_at <= audit.heartbeat_at <= audit.finished_at <= utcnow()
@@ -31,11 +32,11 @@ def test_an_audit_runs_from_queued_to_succeeded(sessions: sessionmaker[Session])
 def test_cancelling_a_queued_audit_cancels_it_at_once(sessions: sessionmaker[Session]) -> None:
     with sessions() as s, s.begin():
         audit = make_audit(s, make_dataset(s), status="queued")
-        cancelled = repo.request_cancel(s, audit.id)
+        cancelled = audit_store.request_cancel(s, audit.id)
         assert cancelled.status == "cancelled" and cancelled.finished_at is not None
-        assert repo.request_cancel(s, audit.id).status == "cancelled"  # idempotent
+        assert audit_store.request_cancel(s, audit.id).status == "cancelled"  # idempotent
         with pytest.raises(Conflict, match="cannot become running"):
-            repo.set_audit_status(s, audit.id, "running")
+            audit_store.set_audit_status(s, audit.id, "running")
 
 
 def test_cancelling_a_running_audit_reaches_its_progress_callback(
@@ -44,24 +45,24 @@ def test_cancelling_a_running_audit_reaches_its_progress_callback(
     with sessions() as s, s.begin():
         audit = make_audit(s, make_dataset(s), status="running")
     with sessions() as s, s.begin():
-        assert repo.request_cancel(s, audit.id).status == "running"
+        assert audit_store.request_cancel(s, audit.id).status == "running"
     with sessions() as s, s.begin():
-        assert repo.is_cancel_requested(s, audit.id)
-        assert repo.update_progress(s, audit.id, 0.5) is True
-        repo.set_audit_status(s, audit.id, "cancelled")
+        assert audit_store.is_cancel_requested(s, audit.id)
+        assert audit_store.update_progress(s, audit.id, 0.5) is True
+        audit_store.set_audit_status(s, audit.id, "cancelled")
     with sessions() as s, s.begin():
         with pytest.raises(Conflict, match="cancelled; it cannot become succeeded"):
-            repo.set_audit_status(s, audit.id, "succeeded")
+            audit_store.set_audit_status(s, audit.id, "succeeded")
         with pytest.raises(Conflict, match="nothing to cancel"):
-            repo.request_cancel(s, make_audit(s, repo.get_dataset(s, "ds")).id)
+            audit_store.request_cancel(s, make_audit(s, dataset_store.get_dataset(s, "ds")).id)
 
 
 def test_requeueing_resets_progress_and_the_cancel_flag(sessions: sessionmaker[Session]) -> None:
     with sessions() as s, s.begin():
         audit = make_audit(s, make_dataset(s), status="running")
-        repo.request_cancel(s, audit.id)
-        repo.set_audit_status(s, audit.id, "failed", error="worker lost")
-        audit = repo.set_audit_status(s, audit.id, "queued")
+        audit_store.request_cancel(s, audit.id)
+        audit_store.set_audit_status(s, audit.id, "failed", error="worker lost")
+        audit = audit_store.set_audit_status(s, audit.id, "queued")
         assert (audit.progress, audit.error, audit.cancel_requested) == (0.0, None, False)
 
 
@@ -70,30 +71,30 @@ def test_audits_are_listed_newest_first_per_dataset(sessions: sessionmaker[Sessi
         first, other = make_dataset(s, "a"), make_dataset(s, "b")
         older, newer = make_audit(s, first), make_audit(s, first, status="failed")
         make_audit(s, other)
-        assert [a.id for a in repo.list_audits(s, "a")] == [newer.id, older.id]
-        assert [a.id for a in repo.list_audits(s, first, status="failed")] == [newer.id]
-        assert len(repo.list_audits(s)) == 3
+        assert [a.id for a in audit_store.list_audits(s, "a")] == [newer.id, older.id]
+        assert [a.id for a in audit_store.list_audits(s, first, status="failed")] == [newer.id]
+        assert len(audit_store.list_audits(s)) == 3
 
 
 def test_missing_rows_raise_not_found(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
         with pytest.raises(NotFound, match="no audit with id 99"):
-            repo.get_audit(s, 99)
+            audit_store.get_audit(s, 99)
         with pytest.raises(NotFound):
-            repo.update_progress(s, 99, 0.5)
+            audit_store.update_progress(s, 99, 0.5)
         with pytest.raises(NotFound, match="no dataset named 'x'"):
-            repo.get_dataset(s, "x")
+            dataset_store.get_dataset(s, "x")
 
 
 def test_dataset_names_are_unique(sessions: sessionmaker[Session]) -> None:
     with sessions() as s, s.begin():
         make_dataset(s, "ds")
         with pytest.raises(Conflict, match="already exists"):
-            repo.create_dataset(s, "ds", "/elsewhere", "csv")
+            dataset_store.create_dataset(s, "ds", "/elsewhere", "csv")
 
 
 def test_running_audits_without_heartbeat_are_stale(sessions: sessionmaker[Session]) -> None:
     with sessions() as s, s.begin():
         audit = make_audit(s, make_dataset(s), status="running")
-        assert repo.stale_audits(s, utcnow() - timedelta(minutes=5)) == []
-        assert [a.id for a in repo.stale_audits(s, utcnow() + timedelta(seconds=1))] == [audit.id]
+        assert audit_store.stale_audits(s, utcnow() - timedelta(minutes=5)) == []
+        assert [a.id for a in audit_store.stale_audits(s, utcnow() + timedelta(seconds=1))] == [audit.id]

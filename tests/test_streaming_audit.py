@@ -17,7 +17,9 @@ from auditor.artifacts import list_artifacts
 from auditor.audits import create_audit
 from auditor.config import artifacts_dir
 from auditor.runner import execute_audit
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def folder_dataset(sessions: sessionmaker[Session], tmp_path: Path, monkeypatch:
     monkeypatch.setenv("AUDITOR_MODEL_FACTORIES", "user_models:small_cnn")  # the team's registered model
     root = _image_folder(tiled(700), tmp_path / "scans")
     with sessions() as s, s.begin():
-        repo.create_dataset(s, "scans", str(root), "imagefolder", {})
+        dataset_store.create_dataset(s, "scans", str(root), "imagefolder", {})
     return root
 
 
@@ -40,7 +42,7 @@ def test_a_corrupt_image_met_mid_stream_fails_the_audit_and_keeps_what_was_store
     first = create_audit(sessions, "label-check", "scans", {"model": model, "solver": {"name": "ekfac"}})
     assert execute_audit(sessions, first, local=True).status == "succeeded"
     with sessions() as s:
-        stored_findings = repo.count_findings(s, first)
+        stored_findings = finding_store.count_findings(s, first)
         stored_artifacts = [(a.kind, a.key) for a in list_artifacts(s)]
     assert stored_findings == 700 and stored_artifacts  # the first audit kept its curvature
 
@@ -59,9 +61,9 @@ def test_a_corrupt_image_met_mid_stream_fails_the_audit_and_keeps_what_was_store
     assert outcome.status == "failed", messages
     assert f"7/{victim.name}: cannot decode image" in outcome.error and "\n" not in outcome.error
     with sessions() as s:
-        audit = repo.get_audit(s, second)
+        audit = audit_store.get_audit(s, second)
         assert audit.status == "failed" and victim.name in audit.error
-        assert repo.count_findings(s, first) == stored_findings and repo.count_findings(s, second) == 0
+        assert finding_store.count_findings(s, first) == stored_findings and finding_store.count_findings(s, second) == 0
         assert [(a.kind, a.key) for a in list_artifacts(s)] == stored_artifacts  # nothing half-fitted
     leftovers = [p for p in artifacts_dir().rglob("*") if p.is_file() and p.name.startswith((".", "tmp"))]
     assert leftovers == []
@@ -69,5 +71,5 @@ def test_a_corrupt_image_met_mid_stream_fails_the_audit_and_keeps_what_was_store
     victim.write_bytes(good)  # the file is put back: the same audit runs again and succeeds
     assert execute_audit(sessions, second, local=True).status == "succeeded"
     with sessions() as s:
-        assert repo.count_findings(s, second) == 700
+        assert finding_store.count_findings(s, second) == 700
         assert len(list_artifacts(s)) == len(stored_artifacts) + 1  # its own curvature, now whole

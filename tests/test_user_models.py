@@ -25,7 +25,9 @@ from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
 from auditor.influence import FunctionalModel, make_solver
 from auditor.influence.hvp import exact_hessian
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
 from tests.helpers import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -97,7 +99,7 @@ def test_no_train_scores_the_team_s_float32_cnn_exactly_as_given(user_models, d2
             model(torch.as_tensor(train.x, dtype=torch.float32)), torch.as_tensor(train.y), reduction="none"
         ).numpy()
     with open_store()() as s:
-        rows = repo.list_findings(s, doc["id"])
+        rows = finding_store.list_findings(s, doc["id"])
         audited = np.array([r.payload["loss"] for r in sorted(rows, key=lambda r: r.example_index)])
     np.testing.assert_allclose(audited, own, rtol=1e-4, atol=1e-5)
     assert _sha(weights) == before
@@ -189,7 +191,7 @@ def _failed_audit(args: list[str]) -> tuple[str, dict | None]:
         error = result.stderr.strip()
         assert len(error.splitlines()) == 1, error
         with open_store()() as s:
-            assert repo.list_audits(s, None, limit=10) == []
+            assert audit_store.list_audits(s, None, limit=10) == []
         return error, None
     doc = json.loads(result.stdout)
     assert doc["status"] == "failed" and "\n" not in doc["error"]

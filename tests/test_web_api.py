@@ -16,7 +16,8 @@ from review_data import CLASS_NAMES, Template, build_template, drop
 from sqlalchemy import func, select
 
 from auditor import auth
-from auditor.store import open_store, repo
+from auditor.store import open_store
+from auditor.store import reviews as review_store
 from auditor.store.models import ReviewEvent
 from auditor.web.app import create_app
 
@@ -133,7 +134,7 @@ def test_decide_change_undo_and_history_under_the_signed_in_user(app_db) -> None
     assert [e["decision"] for e in doc["history"]] == ["relabelled", "dismissed", "undone"]
     assert {e["reviewer"] for e in doc["history"]} == {"ana"}
     with sessions() as s:
-        user_ids = {e.user_id for e in repo.list_review_events(s)}
+        user_ids = {e.user_id for e in review_store.list_review_events(s)}
         assert user_ids == {auth.get_user(s, "ana").id}
 
 

@@ -21,7 +21,10 @@ from helpers import wait_for
 from review_data import Template, build_template, drop
 
 from auditor import auth
-from auditor.store import open_store, repo
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
+from auditor.store import reviews as review_store
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -109,8 +112,8 @@ def test_a_reviewer_triages_by_keyboard_undoes_bulk_accepts_and_filters(server, 
     expect(cards.first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "queue.png"), full_page=False)
     with sessions() as s:
-        classes = repo.get_dataset(s, template.dataset).class_names
-        ranked = [f for f, _ in repo.query_findings(s, template.audit_id, kind="label", limit=20).rows]
+        classes = dataset_store.get_dataset(s, template.dataset).class_names
+        ranked = [f for f, _ in finding_store.query_findings(s, template.audit_id, kind="label", limit=20).rows]
 
     # ten decisions by keyboard; the cursor moves on after each
     page.on("dialog", lambda dialog: dialog.accept("seven"))  # `r` asks for a class by name
@@ -154,7 +157,7 @@ def test_a_reviewer_triages_by_keyboard_undoes_bulk_accepts_and_filters(server, 
 
     # the database holds exactly those events, in order, under ana
     with sessions() as s:
-        events = repo.list_review_events(s)
+        events = review_store.list_review_events(s)
         ana = auth.get_user(s, "ana")
     got = [(e.finding_id, e.decision, e.new_label) for e in events]
     want = [(ranked[i].id, d, label) for i, (d, label) in enumerate(expected)]
@@ -173,7 +176,7 @@ def test_a_viewer_sees_the_queue_but_cannot_decide(server, template, browser) ->
     assert page.locator("[data-testid=bulk]").count() == 0
     page.keyboard.press("c")  # no effect for a viewer
     with sessions() as s:
-        finding_id = repo.list_findings(s, template.audit_id, top=1)[0].id
+        finding_id = finding_store.list_findings(s, template.audit_id, top=1)[0].id
     # even a hand-made request from the signed-in page is refused
     status = page.evaluate(
         """async (id) => (await fetch(`/api/findings/${id}/decision`, {method: "POST",
@@ -184,4 +187,4 @@ def test_a_viewer_sees_the_queue_but_cannot_decide(server, template, browser) ->
     )
     assert status == 403
     with sessions() as s:
-        assert repo.list_review_events(s) == []
+        assert review_store.list_review_events(s) == []

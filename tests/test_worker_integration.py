@@ -30,7 +30,11 @@ from typer.testing import CliRunner
 from auditor.cli.main import app
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
+from auditor.store import reviews as review_store
 from auditor.store.models import Finding
 from tests.helpers import wait_for
 
@@ -359,7 +363,7 @@ def test_a_down_broker_or_database_is_one_line_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the broker at "), lines
     assert time.monotonic() - started < 15
     with sessions() as s:
-        assert repo.list_audits(s) == []
+        assert audit_store.list_audits(s) == []
     worker = runner.invoke(app, ["worker"])
     assert worker.exit_code != 0 and "cannot reach the broker" in worker.stderr
     assert len(worker.stderr.strip().splitlines()) == 1
@@ -382,13 +386,13 @@ def test_a_failing_audit_records_why_and_leaves_earlier_results_alone(
     cli("dataset", "add", "frail", str(path))
     # an earlier audit of the same dataset, with findings and a reviewer's decision
     with sessions() as s, s.begin():
-        dataset = repo.get_dataset(s, "frail")
-        earlier = repo.create_audit(s, "label-check", dataset)
-        repo.set_audit_status(s, earlier.id, "running")
-        repo.upsert_findings(s, earlier.id, make_records(40))
-        repo.set_audit_status(s, earlier.id, "succeeded")
-        first = repo.list_findings(s, earlier.id, top=1)[0]
-        repo.decide(s, first.id, "relabelled", 3, reviewer="ann")
+        dataset = dataset_store.get_dataset(s, "frail")
+        earlier = audit_store.create_audit(s, "label-check", dataset)
+        audit_store.set_audit_status(s, earlier.id, "running")
+        finding_store.upsert_findings(s, earlier.id, make_records(40))
+        audit_store.set_audit_status(s, earlier.id, "succeeded")
+        first = finding_store.list_findings(s, earlier.id, top=1)[0]
+        review_store.decide(s, first.id, "relabelled", 3, reviewer="ann")
     before = _snapshot_of(sessions, earlier.id)
 
     corrupted = enqueue("frail")  # queued while no worker runs; then the file goes bad
@@ -416,19 +420,19 @@ def test_a_failing_audit_records_why_and_leaves_earlier_results_alone(
 
 def _findings(sessions: sessionmaker[Session], audit_id: int) -> list[Finding]:
     with sessions() as s:
-        return repo.list_findings(s, audit_id)
+        return finding_store.list_findings(s, audit_id)
 
 
 def _snapshot_of(sessions: sessionmaker[Session], audit_id: int) -> tuple[Any, ...]:
     """Everything a failing later audit must not change: the audit, its findings, the reviews."""
     with sessions() as s:
-        audit = repo.get_audit(s, audit_id)
+        audit = audit_store.get_audit(s, audit_id)
         findings = [
-            (f.id, f.example_key, f.score, f.rank, f.label) for f in repo.list_findings(s, audit_id)
+            (f.id, f.example_key, f.score, f.rank, f.label) for f in finding_store.list_findings(s, audit_id)
         ]
         reviews = [
             (r.id, r.example_key, r.decision, r.new_label, r.version)
-            for r in repo.list_reviews(s, audit.dataset_id)
+            for r in review_store.list_reviews(s, audit.dataset_id)
         ]
         return audit.status, audit.finished_at, findings, reviews
 
@@ -474,7 +478,7 @@ def test_two_workers_score_shards_against_one_stored_fit(
     single = cli("audit", "run", "label-check", "d28", "--model", "logreg", "--solver", "ekfac",
                  "--why-top", "0", "--no-reuse", "--json")  # fmt: skip
     with sessions() as s:
-        a = sorted(repo.list_findings(s, audit_id), key=lambda f: f.rank)
-        b = sorted(repo.list_findings(s, single["id"]), key=lambda f: f.rank)
+        a = sorted(finding_store.list_findings(s, audit_id), key=lambda f: f.rank)
+        b = sorted(finding_store.list_findings(s, single["id"]), key=lambda f: f.rank)
     assert [f.example_key for f in a] == [f.example_key for f in b]
     np.testing.assert_allclose([f.score for f in a], [f.score for f in b], rtol=1e-9)

@@ -184,10 +184,10 @@ class DatabaseScheduler(Scheduler):
 
     def send_if_due(self) -> bool:
         """Send one tick task when a schedule is due that was not sent for recently."""
-        from auditor.store import repo
+        from auditor.store import schedules as schedule_store
 
         with self.sessions() as s:
-            due = [(sch.id, sch.next_run_at) for sch in repo.due_schedules(s)]
+            due = [(sch.id, sch.next_run_at) for sch in schedule_store.due_schedules(s)]
         now, still_due = time.monotonic(), set(due)
         self._sent = {k: t for k, t in self._sent.items() if k in still_due}
         fresh = [k for k in due if now - self._sent.get(k, -1e18) >= self.resend_after]

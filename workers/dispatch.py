@@ -17,7 +17,7 @@ from auditor.analyses.registry import get_kind
 from auditor.config import get_settings
 from auditor.errors import ServiceError
 from auditor.runner import AuditStarter, run_in_process
-from auditor.store import repo
+from auditor.store import audits as audit_store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def check_broker(timeout: float = 3.0) -> None:
 def task_for(sessions: sessionmaker[Session], audit_id: int) -> str:
     """The task an audit goes to: its kind's fan-out over shards, or one task."""
     with sessions() as s:
-        audit = repo.get_audit(s, audit_id)
+        audit = audit_store.get_audit(s, audit_id)
         shards = get_kind(audit.kind).shard_count(audit.params or {})
     return RUN_SHARDED if shards > 1 else RUN_AUDIT
 
@@ -67,9 +67,7 @@ def dispatch(audit_id: int, sessions: sessionmaker[Session] | None = None) -> st
     # queued audit whose message the broker lost (auditor.reconcile).
     task_id = str(uuid.uuid4())
     with sessions() as s, s.begin():
-        audit = repo.get_audit(s, audit_id)
-        if audit.status == "queued":  # a finished audit keeps the id of the run that finished it
-            audit.task_id = task_id
+        audit_store.set_task_id(s, audit_id, task_id)
     try:
         # An explicit connection to the broker configured now: the Celery app read the settings
         # when it was imported, and a long-lived process (tests, a shell) may have changed them.
@@ -191,7 +189,7 @@ def enqueue(sessions: sessionmaker[Session], audit_id: int) -> str:
         return dispatch(audit_id, sessions)
     except Exception as exc:  # kombu raises several types for "cannot send"
         with sessions() as s, s.begin():
-            repo.set_audit_status(s, audit_id, "failed", error=f"could not enqueue: {exc}")
+            audit_store.set_audit_status(s, audit_id, "failed", error=f"could not enqueue: {exc}")
         raise
 
 

@@ -245,7 +245,7 @@ class LabelFindings(Sequence[FindingRecord]):
 
     A finding as Python objects is about a kilobyte; a million of them would be the largest thing
     an audit holds, larger than the data it streams. The store reads them once, a chunk at a time
-    (`repo.upsert_findings`), so only the score arrays (a few floats per example) are kept.
+    (`finding_store.upsert_findings`), so only the score arrays (a few floats per example) are kept.
     """
 
     def __init__(self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None) -> None:

@@ -57,10 +57,11 @@ def prune(
     file is missing always go."""
     from datetime import timedelta
 
+    from auditor import recurrence
     from auditor.artifacts import prune as prune_artifacts
-    from auditor.store import open_store, repo
+    from auditor.store import open_store
 
-    age = timedelta(seconds=repo.parse_interval(unused_for)) if unused_for else None
+    age = timedelta(seconds=recurrence.parse_interval(unused_for)) if unused_for else None
     with open_store()() as s, s.begin():
         gone = prune_artifacts(s, unused_for=age, dataset=dataset, everything=all_, dry_run=dry_run)
     if json_output:

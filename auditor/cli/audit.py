@@ -67,7 +67,8 @@ def _register(name: str, enqueue: bool):
         from auditor.audits import audit_doc
         from auditor.findings_view import context_for, finding_doc
         from auditor.runner import execute_audit
-        from auditor.store import repo
+        from auditor.store import audits as audit_store
+        from auditor.store import findings as finding_store
 
         with progress_bar(f"audit {audit_id} {kind}", enabled=True) as bar:
             if get_kind(kind).shard_count(doc_params) > 1:
@@ -77,8 +78,8 @@ def _register(name: str, enqueue: bool):
             else:
                 outcome = execute_audit(sessions, audit_id, echo=bar, local=True)
         with sessions() as s:
-            doc = audit_doc(repo.get_audit(s, audit_id))
-            top = repo.list_findings(s, audit_id, top=10)
+            doc = audit_doc(audit_store.get_audit(s, audit_id))
+            top = finding_store.list_findings(s, audit_id, top=10)
             ctx = context_for(s, audit_id, top)
             top_rows = [finding_doc(f, ctx) for f in top]
         if json_output:
@@ -149,7 +150,8 @@ def status(
 ) -> None:
     """Show an audit's status, progress and error."""
     from auditor.audits import audit_doc
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import open_store
     from auditor.store.models import FINISHED_STATUSES
     from workers.dispatch import reconcile_now
 
@@ -158,7 +160,7 @@ def status(
     def read() -> dict[str, Any]:
         reconcile_now(sessions, [audit_id])  # a lost audit is shown as what it is
         with sessions() as s:
-            return audit_doc(repo.get_audit(s, audit_id))
+            return audit_doc(audit_store.get_audit(s, audit_id))
 
     doc = read()
     if watch and doc["status"] not in FINISHED_STATUSES:
@@ -188,15 +190,16 @@ def list_audits(
 ) -> None:
     """List audits, newest first."""
     from auditor.audits import audit_doc
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import open_store
     from workers.dispatch import reconcile_now
 
     sessions = open_store()
     with sessions() as s:
-        shown = [a.id for a in repo.list_audits(s, dataset, status=status, limit=limit)]
+        shown = [a.id for a in audit_store.list_audits(s, dataset, status=status, limit=limit)]
     reconcile_now(sessions, shown)
     with sessions() as s:
-        docs = [audit_doc(a) for a in repo.list_audits(s, dataset, status=status, limit=limit)]
+        docs = [audit_doc(a) for a in audit_store.list_audits(s, dataset, status=status, limit=limit)]
     if json_output:
         print_json(docs)
         return
@@ -217,13 +220,14 @@ def cancel(audit_id: int, json_output: JsonOption = False) -> None:
     from datetime import timedelta
 
     from auditor.config import get_settings
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import open_store
     from auditor.store.models import utcnow
 
     sessions = open_store()
     stale_before = utcnow() - timedelta(seconds=get_settings().lease_seconds)
     with sessions() as s, s.begin():
-        a = repo.request_cancel(s, audit_id, stale_before=stale_before)
+        a = audit_store.request_cancel(s, audit_id, stale_before=stale_before)
         doc = {"id": a.id, "status": a.status, "cancel_requested": a.cancel_requested}
     if json_output:
         print_json(doc)

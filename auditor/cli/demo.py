@@ -24,16 +24,18 @@ def demo_command(
     flips the top of the review queue catches (vs ranking by self-influence and training loss)."""
     from auditor.demo import run_demo
     from auditor.findings_view import context_for, finding_doc, label_text
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import findings as finding_store
+    from auditor.store import open_store
 
     sessions = open_store()
     with progress_bar("demo label-check", enabled=True) as bar:
         result = run_demo(sessions, fraction, model, seed, echo=bar)
     with sessions() as s:
-        rows = repo.list_findings(s, result.audit_id, top=10)
+        rows = finding_store.list_findings(s, result.audit_id, top=10)
         ctx = context_for(s, result.audit_id, rows)
         top = [finding_doc(f, ctx) for f in rows]
-        ranked_by = (repo.get_audit(s, result.audit_id).summary or {}).get("rank_by", "score")
+        ranked_by = (audit_store.get_audit(s, result.audit_id).summary or {}).get("rank_by", "score")
     flipped = set(__import__("json").loads(result.truth_path.read_text())["flipped_indices"])
     doc = {
         "audit_id": result.audit_id,

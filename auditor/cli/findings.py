@@ -35,14 +35,16 @@ def list_findings(
 ) -> None:
     """An audit's findings, best-ranked first, with class names, files and decisions."""
     from auditor.findings_view import context_for, finding_doc, label_text, parse_class
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import findings as finding_store
+    from auditor.store import open_store
 
     sessions = open_store()
     with sessions() as s:
         wanted = None
         if label is not None:
-            wanted = parse_class(label, repo.get_audit(s, audit_id).dataset.class_names)
-        result = repo.query_findings(
+            wanted = parse_class(label, audit_store.get_audit(s, audit_id).dataset.class_names)
+        result = finding_store.query_findings(
             s, audit_id, kind=kind, label=wanted, decision=decision, order=order,
             offset=(page - 1) * top, limit=top,
         )  # fmt: skip
@@ -90,16 +92,19 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
         label_text,
         load_example,
     )
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import findings as finding_store
+    from auditor.store import open_store
+    from auditor.store import reviews as review_store
 
     sessions = open_store()
     found, is_image = None, False
     with sessions() as s:
-        f = repo.get_finding(s, finding_id)
-        audit = repo.get_audit(s, f.audit_id)
+        f = finding_store.get_finding(s, finding_id)
+        audit = audit_store.get_audit(s, f.audit_id)
         ctx = context_for(s, f.audit_id, [f])
-        doc = finding_doc(f, ctx, repo.get_review(s, audit.dataset_id, f.example_key))
-        doc["history"] = [event_doc(e, ctx) for e in repo.review_history(s, audit.dataset_id, f.example_key)]
+        doc = finding_doc(f, ctx, review_store.get_review(s, audit.dataset_id, f.example_key))
+        doc["history"] = [event_doc(e, ctx) for e in review_store.review_history(s, audit.dataset_id, f.example_key)]
         # The example itself is only drawn for people, and only if its file is still there:
         # the finding and its decision live in the database and never need the dataset.
         if not json_output and f.example_index >= 0:

@@ -63,21 +63,24 @@ def decide(
     """Record a decision about the example behind a finding (for scripts)."""
     from auditor.errors import Conflict
     from auditor.findings_view import parse_label
-    from auditor.store import open_store, repo
+    from auditor.store import audits as audit_store
+    from auditor.store import findings as finding_store
+    from auditor.store import open_store
+    from auditor.store import reviews as review_store
 
     decision = _decision(confirm, relabel, dismiss)
     sessions = open_store()
     new_label = None
     if relabel is not None:
         with sessions() as s:
-            audit_id = repo.get_finding(s, finding_id).audit_id
-            stored_names = repo.get_audit(s, audit_id).dataset.class_names
+            audit_id = finding_store.get_finding(s, finding_id).audit_id
+            stored_names = audit_store.get_audit(s, audit_id).dataset.class_names
             examples = _readable_examples(s, audit_id, "check the label against the data set")
         new_label = parse_label(relabel, examples, stored_names)
     try:
         with sessions() as s, s.begin():
             who, user_id = _recorded_as(s, reviewer)
-            r = repo.decide(
+            r = review_store.decide(
                 s, finding_id, decision, new_label, who, note,
                 expected_version=version, user_id=user_id,
             )  # fmt: skip
@@ -103,12 +106,13 @@ def undo(
 ) -> None:
     """Withdraw the decision standing on the finding's example; the one before it (if any)
     stands again. The history keeps both."""
-    from auditor.store import open_store, repo
+    from auditor.store import open_store
+    from auditor.store import reviews as review_store
 
     sessions = open_store()
     with sessions() as s, s.begin():
         who, user_id = _recorded_as(s, reviewer)
-        r = repo.undo(s, finding_id, who, expected_version=version, user_id=user_id)
+        r = review_store.undo(s, finding_id, who, expected_version=version, user_id=user_id)
         doc = {"finding_id": finding_id, "decision": None if r is None else r.decision,
                "new_label": None if r is None else r.new_label, "version": None if r is None else r.version}  # fmt: skip
     if json_output:
@@ -119,11 +123,13 @@ def undo(
 
 def _version_hint(sessions, finding_id: int) -> str:
     """How to overwrite the decision that is there now (scripts can't see it otherwise)."""
-    from auditor.store import repo
+    from auditor.store import audits as audit_store
+    from auditor.store import findings as finding_store
+    from auditor.store import reviews as review_store
 
     with sessions() as s:
-        f = repo.get_finding(s, finding_id)
-        review = repo.get_review(s, repo.get_audit(s, f.audit_id).dataset_id, f.example_key)
+        f = finding_store.get_finding(s, finding_id)
+        review = review_store.get_review(s, audit_store.get_audit(s, f.audit_id).dataset_id, f.example_key)
     return f"; to change it, pass --version {review.version}" if review is not None else ""
 
 
@@ -147,7 +153,8 @@ def next_finding(
         load_example,
         parse_label,
     )
-    from auditor.store import open_store, repo
+    from auditor.store import open_store
+    from auditor.store import reviews as review_store
 
     sessions = open_store()
     examples = None
@@ -155,7 +162,7 @@ def next_finding(
     while True:
         with sessions() as s:
             # skip = later, within this session only
-            f = repo.next_unsettled_finding(s, audit_id=audit_id, exclude=skipped)
+            f = review_store.next_unsettled_finding(s, audit_id=audit_id, exclude=skipped)
             if f is None:
                 if json_output:
                     print_json(None)
@@ -200,6 +207,6 @@ def next_finding(
                 continue
             with sessions() as s, s.begin():
                 who, user_id = _recorded_as(s, reviewer)
-                repo.decide(s, f.id, decision, new_label, who, user_id=user_id)
+                review_store.decide(s, f.id, decision, new_label, who, user_id=user_id)
         except (Conflict, AuditorError) as exc:
             err_console.print(styled((str(exc), "yellow")))

@@ -20,7 +20,8 @@ from auditor.errors import AuditorError, DataError
 from auditor.findings_view import AuditContext, audit_context, load_example
 from auditor.report.images import histogram, png_data_uri, recall_curve, thumbnail
 from auditor.resolve import load_dataset_source
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import findings as finding_store
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -168,10 +169,10 @@ def _attack(findings, summary, audit_id: int) -> str:
 
 
 def build_report(session: Session, audit_id: int, truth: Path | None = None, top: int = 40) -> str:
-    audit = repo.get_audit(session, audit_id)
+    audit = audit_store.get_audit(session, audit_id)
     if audit.status != "succeeded":
         raise AuditorError(f"audit {audit_id} is {audit.status}; a report needs a succeeded audit")
-    findings = repo.list_findings(session, audit_id)
+    findings = finding_store.list_findings(session, audit_id)
     ctx = audit_context(session, audit_id, [f.example_index for f in findings[:top]] if audit.kind == "label-check" else [f.example_index for f in findings])
     summary = audit.summary or {}
     try:

@@ -5,7 +5,7 @@ database that is reachable and at the current schema:
 
     sessions = open_store()
     with sessions() as s, s.begin():
-        dataset = repo.get_dataset(s, "digits")
+        dataset = dataset_store.get_dataset(s, "digits")
 """
 
 from __future__ import annotations

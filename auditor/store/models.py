@@ -262,7 +262,7 @@ class ReviewEvent(Base):
     """One entry of the append-only decision history of an example of a dataset.
 
     `reviews` holds the decision standing now, derived from these events in the same
-    transaction (`repo.decide`, `repo.undo`): an event of a decision kind stands until a later
+    transaction (`review_store.decide`, `review_store.undo`): an event of a decision kind stands until a later
     one replaces it; an `undone` event withdraws the latest standing decision (its id in
     `undoes_id`), bringing back the one before it, or none. Nothing here is updated or deleted,
     so "who decided what, and when" is always answerable.
@@ -310,9 +310,7 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (
-        CheckConstraint("role IN ('viewer', 'reviewer', 'admin')", name="role"),
-    )
+    __table_args__ = (CheckConstraint("role IN ('viewer', 'reviewer', 'admin')", name="role"),)
 
 
 class ApiToken(Base):

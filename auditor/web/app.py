@@ -1,7 +1,7 @@
 """The review app: JSON API under /api, pages at /, /audits/{id}, /findings/{id}, /login.
 
 Every handler is thin: it identifies the user (`security`), then calls the same repository and
-view functions as the CLI (`auditor.store.repo`, `auditor.findings_view`), inside one
+view functions as the CLI (`auditor.store`, `auditor.findings_view`), inside one
 transaction per request. Errors are one line: `{"detail": "..."}` with the HTTP status that says
 what kind (400 bad value, 401 who are you, 403 not allowed, 404 no such thing, 409 someone else
 decided first, 413 body too large, 422 malformed request).
@@ -38,7 +38,10 @@ from auditor.findings_view import (
     resolve_class,
 )
 from auditor.records import finite_json
-from auditor.store import repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import reviews as review_store
 from auditor.store.models import DECISIONS, Audit
 from auditor.web.examples import ExampleStore
 from auditor.web.security import check_csrf, csrf_token, identify, secret_key
@@ -226,11 +229,11 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
 
     @app.get("/api/audits", tags=["audits"])
     def audits(user: Reader, s: DB, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[dict[str, Any]]:
-        return [_audit_doc(s, a) for a in repo.list_audits(s)[:limit]]
+        return [_audit_doc(s, a) for a in audit_store.list_audits(s)[:limit]]
 
     @app.get("/api/audits/{audit_id}", tags=["audits"])
     def audit(audit_id: AuditId, user: Reader, s: DB) -> dict[str, Any]:
-        return _audit_doc(s, repo.get_audit(s, audit_id), full=True)
+        return _audit_doc(s, audit_store.get_audit(s, audit_id), full=True)
 
     @app.get("/api/audits/{audit_id}/findings", tags=["findings"])
     def findings(
@@ -244,9 +247,9 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 48,
     ) -> dict[str, Any]:
-        a = repo.get_audit(s, audit_id)
+        a = audit_store.get_audit(s, audit_id)
         wanted = resolve_class(label, a.dataset.class_names) if label not in (None, "") else None
-        page = repo.query_findings(
+        page = finding_store.query_findings(
             s, audit_id, kind=kind, label=wanted, decision=decision, order=order, offset=offset, limit=limit
         )
         ctx = context_for(s, audit_id, [f for f, _ in page.rows])
@@ -258,8 +261,8 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
 
     @app.post("/api/findings/{finding_id}/decision", tags=["decisions"])
     def decide(finding_id: FindingId, body: DecisionRequest, user: Decider, s: DB) -> dict[str, Any]:
-        f = repo.get_finding(s, finding_id)
-        a = repo.get_audit(s, f.audit_id)
+        f = finding_store.get_finding(s, finding_id)
+        a = audit_store.get_audit(s, f.audit_id)
         new_label = None
         if body.decision == "relabelled":
             if body.new_label is None:
@@ -269,7 +272,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
             raise AuditorError(f"a {body.decision} decision takes no new_label")
         if body.decision == "confirmed" and (f.payload or {}).get("suggested_label") is None:
             raise AuditorError(f"finding {finding_id} suggests no label to confirm; relabel or dismiss it")
-        review = repo.decide(
+        review = review_store.decide(
             s, finding_id, body.decision, new_label, user.name, body.note,
             expected_version=body.expected_version, user_id=user.id,
         )  # fmt: skip
@@ -280,25 +283,25 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     def undo(
         finding_id: FindingId, user: Decider, s: DB, body: Annotated[UndoRequest | None, Body()] = None
     ) -> dict[str, Any]:
-        f = repo.get_finding(s, finding_id)
-        review = repo.undo(s, finding_id, user.name, expected_version=body.expected_version if body else None, user_id=user.id)
+        f = finding_store.get_finding(s, finding_id)
+        review = review_store.undo(s, finding_id, user.name, expected_version=body.expected_version if body else None, user_id=user.id)
         s.flush()
         return {"finding_id": finding_id, "decision": decision_doc(review, audit_context(s, f.audit_id))}
 
     @app.post("/api/audits/{audit_id}/accept-suggested", tags=["decisions"])
     def accept_suggested(audit_id: AuditId, body: BulkAcceptRequest, user: Decider, s: DB) -> dict[str, Any]:
         """Bulk: confirm the suggested label of the given findings, or of the top K undecided."""
-        a = repo.get_audit(s, audit_id)
+        a = audit_store.get_audit(s, audit_id)
         if (body.finding_ids is None) == (body.top_k is None):
             raise AuditorError("give exactly one of finding_ids or top_k")
         if body.finding_ids is not None:
-            targets = [repo.get_finding(s, i) for i in dict.fromkeys(body.finding_ids)]
+            targets = [finding_store.get_finding(s, i) for i in dict.fromkeys(body.finding_ids)]
             wrong = [f.id for f in targets if f.audit_id != audit_id]
             if wrong:
                 raise NotFound(f"finding {wrong[0]} is not part of audit {audit_id}")
         else:
             wanted = resolve_class(body.label, a.dataset.class_names) if body.label not in (None, "") else None
-            targets = [f for f, _ in repo.query_findings(s, audit_id, label=wanted, decision="undecided", limit=body.top_k).rows]
+            targets = [f for f, _ in finding_store.query_findings(s, audit_id, label=wanted, decision="undecided", limit=body.top_k).rows]
         done, skipped, decisions = [], [], {}
         ctx = audit_context(s, audit_id)
         for f in targets:
@@ -306,7 +309,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
                 skipped.append({"finding_id": f.id, "reason": "suggests no label"})
                 continue
             try:
-                review = repo.decide(s, f.id, "confirmed", None, user.name, None, user_id=user.id)
+                review = review_store.decide(s, f.id, "confirmed", None, user.name, None, user_id=user.id)
                 s.flush()
                 done.append(f.id)
                 decisions[str(f.id)] = decision_doc(review, ctx)
@@ -321,8 +324,8 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         key: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Response:  # fmt: skip
         """The training example at `index` of the audit's data set, as a PNG."""
-        a = repo.get_audit(s, audit_id)
-        locator = repo.locators(s, a.snapshot_id, [index]).get(index)
+        a = audit_store.get_audit(s, audit_id)
+        locator = dataset_store.locators(s, a.snapshot_id, [index]).get(index)
         try:
             data = request.app.state.examples.png(a.dataset, index, key, locator)
         except DataError as exc:
@@ -334,8 +337,8 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         audit_id: AuditId, index: Annotated[int, Path(ge=0, le=MAX_ID)], user: Reader, s: DB
     ) -> list[dict[str, Any]]:
         """The audit's findings about the example at `index` (to follow a link from a list)."""
-        repo.get_audit(s, audit_id)
-        rows = repo.findings_for_example(s, audit_id, index)
+        audit_store.get_audit(s, audit_id)
+        rows = finding_store.findings_for_example(s, audit_id, index)
         ctx = context_for(s, audit_id, rows)
         return finite_json([finding_doc(f, ctx) for f in rows])
 
@@ -386,7 +389,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home_page(request: Request, s: DB) -> HTMLResponse:
         user = page_user(request, s)
-        docs = [_audit_doc(s, a) for a in repo.list_audits(s)[:200]]
+        docs = [_audit_doc(s, a) for a in audit_store.list_audits(s)[:200]]
         return render(request, "audits.html", user, audits=docs)
 
     @app.get("/audits/{audit_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -402,11 +405,11 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
         kind: Annotated[str, Query(max_length=64)] = "",
     ) -> HTMLResponse:
         user = page_user(request, s)
-        a = repo.get_audit(s, audit_id)
+        a = audit_store.get_audit(s, audit_id)
         wanted = resolve_class(label, a.dataset.class_names) if label else None
-        kinds = repo.finding_kinds(s, audit_id)
+        kinds = finding_store.finding_kinds(s, audit_id)
         chosen_kind = kind or ("label" if "label" in kinds else None)
-        result = repo.query_findings(
+        result = finding_store.query_findings(
             s, audit_id, kind=chosen_kind, label=wanted, decision=decision or None, order=order,
             offset=(page - 1) * size, limit=size,
         )  # fmt: skip
@@ -426,7 +429,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     def finding_page(request: Request, finding_id: FindingId, s: DB) -> HTMLResponse:
         user = page_user(request, s)
         doc, ctx, a = _finding_full(s, finding_id)
-        neighbours = repo.neighbour_findings(s, a.id, doc["kind"], doc["rank"])
+        neighbours = finding_store.neighbour_findings(s, a.id, doc["kind"], doc["rank"])
         return render(
             request, "finding.html", user, f=doc, ctx=ctx, audit=_audit_doc(s, a),
             classes=_class_options(s, a, ctx), doc_data=finite_json(doc),
@@ -436,7 +439,7 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
     @app.get("/audits/{audit_id}/examples/{index}", include_in_schema=False)
     def example_page(request: Request, audit_id: AuditId, index: Annotated[int, Path(ge=0, le=MAX_ID)], s: DB) -> Response:
         page_user(request, s)
-        rows = repo.findings_for_example(s, audit_id, index)
+        rows = finding_store.findings_for_example(s, audit_id, index)
         if not rows:
             raise HTTPException(404, f"audit {audit_id} has no finding about example {index}")
         return RedirectResponse(f"/findings/{rows[0].id}", 303)
@@ -458,7 +461,7 @@ def _known_classes(s: Session, a: Audit) -> int:
     """How many classes the audit's data set has: its names, else the largest label seen + 1."""
     if a.dataset.class_names:
         return len(a.dataset.class_names)
-    counts = repo.label_counts(s, a.snapshot_id)
+    counts = dataset_store.label_counts(s, a.snapshot_id)
     return max(counts, default=-1) + 1
 
 
@@ -469,17 +472,17 @@ def _class_options(s: Session, a: Audit, ctx: AuditContext) -> list[dict[str, An
 def _audit_doc(s: Session, a: Audit, full: bool = False) -> dict[str, Any]:
     """The CLI's audit document (`auditor.audits.audit_doc`) with its findings count; `full`
     adds the summary, params and class names."""
-    doc = {**audit_doc(a, summary=full), "findings": repo.count_findings(s, a.id)}
+    doc = {**audit_doc(a, summary=full), "findings": finding_store.count_findings(s, a.id)}
     if full:
         doc["class_names"] = a.dataset.class_names
     return doc
 
 
 def _finding_full(s: Session, finding_id: int) -> tuple[dict[str, Any], AuditContext, Audit]:
-    f = repo.get_finding(s, finding_id)
-    a = repo.get_audit(s, f.audit_id)
+    f = finding_store.get_finding(s, finding_id)
+    a = audit_store.get_audit(s, f.audit_id)
     ctx = context_for(s, a.id, [f])
-    doc = finding_doc(f, ctx, repo.get_review(s, a.dataset_id, f.example_key))
-    doc["history"] = [event_doc(e, ctx) for e in repo.review_history(s, a.dataset_id, f.example_key)]
+    doc = finding_doc(f, ctx, review_store.get_review(s, a.dataset_id, f.example_key))
+    doc["history"] = [event_doc(e, ctx) for e in review_store.review_history(s, a.dataset_id, f.example_key)]
     doc["decisions"] = list(DECISIONS)
     return doc, ctx, a

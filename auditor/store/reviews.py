@@ -1,0 +1,264 @@
+"""Review decisions: an append-only event history with the standing decision derived from it.
+
+Each function takes the caller's `Session` and never commits: the caller owns the unit of work.
+Missing rows raise `NotFound`, lost races raise `Conflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from auditor.errors import AuditorError, Conflict
+from auditor.store._sql import in_chunks
+from auditor.store.findings import get_finding
+from auditor.store.models import (
+    DECISIONS,
+    Audit,
+    Finding,
+    Review,
+    ReviewEvent,
+    utcnow,
+)
+
+
+def settled_keys(session: Session, dataset_id: int) -> set[str]:
+    """Keys of the dataset's examples that a reviewer has decided about."""
+    return set(session.scalars(select(Review.example_key).where(Review.dataset_id == dataset_id)))
+
+
+def get_review(session: Session, dataset_id: int, example_key: str) -> Review | None:
+    """The decision about one example of a dataset, if any."""
+    return session.scalar(
+        select(Review).where(Review.dataset_id == dataset_id, Review.example_key == example_key)
+    )
+
+
+def list_reviews(session: Session, dataset_id: int) -> list[Review]:
+    """All decisions about a dataset, oldest first."""
+    return list(
+        session.scalars(select(Review).where(Review.dataset_id == dataset_id).order_by(Review.id))
+    )
+
+
+def _check_decision(decision: str, new_label: int | None) -> None:
+    if decision not in DECISIONS:
+        raise AuditorError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+    if decision == "relabelled" and (new_label is None or new_label < 0):
+        raise AuditorError("a relabel decision needs the new label (a non-negative integer)")
+    if decision != "relabelled" and new_label is not None:
+        raise AuditorError(f"a {decision} decision takes no new label")
+
+
+def decide(
+    session: Session,
+    finding_id: int,
+    decision: str,
+    new_label: int | None = None,
+    reviewer: str = "",
+    note: str | None = None,
+    expected_version: int | None = None,
+    user_id: int | None = None,
+) -> Review:
+    """Record a reviewer's decision about the example behind a finding.
+
+    `expected_version` is the version of the decision the reviewer saw: None means "no decision
+    yet" (a first decision), an integer means "change decision version N". Anything else, or a
+    concurrent reviewer winning the race (the unique (dataset, example_key) insert or the
+    optimistic version check on update), raises `Conflict` naming what is there now.
+    """
+    _check_decision(decision, new_label)
+    finding = get_finding(session, finding_id)
+    dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
+    assert dataset_id is not None
+    review = get_review(session, dataset_id, finding.example_key)
+    event = ReviewEvent(
+        dataset_id=dataset_id, example_key=finding.example_key, decision=decision,
+        new_label=new_label, reviewer=reviewer, user_id=user_id, note=note,
+        finding_id=finding.id, audit_id=finding.audit_id, created_at=utcnow(),
+    )  # fmt: skip
+    if review is None:
+        if expected_version is not None:
+            raise Conflict(
+                f"example {finding.example_key} has no decision yet, "
+                f"but version {expected_version} was expected"
+            )
+        review = Review(
+            finding_id=finding.id,
+            dataset_id=dataset_id,
+            example_key=finding.example_key,
+            decision=decision,
+            new_label=new_label,
+            reviewer=reviewer,
+            note=note,
+            decided_at=event.created_at,
+        )
+        try:
+            with session.begin_nested():
+                session.add(review)
+                session.add(event)
+        except IntegrityError:
+            raise Conflict(
+                f"example {finding.example_key} was decided by another reviewer just now"
+            ) from None
+        return review
+
+    if expected_version is None or review.version != expected_version:
+        raise Conflict(
+            f"example {finding.example_key} was already decided: {review.decision} by "
+            f"{review.reviewer or 'someone'} at {review.decided_at:%Y-%m-%d %H:%M} UTC "
+            f"(version {review.version})"
+        )
+    try:
+        with session.begin_nested():
+            review.finding_id = finding.id
+            review.decision = decision
+            review.new_label = new_label
+            review.reviewer = reviewer
+            review.note = note
+            review.decided_at = event.created_at
+            session.flush()  # the version check happens here, before the event is added
+            session.add(event)
+    except StaleDataError:
+        raise Conflict(
+            f"example {finding.example_key} was changed by another reviewer just now"
+        ) from None
+    return review
+
+
+def standing_decision(events: Sequence[ReviewEvent]) -> ReviewEvent | None:
+    """The decision event standing after `events` (one example's history, oldest first): each
+    decision replaces the one before; an `undone` event withdraws the latest standing one and
+    brings back the one it had replaced. This is how `reviews` is derived from the history."""
+    stack: list[ReviewEvent] = []
+    for e in events:
+        if e.decision == "undone":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(e)
+    return stack[-1] if stack else None
+
+
+def review_history(session: Session, dataset_id: int, example_key: str) -> list[ReviewEvent]:
+    """Every event about one example of a dataset, oldest first."""
+    return list(
+        session.scalars(
+            select(ReviewEvent)
+            .where(ReviewEvent.dataset_id == dataset_id, ReviewEvent.example_key == example_key)
+            .order_by(ReviewEvent.id)
+        )
+    )
+
+
+def list_review_events(session: Session, dataset_id: int | None = None) -> list[ReviewEvent]:
+    """All review events (of one dataset), oldest first."""
+    query = select(ReviewEvent).order_by(ReviewEvent.id)
+    if dataset_id is not None:
+        query = query.where(ReviewEvent.dataset_id == dataset_id)
+    return list(session.scalars(query))
+
+
+def undo(
+    session: Session,
+    finding_id: int,
+    reviewer: str = "",
+    expected_version: int | None = None,
+    user_id: int | None = None,
+    note: str | None = None,
+) -> Review | None:
+    """Withdraw the decision standing on the finding's example: an `undone` event is appended
+    and the decision before it (if any) stands again. Returns the standing review, or None.
+
+    `expected_version` is the version of the decision the reviewer saw; a different one (someone
+    decided in between) is a `Conflict`. With nothing to undo, an `AuditorError`.
+    """
+    finding = get_finding(session, finding_id)
+    dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
+    assert dataset_id is not None
+    review = get_review(session, dataset_id, finding.example_key)
+    if review is None:
+        raise Conflict(f"example {finding.example_key} has no decision to undo")
+    if expected_version is not None and review.version != expected_version:
+        raise Conflict(
+            f"example {finding.example_key} was changed by {review.reviewer or 'someone'} "
+            f"since (now version {review.version}); reload before undoing"
+        )
+    history = review_history(session, dataset_id, finding.example_key)
+    standing = standing_decision(history)
+    event = ReviewEvent(
+        dataset_id=dataset_id, example_key=finding.example_key, decision="undone",
+        new_label=None, reviewer=reviewer, user_id=user_id, note=note, finding_id=finding.id,
+        audit_id=finding.audit_id, undoes_id=standing.id if standing else None, created_at=utcnow(),
+    )  # fmt: skip
+    before = standing_decision([*history, event])
+    try:
+        with session.begin_nested():
+            if before is None:
+                session.delete(review)
+            else:
+                review.finding_id = before.finding_id
+                review.decision = before.decision
+                review.new_label = before.new_label
+                review.reviewer = before.reviewer
+                review.note = before.note
+                review.decided_at = before.created_at
+            session.flush()
+            session.add(event)
+    except StaleDataError:
+        raise Conflict(
+            f"example {finding.example_key} was changed by another reviewer just now"
+        ) from None
+    return None if before is None else review
+
+
+def next_unsettled_finding(
+    session: Session,
+    *,
+    audit_id: int | None = None,
+    dataset_id: int | None = None,
+    kind: str | None = None,
+    exclude: Iterable[int] = (),
+) -> Finding | None:
+    """The best-ranked finding whose example no reviewer has decided about yet.
+
+    With `audit_id`, from that audit; otherwise from the newest succeeded audit of `dataset_id`
+    (or of any dataset when neither is given). `exclude`: finding ids to pass over (skipped for
+    now by this reviewer). None when everything is settled.
+    """
+    if audit_id is None:
+        latest = select(Audit.id).where(Audit.status == "succeeded")
+        if dataset_id is not None:
+            latest = latest.where(Audit.dataset_id == dataset_id)
+        audit_id = session.scalar(latest.order_by(Audit.id.desc()).limit(1))
+        if audit_id is None:
+            return None
+    reviewed = exists().where(
+        Review.dataset_id == Audit.dataset_id, Review.example_key == Finding.example_key
+    )
+    query = (
+        select(Finding)
+        .join(Audit, Audit.id == Finding.audit_id)
+        .where(Finding.audit_id == audit_id, ~reviewed)
+    )
+    if kind is not None:
+        query = query.where(Finding.kind == kind)
+    exclude = list(exclude)
+    if exclude:
+        query = query.where(Finding.id.not_in(exclude))
+    return session.scalar(query.order_by(Finding.rank, Finding.id).limit(1))
+
+
+def reviews_of_keys(session: Session, dataset_id: int, keys: Iterable[str]) -> dict[str, Review]:
+    """The standing decision of each of `keys` that has one."""
+    found: dict[str, Review] = {}
+    for chunk in in_chunks(sorted(set(keys))):
+        for review in session.scalars(
+            select(Review).where(Review.dataset_id == dataset_id, Review.example_key.in_(chunk))
+        ):
+            found[review.example_key] = review
+    return found
