@@ -41,3 +41,4 @@ class FindingRecord:
     rank: int
     label: int | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+    flagged: bool = False  # a member of the audit's review workload (label check: its estimate)

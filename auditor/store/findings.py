@@ -36,7 +36,8 @@ FINDING_CHUNK_ROWS = 20_000  # findings converted to rows at a time while storin
 
 
 def _finding_row(r: FindingRecord) -> tuple[Any, ...]:
-    """A plain tuple (index, key, kind, score, rank, label, payload) of one finding."""
+    """A plain tuple (index, key, kind, score, rank, label, payload, flagged, queue_rank) of one
+    finding; the review queue starts in rank order."""
     score = float(r.score)
     if not math.isfinite(score):
         raise ValueError(f"finding for example {r.example_key} has a non-finite score ({score})")
@@ -49,6 +50,8 @@ def _finding_row(r: FindingRecord) -> tuple[Any, ...]:
         int(r.rank),
         label,
         finite_json(r.payload),
+        bool(r.flagged),
+        int(r.rank),
     )
 
 
@@ -71,10 +74,20 @@ def _finding_chunks(records: Iterable[FindingRecord]) -> Iterator[list[tuple[Any
         yield list(rows.values())
 
 
-_FINDING_COLUMNS = ("example_index", "example_key", "kind", "score", "rank", "label", "payload")
+_FINDING_COLUMNS = (
+    "example_index",
+    "example_key",
+    "kind",
+    "score",
+    "rank",
+    "label",
+    "payload",
+    "flagged",
+    "queue_rank",
+)
 
 
-_FINDING_UPDATED = ("example_index", "score", "rank", "label", "payload")
+_FINDING_UPDATED = ("example_index", "score", "rank", "label", "payload", "flagged", "queue_rank")
 
 
 def upsert_findings(session: Session, audit_id: int, records: Iterable[FindingRecord]) -> int:
@@ -105,12 +118,12 @@ def _upsert_findings_copy(
         cursor.execute(
             "CREATE TEMP TABLE findings_incoming (seq bigserial, example_index integer, "
             "example_key varchar(64), kind varchar(32), score double precision, rank integer, "
-            "label integer, payload jsonb) ON COMMIT DROP"
+            "label integer, payload jsonb, flagged boolean, queue_rank integer) ON COMMIT DROP"
         )
         with cursor.copy(f"COPY findings_incoming ({columns}) FROM STDIN") as copy:
             for rows in chunks:
                 for row in rows:
-                    copy.write_row((*row[:6], dumps_json(row[6]) if row[6] else "{}"))
+                    copy.write_row((*row[:6], dumps_json(row[6]) if row[6] else "{}", *row[7:]))
         # a key repeated across chunks: its last copy wins, as it would row by row
         cursor.execute(
             f"INSERT INTO findings (audit_id, {columns}) "
@@ -134,14 +147,18 @@ def _upsert_findings_statements(
         columns = ", ".join(("audit_id", *_FINDING_COLUMNS))
         updates = ", ".join(f"{c} = excluded.{c}" for c in _FINDING_UPDATED)
         sql = (
-            f"INSERT INTO findings ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO findings ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             f"ON CONFLICT (audit_id, example_key, kind) DO UPDATE SET {updates}"
         )
         connection = session.connection()
         for start in range(0, len(rows), EXECUTEMANY_CHUNK_ROWS):
             chunk = rows[start : start + EXECUTEMANY_CHUNK_ROWS]
             connection.exec_driver_sql(
-                sql, [(audit_id, *row[:6], dumps_json(row[6]) if row[6] else "{}") for row in chunk]
+                sql,
+                [
+                    (audit_id, *row[:6], dumps_json(row[6]) if row[6] else "{}", *row[7:])
+                    for row in chunk
+                ],
             )
         return len(rows)
     # Any other PostgreSQL driver: SQLAlchemy's executemany of the dialect's upsert.
@@ -351,7 +368,9 @@ def rerank(session: Session, audit_id: int) -> int:
         ranks.append({"fid": fid, "new_rank": counter[kind]})
     if ranks:
         stmt = (
-            update(Finding).where(Finding.id == bindparam("fid")).values(rank=bindparam("new_rank"))
+            update(Finding)
+            .where(Finding.id == bindparam("fid"))
+            .values(rank=bindparam("new_rank"), queue_rank=bindparam("new_rank"))
         )
         session.connection().execute(stmt, ranks)
     return len(ranks)

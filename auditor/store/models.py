@@ -215,11 +215,19 @@ class Finding(Base):
     rank: Mapped[int]
     label: Mapped[int | None]
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A label check's estimate of the wrong labels: True for its members (the review workload),
+    # False for examples that are ranked only. Other kinds flag what their analysis says.
+    flagged: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Position in the review queue: the rank until reviewers' decisions re-rank what is left
+    # (decided findings keep theirs).
+    queue_rank: Mapped[int] = mapped_column(default=0, server_default="0")
 
     __table_args__ = (
         UniqueConstraint("audit_id", "example_key", "kind"),
         # "top N of an audit" and "next unsettled by rank" both walk this index.
         Index("ix_findings_audit_rank", "audit_id", "rank"),
+        # "the flagged set in queue order" (the review workload) walks this one.
+        Index("ix_findings_audit_flagged_queue", "audit_id", "flagged", "queue_rank"),
     )
 
     audit: Mapped[Audit] = relationship()
