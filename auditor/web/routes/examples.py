@@ -1,0 +1,44 @@
+"""Examples: the picture of a training example, and the findings about it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
+
+from auditor.errors import DataError
+from auditor.findings_view import context_for, finding_doc
+from auditor.records import finite_json
+from auditor.store import repo
+from auditor.web.deps import DB, AuditId, ExampleIndex, Examples, Reader
+
+router = APIRouter(prefix="/api/audits/{audit_id}/examples", tags=["findings"])
+
+
+@router.get(
+    "/{index}/image", response_class=Response, responses={200: {"content": {"image/png": {}}}}
+)
+def image(
+    audit_id: AuditId, index: ExampleIndex, user: Reader, s: DB, examples: Examples,
+    key: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:  # fmt: skip
+    """The training example at `index` of the audit's data set, as a PNG."""
+    a = repo.get_audit(s, audit_id)
+    locator = repo.locators(s, a.snapshot_id, [index]).get(index)
+    try:
+        data = examples.png(repo.get_dataset_by_id(s, a.dataset_id), index, key, locator)
+    except DataError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/{index}")
+def example_findings(
+    audit_id: AuditId, index: ExampleIndex, user: Reader, s: DB
+) -> list[dict[str, Any]]:
+    """The audit's findings about the example at `index` (to follow a link from a list)."""
+    repo.get_audit(s, audit_id)
+    rows = repo.findings_for_example(s, audit_id, index)
+    ctx = context_for(s, audit_id, rows)
+    return finite_json([finding_doc(f, ctx) for f in rows])
