@@ -69,7 +69,7 @@ def example_store(request: Request) -> ExampleStore:
 
 Reader = Annotated[Principal, Depends(current_user)]
 Decider = Annotated[Principal, Depends(deciding_user)]
-Examples = Annotated[ExampleStore, Depends(example_store)]
+Pictures = Annotated[ExampleStore, Depends(example_store)]
 AuditId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FindingId = Annotated[int, Path(ge=1, le=MAX_ID)]
 ExampleIndex = Annotated[int, Path(ge=0, le=MAX_ID)]

@@ -11,7 +11,7 @@ from auditor.errors import DataError
 from auditor.findings_view import context_for, finding_doc
 from auditor.records import finite_json
 from auditor.store import repo
-from auditor.web.deps import DB, AuditId, ExampleIndex, Examples, Reader
+from auditor.web.deps import DB, AuditId, ExampleIndex, Pictures, Reader
 
 router = APIRouter(prefix="/api/audits/{audit_id}/examples", tags=["findings"])
 
@@ -20,14 +20,14 @@ router = APIRouter(prefix="/api/audits/{audit_id}/examples", tags=["findings"])
     "/{index}/image", response_class=Response, responses={200: {"content": {"image/png": {}}}}
 )
 def image(
-    audit_id: AuditId, index: ExampleIndex, user: Reader, s: DB, examples: Examples,
+    audit_id: AuditId, index: ExampleIndex, user: Reader, s: DB, pictures: Pictures,
     key: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:  # fmt: skip
     """The training example at `index` of the audit's data set, as a PNG."""
     a = repo.get_audit(s, audit_id)
     locator = repo.locators(s, a.snapshot_id, [index]).get(index)
     try:
-        data = examples.png(repo.get_dataset_by_id(s, a.dataset_id), index, key, locator)
+        data = pictures.png(repo.get_dataset_by_id(s, a.dataset_id), index, key, locator)
     except DataError as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
