@@ -150,6 +150,11 @@ def user_for_token(session: Session, token: str) -> User | None:
     return row.user
 
 
+def user_for_session(session: Session, user_id: int) -> User | None:
+    """The user a signed session cookie names, if that user still exists."""
+    return user_store.find_user_by_id(session, user_id)
+
+
 def cli_reviewer(session: Session, name: str) -> tuple[str, int | None]:
     """Who a CLI decision is recorded under: with no users registered (a single-user install),
     any name; once users exist, `name` must be one of them and allowed to decide."""

@@ -1,4 +1,10 @@
-"""Findings joined with what a reviewer or an export needs: the example itself and decisions."""
+"""Findings joined with what a reviewer or an export needs: the example itself and decisions.
+
+The `*_doc` functions, `label_text`, `corrected_label` and `manifest_rows` are views: they take
+rows already loaded and issue no query (no lazy relationship, no `object_session`); the
+functions that take a `Session` (`audit_context`, `context_for`, `export_rows`, ...) are where
+the reading happens, explicitly, through the store.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ class AuditContext:
 def audit_context(session: Session, audit_id: int, indices: Sequence[int] = ()) -> AuditContext:
     """The audit's data set names, with the locators of the examples at `indices` looked up."""
     audit = audit_store.get_audit(session, audit_id)
-    ds = audit.dataset
+    ds = dataset_store.get_dataset_by_id(session, audit.dataset_id)
     return AuditContext(
         ds.id, ds.name, ds.source_path, ds.class_names,
         dataset_store.locators(session, audit.snapshot_id, indices),
@@ -78,17 +84,13 @@ def decision_doc(review: Review | None, ctx: AuditContext | None = None) -> dict
     }
 
 
-def event_doc(e: ReviewEvent, ctx: AuditContext | None = None) -> dict[str, Any]:
+def event_doc(
+    e: ReviewEvent, ctx: AuditContext | None = None, suggested_label: int | None = None
+) -> dict[str, Any]:
     """One history entry. `label` is the label the decision gives the example: the relabel's,
-    or for a confirm the suggestion it accepted (from the finding that prompted it)."""
-    label = e.new_label
-    if e.decision == "confirmed" and e.finding_id is not None:
-        from sqlalchemy.orm import object_session
-
-        session = object_session(e)
-        finding = session.get(Finding, e.finding_id) if session is not None else None
-        suggested = (finding.payload or {}).get("suggested_label") if finding is not None else None
-        label = int(suggested) if suggested is not None else None
+    or for a confirm the suggestion it accepted: `suggested_label`, the one the finding that
+    prompted it made (read with the events: `review_store.review_history_with_suggestions`)."""
+    label = suggested_label if e.decision == "confirmed" else e.new_label
     return {
         "id": e.id,
         "decision": e.decision,
@@ -167,7 +169,7 @@ def load_example(examples: Examples, finding: Finding) -> tuple[Any, int] | None
 
 def dataset_examples(session: Session, audit_id: int) -> tuple[Examples, Any]:
     audit = audit_store.get_audit(session, audit_id)
-    return load_dataset_source(audit.dataset), audit
+    return load_dataset_source(dataset_store.get_dataset_by_id(session, audit.dataset_id)), audit
 
 
 def resolve_class(value: int | str, names: list[str] | None, count: int | None = None) -> int:
@@ -296,7 +298,7 @@ def write_corrected_tree(session: Session, audit_id: int, rows: list[dict[str, A
     Returns the number of files moved to another class.
     """
     audit = audit_store.get_audit(session, audit_id)
-    ds = audit.dataset
+    ds = dataset_store.get_dataset_by_id(session, audit.dataset_id)
     if ds.format != "imagefolder":
         raise AuditorError(f"--corrected-tree needs an ImageFolder data set; {ds.name!r} is {ds.format}")
     root = Path(ds.source_path)

@@ -82,29 +82,19 @@ def list_findings(
 def show(finding_id: int, json_output: JsonOption = False) -> None:
     """One finding with its example (drawn when it is an image), why it was flagged, and the
     example's decision history."""
+    from auditor import reviewing
     from auditor.cli.render import image_to_text
     from auditor.errors import DataError
-    from auditor.findings_view import (
-        context_for,
-        dataset_examples,
-        event_doc,
-        finding_doc,
-        label_text,
-        load_example,
-    )
-    from auditor.store import audits as audit_store
+    from auditor.findings_view import dataset_examples, label_text, load_example
     from auditor.store import findings as finding_store
     from auditor.store import open_store
-    from auditor.store import reviews as review_store
 
     sessions = open_store()
     found, is_image = None, False
     with sessions() as s:
         f = finding_store.get_finding(s, finding_id)
-        audit = audit_store.get_audit(s, f.audit_id)
-        ctx = context_for(s, f.audit_id, [f])
-        doc = finding_doc(f, ctx, review_store.get_review(s, audit.dataset_id, f.example_key))
-        doc["history"] = [event_doc(e, ctx) for e in review_store.review_history(s, audit.dataset_id, f.example_key)]
+        detail = reviewing.finding_detail(s, finding_id)
+        doc, ctx = detail.doc, detail.ctx
         # The example itself is only drawn for people, and only if its file is still there:
         # the finding and its decision live in the database and never need the dataset.
         if not json_output and f.example_index >= 0:

@@ -61,29 +61,26 @@ def decide(
     json_output: JsonOption = False,
 ) -> None:
     """Record a decision about the example behind a finding (for scripts)."""
+    from auditor import reviewing
     from auditor.errors import Conflict
-    from auditor.findings_view import parse_label
-    from auditor.store import audits as audit_store
     from auditor.store import findings as finding_store
     from auditor.store import open_store
-    from auditor.store import reviews as review_store
 
     decision = _decision(confirm, relabel, dismiss)
     sessions = open_store()
-    new_label = None
-    if relabel is not None:
+    examples = None
+    if relabel is not None:  # read before the transaction: reading a data set may take seconds
         with sessions() as s:
             audit_id = finding_store.get_finding(s, finding_id).audit_id
-            stored_names = audit_store.get_audit(s, audit_id).dataset.class_names
             examples = _readable_examples(s, audit_id, "check the label against the data set")
-        new_label = parse_label(relabel, examples, stored_names)
     try:
         with sessions() as s, s.begin():
             who, user_id = _recorded_as(s, reviewer)
-            r = review_store.decide(
-                s, finding_id, decision, new_label, who, note,
-                expected_version=version, user_id=user_id,
+            r = reviewing.decide(
+                s, finding_id, decision, relabel, reviewer=who, user_id=user_id, note=note,
+                expected_version=version, examples=examples,
             )  # fmt: skip
+            new_label = r.new_label
             doc = {
                 "finding_id": finding_id, "example_key": r.example_key, "decision": r.decision,
                 "new_label": r.new_label, "reviewer": r.reviewer, "version": r.version,
@@ -106,13 +103,13 @@ def undo(
 ) -> None:
     """Withdraw the decision standing on the finding's example; the one before it (if any)
     stands again. The history keeps both."""
+    from auditor import reviewing
     from auditor.store import open_store
-    from auditor.store import reviews as review_store
 
     sessions = open_store()
     with sessions() as s, s.begin():
         who, user_id = _recorded_as(s, reviewer)
-        r = review_store.undo(s, finding_id, who, expected_version=version, user_id=user_id)
+        r = reviewing.undo(s, finding_id, reviewer=who, user_id=user_id, expected_version=version)
         doc = {"finding_id": finding_id, "decision": None if r is None else r.decision,
                "new_label": None if r is None else r.new_label, "version": None if r is None else r.version}  # fmt: skip
     if json_output:
@@ -144,17 +141,11 @@ def next_finding(
 
     With --json, print the next unsettled finding (or null) and exit.
     """
+    from auditor import reviewing
     from auditor.cli.render import image_to_text
     from auditor.errors import Conflict
-    from auditor.findings_view import (
-        context_for,
-        finding_doc,
-        label_text,
-        load_example,
-        parse_label,
-    )
+    from auditor.findings_view import context_for, finding_doc, label_text, load_example
     from auditor.store import open_store
-    from auditor.store import reviews as review_store
 
     sessions = open_store()
     examples = None
@@ -162,7 +153,7 @@ def next_finding(
     while True:
         with sessions() as s:
             # skip = later, within this session only
-            f = review_store.next_unsettled_finding(s, audit_id=audit_id, exclude=skipped)
+            f = reviewing.next_to_review(s, audit_id, exclude=skipped)
             if f is None:
                 if json_output:
                     print_json(None)
@@ -200,13 +191,15 @@ def next_finding(
             elif answer == "d":
                 decision, new_label = "dismissed", None
             elif answer == "r":
-                new_label = parse_label(typer.prompt("new label (class index or name)"), examples or None)
+                new_label = typer.prompt("new label (class index or name)")
                 decision = "relabelled"
             else:
                 err_console.print("type c, r, d, s or q")
                 continue
             with sessions() as s, s.begin():
                 who, user_id = _recorded_as(s, reviewer)
-                review_store.decide(s, f.id, decision, new_label, who, user_id=user_id)
+                reviewing.decide(
+                    s, f.id, decision, new_label, reviewer=who, user_id=user_id, examples=examples or None
+                )  # fmt: skip
         except (Conflict, AuditorError) as exc:
             err_console.print(styled((str(exc), "yellow")))

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from auditor.errors import NotFound
-from auditor.store._sql import add_unique
+from auditor.store._sql import add_unique, in_id_range
 from auditor.store.models import ApiToken, User
 
 
@@ -24,6 +24,10 @@ def create_user(session: Session, name: str, role: str, password_hash: str) -> U
 
 def find_user(session: Session, name: str) -> User | None:
     return session.scalar(select(User).where(User.name == name))
+
+
+def find_user_by_id(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id) if in_id_range(user_id) else None
 
 
 def get_user(session: Session, name: str) -> User:

@@ -18,8 +18,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from sqlalchemy.orm import Session
 
-from auditor.auth import Principal, principal, user_for_token
-from auditor.store.models import User
+from auditor.auth import Principal, principal, user_for_session, user_for_token
 
 
 def secret_key(home: Path, configured: str | None = None) -> str:
@@ -65,7 +64,7 @@ def identify(request: Request, session: Session) -> tuple[Principal | None, bool
         return principal(user), True
     user_id = request.session.get("user_id")
     if isinstance(user_id, int):
-        user = session.get(User, user_id)
+        user = user_for_session(session, user_id)
         if user is not None:
             return principal(user), False
         request.session.clear()  # the user was removed

@@ -20,15 +20,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("findings") as batch:
-        batch.add_column(sa.Column("flagged", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("queue_rank", sa.Integer(), nullable=False, server_default="0"))
-        batch.create_index("ix_findings_audit_flagged_queue", ["audit_id", "flagged", "queue_rank"])
+    # Plain ALTER TABLE ADD COLUMN, never a batch copy of the table: on SQLite a copy drops the
+    # old `findings` table, and with foreign keys on that sets every review's finding_id to NULL.
+    op.add_column("findings", sa.Column("flagged", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("findings", sa.Column("queue_rank", sa.Integer(), nullable=False, server_default="0"))
+    op.create_index("ix_findings_audit_flagged_queue", "findings", ["audit_id", "flagged", "queue_rank"])
     op.execute("UPDATE findings SET queue_rank = rank")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("findings") as batch:
-        batch.drop_index("ix_findings_audit_flagged_queue")
-        batch.drop_column("queue_rank")
-        batch.drop_column("flagged")
+    # ALTER TABLE DROP COLUMN (SQLite 3.35+), for the same reason as above
+    op.drop_index("ix_findings_audit_flagged_queue", "findings")
+    op.drop_column("findings", "queue_rank")
+    op.drop_column("findings", "flagged")

@@ -1,0 +1,12 @@
+"""One `APIRouter` per resource; `auditor.web.app.create_app` includes them in this order."""
+
+from auditor.web.routes import audits, auth, decisions, examples, findings, pages
+
+routers = [
+    auth.router,
+    audits.router,
+    findings.router,
+    decisions.router,
+    examples.router,
+    pages.router,
+]
