@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.config import get_settings
+from auditor.config import Settings
 from auditor.runner import poison_reason
 from auditor.store import repo
 from auditor.store.models import Audit, utcnow
@@ -57,14 +57,14 @@ class Reconciled:
 def reconcile(
     sessions: sessionmaker[Session],
     *,
+    settings: Settings,
     requeue: Requeue | None = None,
     pending: Pending | None = None,
     audit_ids: list[int] | None = None,
 ) -> Reconciled:
     """End or re-run the audits whose lease expired and the queued audits with no message (see
     the module docstring). `requeue` None (no broker): lost audits are failed, never re-sent.
-    `audit_ids` limits the pass to those audits."""
-    settings = get_settings()
+    `audit_ids` limits the pass to those audits. `settings` give the lease and the poison bound."""
     if audit_ids is not None:
         audit_ids = [i for i in audit_ids if 0 < i <= repo.ID_MAX]
     now = utcnow()

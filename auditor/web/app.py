@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from auditor import auth
 from auditor.audits import audit_doc
 from auditor.auth import Principal
+from auditor.config import Settings
 from auditor.errors import AuditorError, Conflict, DataError, NotFound
 from auditor.findings_view import (
     AuditContext,
@@ -123,20 +124,24 @@ class _TooLarge(Exception):
 
 
 # ---- app --------------------------------------------------------------------------------------
-def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | None = None) -> FastAPI:
-    """The app over `sessions` (default: the configured store, created or checked now)."""
+def create_app(
+    sessions: sessionmaker[Session] | None = None, home: FsPath | None = None, *, settings: Settings | None = None
+) -> FastAPI:
+    """The app over `sessions` (default: the configured store, created or checked now), with
+    `settings` read once here (default: from the environment) and kept in `app.state.settings`."""
     from auditor.config import get_settings
+    from auditor.data.options import DataOptions
     from auditor.store import open_store
 
-    settings = get_settings()
-    sessions = sessions or open_store()
+    settings = settings or get_settings()
+    sessions = sessions or open_store(settings.database_url)
     app = FastAPI(
         title="auditor review",
         description="Triage influence-function findings: queues, examples, decisions, history.",
         version="1",
     )
-    app.state.sessions = sessions
-    app.state.examples = ExampleStore()
+    app.state.sessions, app.state.settings = sessions, settings
+    app.state.examples = ExampleStore(DataOptions.from_settings(settings))
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(home or settings.home, settings.secret_key),
