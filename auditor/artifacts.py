@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.config import artifacts_dir
+from auditor.config import Settings, artifacts_dir
 from auditor.errors import AuditorError
 from auditor.store import artifacts as artifact_store
 from auditor.store.models import utcnow
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 SUBDIR = "fitted"
 
 
-def root(settings=None) -> Path:
+def root(settings: Settings) -> Path:
+    """The folder of stored models and curvature under the configured artifacts (created)."""
     path = artifacts_dir(settings) / SUBDIR
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -39,9 +40,8 @@ def root(settings=None) -> Path:
 class ArtifactStore:
     """`FitCache` over a folder and the `artifacts` table."""
 
-    def __init__(self, sessions: sessionmaker[Session], dataset_id: int | None = None, folder: Path | None = None) -> None:
-        self.sessions, self.dataset_id = sessions, dataset_id
-        self.folder = folder or root()
+    def __init__(self, sessions: sessionmaker[Session], dataset_id: int | None = None, *, folder: Path) -> None:
+        self.sessions, self.dataset_id, self.folder = sessions, dataset_id, folder
 
     def load(self, kind: str, key: str) -> tuple[dict[str, Any], dict] | None:
         from safetensors import SafetensorError
@@ -111,8 +111,7 @@ class ArtifactInfo:
         }  # fmt: skip
 
 
-def list_artifacts(session: Session, folder: Path | None = None) -> list[ArtifactInfo]:
-    folder = folder or root()
+def list_artifacts(session: Session, folder: Path) -> list[ArtifactInfo]:
     rows = artifact_store.artifacts_with_dataset(session)
     return [
         ArtifactInfo(a.id, a.kind, a.key, str(folder / a.path), a.bytes, name, a.created_at,
@@ -128,14 +127,13 @@ def prune(
     dataset: str | None = None,
     everything: bool = False,
     dry_run: bool = False,
-    folder: Path | None = None,
+    folder: Path,
 ) -> list[ArtifactInfo]:
     """Remove artifacts (file and record): those not used for `unused_for`, those of `dataset`,
     or all; records whose file is gone always; temporary files a crashed writer left, too.
     Returns what was (or, with `dry_run`, would be) removed."""
     if not (everything or unused_for is not None or dataset is not None):
         raise AuditorError("say what to prune: --unused-for 30d, --dataset NAME or --all")
-    folder = folder or root()
     now = utcnow()
     gone = []
     for info in list_artifacts(session, folder):

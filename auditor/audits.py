@@ -13,7 +13,9 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import check_request
+from auditor.config import Settings
 from auditor.data.base import Examples, check_test_set
+from auditor.data.options import DataOptions
 from auditor.datasets import snapshotted
 from auditor.errors import DataError
 from auditor.records import finite_json
@@ -62,14 +64,33 @@ def create_audit(
     test_name: str | None = None,
     schedule_id: int | None = None,
     *,
+    settings: Settings,
     local: bool = False,
 ) -> int:
     """Check the request, scan the dataset (and test set) and create a queued audit; returns its id.
 
     An unknown kind, a missing test set or a bad setting is refused before anything is read or
     stored; so is a model factory that is not registered, unless the audit runs here (`local`:
-    `audit run`), where an explicit MODULE:FACTORY is the caller's own code.
+    `audit run`), where an explicit MODULE:FACTORY is the caller's own code. `settings` say which
+    factories are registered and how the data set is read.
     """
+    from auditor.factories import listed_factories
+
+    data = DataOptions.from_settings(settings)
+    with listed_factories(settings.model_factories):
+        return _create_audit(sessions, kind, dataset_name, params, test_name, schedule_id, local, data)
+
+
+def _create_audit(
+    sessions: sessionmaker[Session],
+    kind: str,
+    dataset_name: str,
+    params: dict[str, Any],
+    test_name: str | None,
+    schedule_id: int | None,
+    local: bool,
+    data: DataOptions,
+) -> int:
     spec = check_request(kind, params, test_name, local=local)
     settings = spec.parse(params)
 
@@ -83,7 +104,7 @@ def create_audit(
             with local_models():
                 build_module(train, model)
 
-    with snapshotted(sessions, dataset_name, test_name, check=check) as snap:
+    with snapshotted(sessions, dataset_name, test_name, check=check, data=data) as snap:
         audit = audit_store.create_audit(
             snap.session,
             kind,

@@ -2,10 +2,13 @@
 
 The embedded default needs no setup at all: a SQLite file under AUDITOR_HOME and no broker, so
 `auditor audit run` works on a laptop. A deployment points AUDITOR_DATABASE_URL at PostgreSQL and
-AUDITOR_BROKER_URL at Redis. Settings are re-read on every `get_settings()` call (no cache) so that
-tests and long-lived shells that change the environment see the change. A value that cannot be
-used is a one-line `ServiceError` naming the variable. README's table lists every entry of `ENV`
-(tests/test_config.py checks it).
+AUDITOR_BROKER_URL at Redis. Settings are re-read on every `get_settings()` call (no cache), and
+only the entry points call it (the CLI's commands, the review app's factory, the Celery app,
+tasks and beat in workers/, and `auditor.store`'s defaults for them): each reads the settings
+once and passes them, or the one value needed, down (`auditor.data.options.DataOptions` for the
+data loaders), so a library call never depends on the environment at call time and two
+configurations can run in one process. A value that cannot be used is a one-line `ServiceError`
+naming the variable. README's table lists every entry of `ENV` (tests/test_config.py checks it).
 """
 
 from __future__ import annotations
@@ -177,9 +180,8 @@ def get_settings() -> Settings:
     )
 
 
-def artifacts_dir(settings: Settings | None = None) -> Path:
+def artifacts_dir(settings: Settings) -> Path:
     """Directory for trained models, reports and other files an audit leaves behind (created)."""
-    settings = settings or get_settings()
     path = settings.artifacts or settings.home / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -2,7 +2,7 @@
 model on the same data set.
 
 Why a record: the sweep costs S retrains; its answer holds for the model and data it was made
-on. `validate` writes it to `AUDITOR_HOME/dampings.json` under a key made of the data set (its
+on. `validate` writes it to `AUDITOR_HOME/dampings.json` (the caller passes the home) under a key made of the data set (its
 registered name, or the resolved path) and every model setting that changes the curvature
 (model, weights, weight decay, counted parameters, training); an audit created later with no
 `--damping` and the same key uses it (`audit run|enqueue`, and each scheduled scan), and says so.
@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.config import get_settings
-
 FILE = "dampings.json"
 _KEY_FIELDS = ("name", "weights", "weight_decay", "params", "train", "train_fn", "hidden")
 
@@ -30,21 +28,17 @@ def model_key(dataset: str, model: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _path() -> Path:
-    return get_settings().home / FILE
-
-
-def _read() -> dict[str, Any]:
+def _read(home: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(_path().read_text())
+        doc = json.loads((home / FILE).read_text())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
 
-def record(dataset: str, model: dict[str, Any], damping: float, lds: float, solver: str) -> None:
-    """Keep the chosen damping (written atomically: a reader never sees half a file)."""
-    doc = _read()
+def record(dataset: str, model: dict[str, Any], damping: float, lds: float, solver: str, *, home: Path) -> None:
+    """Keep the chosen damping in `home` (written atomically: a reader never sees half a file)."""
+    doc = _read(home)
     doc[model_key(dataset, model)] = {
         "dataset": dataset,
         "model": model.get("name"),
@@ -53,28 +47,28 @@ def record(dataset: str, model: dict[str, Any], damping: float, lds: float, solv
         "solver": solver,
         "chosen_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = _path()
+    path = home / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)
 
 
-def lookup(dataset: str, model: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded choice for this data set and model, if any."""
-    return _read().get(model_key(dataset, model))
+def lookup(dataset: str, model: dict[str, Any], *, home: Path) -> dict[str, Any] | None:
+    """The recorded choice for this data set and model in `home`, if any."""
+    return _read(home).get(model_key(dataset, model))
 
 
-def apply_recorded(dataset: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """Fill in the damping recorded for this data set and model when `params` (nested, as the CLI
-    and schedules record them) give none; returns the record used, or None."""
+def apply_recorded(dataset: str, params: dict[str, Any], *, home: Path) -> dict[str, Any] | None:
+    """Fill in the damping recorded (in `home`) for this data set and model when `params` (nested,
+    as the CLI and schedules record them) give none; returns the record used, or None."""
     from auditor.analyses.settings import parse_specs
 
     solver = params.get("solver")
     if not isinstance(solver, dict) or solver.get("damping") is not None:
         return None
     model, _ = parse_specs(params)  # every field, defaults filled, as validate records them
-    chosen = lookup(dataset, model.to_dict())
+    chosen = lookup(dataset, model.to_dict(), home=home)
     if chosen is not None:
         solver["damping"] = chosen["damping"]
     return chosen

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from auditor.data.base import Examples
 from auditor.data.imagefolder import parse_resize
 from auditor.data.load import sniff_format
+from auditor.data.options import DataOptions
 from auditor.errors import Conflict, DataError, NotFound
 from auditor.resolve import load_dataset_source, read_source
 from auditor.store import datasets as dataset_store
@@ -46,8 +47,10 @@ def snapshotted(
     dataset: str | int,
     test: str | None = None,
     check: Callable[[Examples, Examples | None], None] | None = None,
+    *,
+    data: DataOptions,
 ) -> Iterator[Snapshotted]:
-    """Re-read a data set (by name or id) and optionally a test set, then open one write
+    """Re-read a data set (by name or id) and optionally a test set (as `data` says), then open one write
     transaction that records a snapshot of each where the content changed; the caller adds its
     own writes (an audit row) to the same transaction, which commits when the block ends."""
     with sessions() as s:
@@ -55,8 +58,8 @@ def snapshotted(
         test_row = dataset_store.get_dataset(s, test) if test else None
         dataset_id, test_id = row.id, test_row.id if test_row is not None else None
     # read the files outside any transaction (see the module docstring)
-    examples = load_dataset_source(row)
-    test_examples = load_dataset_source(test_row) if test_row is not None else None
+    examples = load_dataset_source(row, data=data)
+    test_examples = load_dataset_source(test_row, data=data) if test_row is not None else None
     if check is not None:  # refuse what the caller cannot use before anything is written
         check(examples, test_examples)
     with sessions() as s, s.begin():
@@ -117,6 +120,7 @@ def register_dataset(
     format: str | None = None,
     options: dict[str, Any] | None = None,
     update: bool = False,
+    data: DataOptions,
 ) -> dict[str, Any]:
     """Register a data set and record its first snapshot (with `update`: re-point an existing
     one and re-scan it). Returns {"created", "dataset", "snapshot", "diff"}."""
@@ -130,7 +134,7 @@ def register_dataset(
         raise DataError(f"{source}: no such file or folder")
     fmt = format or sniff_format(source)
     options = dict(options or {})
-    examples: Examples = read_source(source, fmt, options)
+    examples: Examples = read_source(source, fmt, options, data=data)
     with sessions() as session, session.begin():
         dataset = find_dataset(session, name)
         created = dataset is None
@@ -145,10 +149,10 @@ def register_dataset(
         return {"created": created, **_scan_doc(session, dataset, snapshot, diff)}
 
 
-def scan_dataset(sessions: sessionmaker[Session], name: str) -> dict[str, Any]:
+def scan_dataset(sessions: sessionmaker[Session], name: str, *, data: DataOptions) -> dict[str, Any]:
     """Re-read a data set's source; record a new snapshot if its content changed.
     Returns {"dataset", "snapshot", "diff"}."""
-    with snapshotted(sessions, name) as snap:
+    with snapshotted(sessions, name, data=data) as snap:
         return _scan_doc(snap.session, snap.dataset, snap.snapshot, snap.diff)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.base import Progress
 from auditor.analyses.label_check import recall_at_budgets
-from auditor.config import get_settings
+from auditor.config import Settings
 from auditor.data.bundled import digits, flip_labels, write_npz
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store
@@ -52,11 +52,13 @@ def run_demo(
     model: str = "logreg",
     seed: int = 0,
     echo: Progress | None = None,
+    *,
+    settings: Settings,
 ) -> DemoResult:
     from auditor.audits import create_audit
     from auditor.runner import execute_audit
 
-    home = get_settings().home
+    home = settings.home
     data, truth, flipped = prepare(home, fraction, seed)
     with sessions() as s, s.begin():
         try:
@@ -65,8 +67,8 @@ def run_demo(
         except Exception:  # NotFound: first run
             dataset_store.create_dataset(s, DEMO_DATASET, str(data), "npz", {})
     params = {"model": {"name": model, "seed": seed}, "solver": {"name": "auto"}}  # default ranking
-    audit_id = create_audit(sessions, "label-check", DEMO_DATASET, params, local=True)
-    outcome = execute_audit(sessions, audit_id, echo=echo, local=True)
+    audit_id = create_audit(sessions, "label-check", DEMO_DATASET, params, local=True, settings=settings)
+    outcome = execute_audit(sessions, audit_id, settings=settings, echo=echo, local=True)
     recall, recall_loss, recall_si = {}, {}, {}
     if outcome.status == "succeeded":
         with sessions() as s:

@@ -12,6 +12,10 @@ Registering, either way:
   (`[project.entry-points."auditor.models"] small_cnn = "team_models:small_cnn"`);
 - the setting AUDITOR_MODEL_FACTORIES: comma-separated `MODULE:FACTORY` or `NAME=MODULE:FACTORY`.
 An audit may then say `--model small_cnn` (the name) or `--model team_models:small_cnn`.
+
+The setting's list comes from the entry point that read the settings: it wraps the work in
+`listed_factories(settings.model_factories)` (as `local_models` marks a run here), so this module
+never reads the environment and model code deep in an analysis needs no settings argument.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib.metadata import entry_points
 
-from auditor.config import ENV_MODEL_FACTORIES, get_settings
+from auditor.config import ENV_MODEL_FACTORIES
 from auditor.errors import ModelError
 
 ENTRY_POINT_GROUP = "auditor.models"
@@ -31,6 +35,20 @@ BUILTIN_MODELS = ("logreg", "mlp", "cnn")  # auditor.models.builtin builds these
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # True while an audit runs in the process of the person who started it (see `local_models`).
 _LOCAL: ContextVar[bool] = ContextVar("auditor_local_models", default=False)
+# The factories AUDITOR_MODEL_FACTORIES lists, as the entry point read them (see `listed_factories`).
+_LISTED: ContextVar[tuple[str, ...]] = ContextVar("auditor_listed_factories", default=())
+
+
+@contextmanager
+def listed_factories(items: tuple[str, ...]) -> Iterator[None]:
+    """Within this block the factories `items` names (`Settings.model_factories`: MODULE:FACTORY
+    or NAME=MODULE:FACTORY) are registered, besides the entry points. Outside any such block
+    only entry points are."""
+    token = _LISTED.set(tuple(items))
+    try:
+        yield
+    finally:
+        _LISTED.reset(token)
 
 
 @contextmanager
@@ -49,12 +67,12 @@ def running_locally() -> bool:
 
 
 def registered_factories() -> dict[str, str]:
-    """name -> 'module:function' for every registered factory (entry points, then the setting;
-    a factory listed without a name is known by its target)."""
+    """name -> 'module:function' for every registered factory (entry points, then the setting's
+    list given to `listed_factories`; a factory listed without a name is known by its target)."""
     out: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         out[ep.name] = ep.value.replace(" ", "")
-    for item in get_settings().model_factories:
+    for item in _LISTED.get():
         name, _, target = item.rpartition("=")
         out[name or target] = target
     return out

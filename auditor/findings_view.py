@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from auditor.data.base import Examples
+from auditor.data.options import DataOptions
 from auditor.errors import AuditorError
 from auditor.resolve import load_dataset_source
 from auditor.store import audits as audit_store
@@ -167,9 +168,9 @@ def load_example(examples: Examples, finding: Finding) -> tuple[Any, int] | None
     return examples.x[j], int(examples.y[j])
 
 
-def dataset_examples(session: Session, audit_id: int) -> tuple[Examples, Any]:
+def dataset_examples(session: Session, audit_id: int, *, data: DataOptions) -> tuple[Examples, Any]:
     audit = audit_store.get_audit(session, audit_id)
-    return load_dataset_source(dataset_store.get_dataset_by_id(session, audit.dataset_id)), audit
+    return load_dataset_source(dataset_store.get_dataset_by_id(session, audit.dataset_id), data=data), audit
 
 
 def resolve_class(value: int | str, names: list[str] | None, count: int | None = None) -> int:

@@ -15,6 +15,8 @@ import numpy as np
 
 from auditor.analyses.lds import LDSConfig, retrained_losses, split_for_lds
 from auditor.analyses.settings import parse_specs
+from auditor.config import Settings
+from auditor.factories import listed_factories
 from auditor.resolve import resolve_examples
 
 
@@ -24,13 +26,18 @@ def job(dataset: str, test: str | None, cfg: LDSConfig) -> dict[str, Any]:
     return {"dataset": dataset, "test": test, "holdout": cfg.holdout, "seed": cfg.seed, "model": cfg.model.to_dict()}
 
 
-def subset_losses(doc: dict[str, Any], subset: list[int]) -> list[float]:
-    """Retrain on the rows `subset` of the training set `doc` describes; the test losses."""
+def subset_losses(doc: dict[str, Any], subset: list[int], settings: Settings) -> list[float]:
+    """Retrain on the rows `subset` of the training set `doc` describes; the test losses.
+    `settings` say how the data are read and which model factories are registered."""
     model, _ = parse_specs({"model": doc["model"]})
     cfg = LDSConfig(model=model, holdout=float(doc["holdout"]), seed=int(doc["seed"]))
     train_set, test_set = split_for_lds(
-        resolve_examples(doc["dataset"]), resolve_examples(doc["test"]) if doc["test"] else None, cfg
+        resolve_examples(doc["dataset"], settings),
+        resolve_examples(doc["test"], settings) if doc["test"] else None,
+        cfg,
     )
     rows = np.asarray(doc["test_rows"], dtype=np.int64)
     subset_rows = np.asarray(subset, dtype=np.int64)
-    return retrained_losses(train_set, subset_rows, test_set.x[rows], test_set.y[rows], model, doc["classes"]).tolist()
+    with listed_factories(settings.model_factories):
+        losses = retrained_losses(train_set, subset_rows, test_set.x[rows], test_set.y[rows], model, doc["classes"])
+    return losses.tolist()

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.config import get_settings
+from auditor.config import Settings
 from auditor.runner import poison_reason
 from auditor.store import audits as audit_store
 from auditor.store.models import utcnow
@@ -56,14 +56,14 @@ class Reconciled:
 def reconcile(
     sessions: sessionmaker[Session],
     *,
+    settings: Settings,
     requeue: Requeue | None = None,
     pending: Pending | None = None,
     audit_ids: list[int] | None = None,
 ) -> Reconciled:
     """End or re-run the audits whose lease expired and the queued audits with no message (see
     the module docstring). `requeue` None (no broker): lost audits are failed, never re-sent.
-    `audit_ids` limits the pass to those audits."""
-    settings = get_settings()
+    `audit_ids` limits the pass to those audits. `settings` give the lease and the poison bound."""
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.lease_seconds)
     out = Reconciled()

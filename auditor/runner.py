@@ -28,10 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from auditor.analyses.base import AnalysisInput
 from auditor.analyses.registry import get_analysis, get_kind
 from auditor.artifacts import ArtifactStore
-from auditor.config import artifacts_dir, get_settings
+from auditor.artifacts import root as fitted_root
+from auditor.config import Settings, artifacts_dir
 from auditor.data.keys import content_hash
+from auditor.data.options import DataOptions
 from auditor.errors import AuditorError, Cancelled, Conflict, DataError
-from auditor.factories import local_models
+from auditor.factories import listed_factories, local_models
 from auditor.progress import Progress, Rates
 from auditor.resolve import load_dataset_source
 from auditor.store import audits as audit_store
@@ -116,9 +118,9 @@ class Heartbeat:
     curvature of a large model); the lease reconciler (`auditor.reconcile`) must not take such an
     audit for lost. A missed beat (the database briefly down) is only logged."""
 
-    def __init__(self, sessions: sessionmaker[Session], audit_id: int) -> None:
+    def __init__(self, sessions: sessionmaker[Session], audit_id: int, lease_seconds: float) -> None:
         self.sessions, self.audit_id = sessions, audit_id
-        self.interval = max(get_settings().lease_seconds / 4, 0.25)
+        self.interval = max(lease_seconds / 4, 0.25)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{audit_id}", daemon=True)
 
@@ -147,9 +149,9 @@ def poison_reason(audit: Audit) -> str:
     )
 
 
-def load_inputs(audit: Audit) -> AnalysisInput:
-    """Read the audit's data set (checked against its snapshot) and test set."""
-    train = load_dataset_source(audit.dataset)
+def load_inputs(audit: Audit, data: DataOptions) -> AnalysisInput:
+    """Read the audit's data set (checked against its snapshot) and test set, as `data` says."""
+    train = load_dataset_source(audit.dataset, data=data)
     digest = content_hash(train.keys)
     if digest != audit.snapshot.content_hash:
         raise DataError(
@@ -158,7 +160,7 @@ def load_inputs(audit: Audit) -> AnalysisInput:
         )
     test = None
     if audit.test_dataset is not None:
-        test = load_dataset_source(audit.test_dataset)
+        test = load_dataset_source(audit.test_dataset, data=data)
     elif get_kind(audit.kind).needs_test:
         raise DataError(f"{audit.kind} audits need a test set: pass --test DATASET")
     return AnalysisInput(train=train, test=test, params=dict(audit.params or {}))
@@ -168,11 +170,15 @@ def execute_audit(
     sessions: sessionmaker[Session],
     audit_id: int,
     *,
+    settings: Settings,
     task_id: str | None = None,
     echo: Progress | None = None,
     local: bool = False,
 ) -> RunOutcome:
     """Run audit `audit_id` to a final state and return it. Never raises for a user error.
+
+    `settings` (read once by the entry point) give the lease, the poison bound, where artifacts
+    go, how data sets are read and which model factories are registered.
 
     `task_id` is the Celery task id when a worker runs it (None in process): it decides what an
     interruption means (see the module docstring). `local` True: started here by the person who
@@ -190,7 +196,7 @@ def execute_audit(
                 return RunOutcome(audit_id, "failed", error=audit.error)
             audit_store.set_audit_status(s, audit_id, "cancelled", message="cancelled before it started")
             return RunOutcome(audit_id, "cancelled")
-        limit = get_settings().max_deliveries
+        limit = settings.max_deliveries
         if audit.status == "running" and audit.deliveries >= limit:
             # A poison audit: every earlier start ended without a result or a reason, which is
             # what a worker process that dies (os.abort, out of memory, a segfault) leaves.
@@ -205,11 +211,11 @@ def execute_audit(
     def compute() -> RunOutcome:
         with sessions() as s:
             audit = audit_store.get_audit(s, audit_id)
-            inp, dataset_id = load_inputs(audit), audit.dataset_id
-        out_dir = Path(artifacts_dir(get_settings())) / f"audit-{audit_id}"
+            inp, dataset_id = load_inputs(audit, DataOptions.from_settings(settings)), audit.dataset_id
+        out_dir = Path(artifacts_dir(settings)) / f"audit-{audit_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         inp.artifacts_dir = out_dir
-        inp.cache = ArtifactStore(sessions, dataset_id)
+        inp.cache = ArtifactStore(sessions, dataset_id, folder=fitted_root(settings))
         inp.progress = StoreProgress(sessions, audit_id, echo)
         result = get_analysis(kind)(inp)
 
@@ -231,10 +237,12 @@ def execute_audit(
         n = with_database_retries(store, f"storing the results of audit {audit_id}")
         return RunOutcome(audit_id, "succeeded", findings=n)
 
-    if local:
-        with local_models():
-            return guarded(sessions, audit_id, compute, in_worker=False)
-    return guarded(sessions, audit_id, compute, in_worker=task_id is not None)
+    lease = settings.lease_seconds
+    with listed_factories(settings.model_factories):
+        if local:
+            with local_models():
+                return guarded(sessions, audit_id, compute, in_worker=False, lease_seconds=lease)
+        return guarded(sessions, audit_id, compute, in_worker=task_id is not None, lease_seconds=lease)
 
 
 def guarded(
@@ -243,6 +251,7 @@ def guarded(
     compute: Callable[[], RunOutcome],
     *,
     in_worker: bool,
+    lease_seconds: float,
     part: str = "",
     requeue: bool = True,
 ) -> RunOutcome:
@@ -253,11 +262,12 @@ def guarded(
     as an internal error with the traceback in the log; an interruption (Ctrl+C, a stopping
     worker) leaves a truthful status and propagates. `part` ("shard 2/4") prefixes reasons;
     `requeue` False keeps an interrupted worker's audit running (a shard: its own message comes
-    back and the other shards go on) instead of queued.
+    back and the other shards go on) instead of queued. The heartbeat beats every
+    `lease_seconds` / 4.
     """
     prefix = f"{part}: " if part else ""
     try:
-        with Heartbeat(sessions, audit_id):
+        with Heartbeat(sessions, audit_id, lease_seconds):
             return compute()
     except DATABASE_UNREACHABLE:
         # Not the audit's fault: leave it for the next delivery (a worker's task retries, see
@@ -335,10 +345,14 @@ def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: b
 
 
 # What to do with a newly created audit: (sessions, audit_id) -> (action, audit status afterwards).
-# Schedules take one; the embedded default is `run_in_process`, a broker's is in `workers`.
+# Schedules take one; the embedded default is `run_in_process(settings)`, a broker's is in `workers`.
 AuditStarter = Callable[[sessionmaker[Session], int], tuple[str, str]]
 
 
-def run_in_process(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
-    """Embedded default: run the audit here and now."""
-    return "ran", execute_audit(sessions, audit_id).status
+def run_in_process(settings: Settings) -> AuditStarter:
+    """Embedded default: a starter that runs each audit here and now, with `settings`."""
+
+    def start(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
+        return "ran", execute_audit(sessions, audit_id, settings=settings).status
+
+    return start

@@ -37,9 +37,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auditor import recurrence
 from auditor.analyses.registry import check_request
+from auditor.config import Settings
 from auditor.dampings import apply_recorded
+from auditor.data.options import DataOptions
 from auditor.datasets import snapshotted
 from auditor.errors import AuditorError
+from auditor.factories import listed_factories
 from auditor.runner import AuditStarter
 from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
@@ -103,15 +106,17 @@ def add_schedule(
     skip_unchanged: bool = True,
     due_now: bool = False,
     now: datetime | None = None,
+    settings: Settings,
 ) -> tuple[dict[str, Any], bool]:
     """Add a recurring audit; returns (its doc, whether it was created).
 
     Idempotent: when an enabled or paused schedule with the same dataset, kind, params, timing and
     skip setting exists, that one is returned (created False) rather than a duplicate that would
     audit the same data twice per period. `due_now` makes the first run due at once instead of
-    one period from now.
+    one period from now. `settings` say which model factories are registered.
     """
-    check_request(kind, params, test_name)
+    with listed_factories(settings.model_factories):
+        check_request(kind, params, test_name)
     if (every is None) == (cron is None):
         raise AuditorError("give exactly one of --every (e.g. 6h) or --cron (e.g. '0 3 * * *')")
     interval = recurrence.parse_interval(every) if every is not None else None
@@ -250,17 +255,18 @@ def claim_due(sessions: sessionmaker[Session], now: datetime | None = None) -> l
         return claims
 
 
-def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> ScanOutcome:
-    """Run one claimed schedule: re-read, snapshot, skip if unchanged, else create and start."""
+def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter, *, settings: Settings) -> ScanOutcome:
+    """Run one claimed schedule: re-read, snapshot, skip if unchanged, else create and start.
+    `settings` give the home of recorded dampings and how the data set is read."""
     outcome = ScanOutcome(claim.schedule_id, claim.dataset, claim.kind, "failed")
     outcome.next_run_at = claim.next_run_at
     params = copy.deepcopy(dict(claim.params))
     test_name = params.pop(TEST_DATASET_PARAM, None)
     try:
-        chosen = apply_recorded(claim.dataset, params)  # a damping validate --sweep-damping chose
+        chosen = apply_recorded(claim.dataset, params, home=settings.home)  # a damping validate --sweep-damping chose
         if chosen is not None:
             log.info("schedule %s: damping %g chosen by validate --sweep-damping", claim.schedule_id, chosen["damping"])
-        with snapshotted(sessions, claim.dataset_id, test_name) as snap:
+        with snapshotted(sessions, claim.dataset_id, test_name, data=DataOptions.from_settings(settings)) as snap:
             s = snap.session
             outcome.snapshot_id, outcome.new_snapshot = snap.snapshot.id, snap.diff.new_snapshot
             if claim.skip_unchanged and _unchanged(s, claim.schedule_id, snap.snapshot, snap.test_snapshot):
@@ -301,15 +307,19 @@ def run_due(
     now: datetime | None = None,
     *,
     start: AuditStarter,
+    settings: Settings,
 ) -> list[ScanOutcome]:
     """Claim every schedule due at `now` (default: now) and scan each, starting each new audit
     with `start` (the front door chooses: run in process, or send to a worker)."""
-    outcomes = [scan(sessions, claim, start) for claim in claim_due(sessions, now)]
+    outcomes = [scan(sessions, claim, start, settings=settings) for claim in claim_due(sessions, now)]
     for outcome in outcomes:
         log.info("%s", outcome.describe())
     return outcomes
 
 
-def tick(sessions: sessionmaker[Session], now: datetime | None = None, *, start: AuditStarter) -> list[int]:
+def tick(
+    sessions: sessionmaker[Session], now: datetime | None = None, *, start: AuditStarter, settings: Settings
+) -> list[int]:
     """Run or enqueue whatever is due now; returns the ids of the audits created."""
-    return [o.audit_id for o in run_due(sessions, now, start=start) if o.audit_id is not None]
+    outcomes = run_due(sessions, now, start=start, settings=settings)
+    return [o.audit_id for o in outcomes if o.audit_id is not None]

@@ -14,9 +14,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import KINDS, get_kind
-from auditor.artifacts import ArtifactStore
-from auditor.config import get_settings
+from auditor.artifacts import ArtifactStore, root
+from auditor.config import Settings
+from auditor.data.options import DataOptions
 from auditor.errors import AuditorError, Conflict
+from auditor.factories import listed_factories
 from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
 from auditor.store import audits as audit_store
 from auditor.store import findings as finding_store
@@ -38,7 +40,9 @@ def start_sharded(sessions: sessionmaker[Session], audit_id: int, task_id: str |
         return count
 
 
-def fit_shared(sessions: sessionmaker[Session], audit_id: int, *, in_worker: bool = True) -> RunOutcome:
+def fit_shared(
+    sessions: sessionmaker[Session], audit_id: int, *, settings: Settings, in_worker: bool = True
+) -> RunOutcome:
     """One fit for N shards: train the model and fit the curvature before the shards are sent,
     storing both as artifacts (`auditor.artifacts`), so every shard, on whichever worker, loads
     them instead of fitting its own. The audit stays running (status "running" returned) unless
@@ -48,19 +52,30 @@ def fit_shared(sessions: sessionmaker[Session], audit_id: int, *, in_worker: boo
     def compute() -> RunOutcome:
         with sessions() as s:
             audit = audit_store.get_audit(s, audit_id)
-            inp, dataset_id = load_inputs(audit), audit.dataset_id
+            inp, dataset_id = load_inputs(audit, DataOptions.from_settings(settings)), audit.dataset_id
         cfg = get_kind("label-check").parse(inp.params)
         tracker = StoreProgress(sessions, audit_id)
-        fit(inp.train, cfg, ArtifactStore(sessions, dataset_id), lambda f, m: tracker(min(0.3 * f, 0.3), f"fit: {m}"))
+        cache = ArtifactStore(sessions, dataset_id, folder=root(settings))
+        fit(inp.train, cfg, cache, lambda f, m: tracker(min(0.3 * f, 0.3), f"fit: {m}"))
         with sessions() as s, s.begin():
             status = audit_store.get_audit(s, audit_id).status
         return RunOutcome(audit_id, status)
 
-    return guarded(sessions, audit_id, compute, in_worker=in_worker, part="fit", requeue=False)
+    with listed_factories(settings.model_factories):
+        return guarded(
+            sessions, audit_id, compute, in_worker=in_worker, lease_seconds=settings.lease_seconds,
+            part="fit", requeue=False,
+        )  # fmt: skip
 
 
 def run_shard(
-    sessions: sessionmaker[Session], audit_id: int, index: int, count: int, *, in_worker: bool = True
+    sessions: sessionmaker[Session],
+    audit_id: int,
+    index: int,
+    count: int,
+    *,
+    settings: Settings,
+    in_worker: bool = True,
 ) -> RunOutcome:
     """Compute shard `index` of `count`; the shard completing the audit finalises it.
 
@@ -78,17 +93,17 @@ def run_shard(
             # by its own message, so the poison bound is per shard on average (the fan-out's
             # own start is the 1).
             audit.deliveries = (audit.deliveries or 0) + 1
-            if audit.deliveries > get_settings().max_deliveries * count + 1:
+            if audit.deliveries > settings.max_deliveries * count + 1:
                 reason = poison_reason(audit)
                 audit_store.set_audit_status(s, audit_id, "failed", error=f"{part}: {reason}", message="failed")
                 return RunOutcome(audit_id, "failed", error=reason)
         with sessions() as s:
             audit = audit_store.get_audit(s, audit_id)
-            inp = load_inputs(audit)
+            inp = load_inputs(audit, DataOptions.from_settings(settings))
             n_total, kind = audit.snapshot.n, get_kind(audit.kind)
             # every shard trains the same model and fits the same curvature: the first to finish
             # stores them, shards that start later load them
-            inp.cache = ArtifactStore(sessions, audit.dataset_id)
+            inp.cache = ArtifactStore(sessions, audit.dataset_id, folder=root(settings))
         inp.params = {**inp.params, "shard": [index, count]}
         tracker = StoreProgress(sessions, audit_id)
         # shards run in parallel, so each reports its own fraction (capped below 1: only the
@@ -115,7 +130,11 @@ def run_shard(
                 pass  # another shard finalised at the same moment
         return RunOutcome(audit_id, "succeeded", findings=stored)
 
-    return guarded(sessions, audit_id, compute, in_worker=in_worker, part=part, requeue=False)
+    with listed_factories(settings.model_factories):
+        return guarded(
+            sessions, audit_id, compute, in_worker=in_worker, lease_seconds=settings.lease_seconds,
+            part=part, requeue=False,
+        )  # fmt: skip
 
 
 def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -> int:
@@ -138,14 +157,14 @@ def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -
     return len(why)
 
 
-def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int) -> RunOutcome:
+def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int, *, settings: Settings) -> RunOutcome:
     """The embedded path: the same shard code, one after another in this process."""
     count = start_sharded(sessions, audit_id)
-    outcome = fit_shared(sessions, audit_id, in_worker=False)
+    outcome = fit_shared(sessions, audit_id, settings=settings, in_worker=False)
     if outcome.status != "running":
         return outcome
     for i in range(count):
-        outcome = run_shard(sessions, audit_id, i, count, in_worker=False)
+        outcome = run_shard(sessions, audit_id, i, count, settings=settings, in_worker=False)
         if outcome.status in ("failed", "cancelled"):
             break
     return outcome

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_user_models import digits28, trained_small_cnn, user_models  # noqa: F401
 
-from auditor.artifacts import ArtifactStore, list_artifacts
+from auditor.artifacts import list_artifacts, root
+from auditor.config import get_settings
 from auditor.data.bundled import write_npz
 from auditor.influence import FunctionalModel, make_solver
 from auditor.store import audits as audit_store
@@ -33,7 +34,7 @@ def scores(audit_id: int) -> np.ndarray:
 
 def artifacts() -> list:
     with open_store()() as s:
-        return list_artifacts(s)
+        return list_artifacts(s, root(get_settings()))
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_a_write_that_fails_halfway_leaves_nothing_a_later_audit_could_pick_up(
     args = ["audit", "run", "label-check", "d28", "--model", "logreg", "--solver", "ekfac", "--why-top", "0", "--json"]
     assert cli(*args)["status"] == "succeeded"  # the audit does not depend on storing
     assert artifacts() == []
-    folder = ArtifactStore(open_store()).folder
+    folder = root(get_settings())
     assert list(folder.iterdir()) == []
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     assert cli(*args)["summary"]["training"]["reused"] is False

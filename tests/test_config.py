@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_settings_follow_environment_changes(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_artifacts_dir_is_created_under_home(isolated_home: Path) -> None:
-    path = artifacts_dir()
+    path = artifacts_dir(get_settings())
     assert path.is_dir() and path.parent == isolated_home.resolve()
 
 
@@ -85,3 +86,41 @@ def test_no_broker_is_one_message_naming_what_to_do_instead() -> None:
         get_settings().require_broker()
     with pytest.raises(ServiceError, match="without one, run `auditor schedule tick` from cron"):
         get_settings().require_broker(instead="run `auditor schedule tick` from cron")
+
+
+# Entry points: they read the settings once and pass them (or one value) down. `auditor.store`
+# keeps the default database URL and alembic.ini for the front doors that open it.
+SETTINGS_READERS = {
+    "auditor/config.py",
+    "auditor/web/app.py",  # the app factory, which keeps them in app.state
+    "auditor/store/__init__.py",
+    "auditor/store/migrate.py",
+}
+
+
+def _calls_get_settings(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) == "get_settings"
+    ]
+
+
+def test_only_entry_points_read_the_settings() -> None:
+    """The CLI, the review app's factory and workers/ read the settings; no library module
+    (services, analyses, data loaders, models) does, so none depends on the environment at
+    call time."""
+    readers = {
+        str(p.relative_to(ROOT)): lines
+        for p in sorted((ROOT / "auditor").rglob("*.py"))
+        if (lines := _calls_get_settings(p))
+    }
+    below = {
+        path: lines
+        for path, lines in readers.items()
+        if not path.startswith("auditor/cli/") and path not in SETTINGS_READERS
+    }
+    assert below == {}
+    assert "auditor/web/app.py" in readers and any(p.startswith("auditor/cli/") for p in readers)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from auditor.data.imagefolder import load_imagefolder, parse_resize
+from auditor.data.options import DataOptions
 from auditor.errors import DataError
 
 
@@ -83,7 +84,7 @@ def test_a_lazy_folder_reads_what_the_loaded_one_holds(tmp_path: Path) -> None:
     _image(tmp_path / "a" / "dup.png", size=(7, 5), value=9)
     _image(tmp_path / "a" / "dup2.png", size=(7, 5), value=9)  # exact duplicate: keys still unique
     loaded = load_imagefolder(tmp_path, lazy=False)
-    lazy_ = load_imagefolder(tmp_path, lazy=True)
+    lazy_ = load_imagefolder(tmp_path, lazy=True, options=DataOptions(data_workers=1))
     assert lazy_.keys == loaded.keys and len(set(lazy_.keys)) == len(loaded)
     x, want = lazy_.x, loaded.x
     assert x.shape == want.shape == (302, 3, 5, 7) and x.dtype == np.uint8
@@ -95,24 +96,18 @@ def test_a_lazy_folder_reads_what_the_loaded_one_holds(tmp_path: Path) -> None:
     np.testing.assert_array_equal(shard[3:6], want[7:13:2])
     np.testing.assert_array_equal(np.asarray(x), want)
     np.testing.assert_array_equal(lazy_.subset([4, 2]).x[0], want[4])
-    import auditor.data.lazy as lazy_module
-
     x.largest_decode = 0
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lazy_module, "data_workers", lambda: 1)
-        batches = list(x.batches(0, 302, 64))
+    batches = list(x.batches(0, 302, 64))  # one DataLoader worker decodes ahead
     assert [len(b) for b in batches] == [64, 64, 64, 64, 46] and x.largest_decode <= 64
     np.testing.assert_array_equal(np.concatenate(batches), want)
 
 
-def test_an_image_corrupted_after_the_scan_is_named_when_a_pass_reaches_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import auditor.data.lazy as lazy_module
-
+def test_an_image_corrupted_after_the_scan_is_named_when_a_pass_reaches_it(tmp_path: Path) -> None:
     for i in range(600):
         _image(tmp_path / "a" / f"{i:03d}.png", value=i % 256)
-    x = load_imagefolder(tmp_path, lazy=True).x
+    # decoded in a DataLoader worker
+    x = load_imagefolder(tmp_path, lazy=True, options=DataOptions(data_workers=1)).x
     (tmp_path / "a" / "450.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    monkeypatch.setattr(lazy_module, "data_workers", lambda: 1)  # decoded in a DataLoader worker
     seen = 0
     with pytest.raises(DataError, match=r"a/450.png: cannot decode image") as caught:
         for batch in x.batches(0, len(x), 100):

@@ -14,6 +14,7 @@ from auditor.data.bundled import write_npz
 from auditor.data.keys import example_keys
 from auditor.data.lazy import NpyMember
 from auditor.data.npz import load_npz
+from auditor.data.options import DataOptions
 from auditor.errors import DataError
 
 
@@ -132,18 +133,32 @@ def test_class_names_and_groups_are_kept(tmp_path: Path) -> None:
         load_npz(bad)
 
 
-def test_large_uncompressed_arrays_stay_on_disk_and_compressed_ones_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """By size (AUDITOR_STREAM_BYTES): an array too large to hold is read in place; one stored
-    compressed cannot be, so it loads whole as before."""
+def test_large_uncompressed_arrays_stay_on_disk_and_compressed_ones_load(tmp_path: Path) -> None:
+    """By size (`DataOptions.stream_bytes`, AUDITOR_STREAM_BYTES): an array too large to hold is
+    read in place; one stored compressed cannot be, so it loads whole as before."""
     x = np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)
     y = np.arange(1000) % 3
     plain, packed = _save(tmp_path / "plain.npz", x=x, y=y), tmp_path / "packed.npz"
     np.savez_compressed(packed, x=x, y=y)
-    monkeypatch.setenv("AUDITOR_STREAM_BYTES", "1000")
-    streamed = load_npz(plain)
+    small = DataOptions(stream_bytes=1000)
+    streamed = load_npz(plain, options=small)
     assert isinstance(streamed.x, NpyMember) and not streamed.is_image
     assert streamed.keys == example_keys(x, y)
     np.testing.assert_array_equal(streamed.x[10:20], x[10:20])
-    assert isinstance(load_npz(packed).x, np.ndarray)
-    monkeypatch.setenv("AUDITOR_STREAM_BYTES", str(x.nbytes))
-    assert isinstance(load_npz(plain).x, np.ndarray)  # at or under the limit: loaded
+    assert isinstance(load_npz(packed, options=small).x, np.ndarray)
+    at_limit = DataOptions(stream_bytes=x.nbytes)  # at or under the limit: loaded
+    assert isinstance(load_npz(plain, options=at_limit).x, np.ndarray)
+
+
+def test_two_stream_limits_in_one_process_read_the_same_npz_alike(tmp_path: Path) -> None:
+    """Two configurations side by side: with one limit the file is read in place a batch at a
+    time, with the other it is loaded whole, and both give the same arrays and keys."""
+    x = np.random.default_rng(1).normal(size=(500, 6)).astype(np.float32)
+    y = np.arange(500) % 4
+    path = _save(tmp_path / "plain.npz", x=x, y=y)
+    streamed = load_npz(path, options=DataOptions(stream_bytes=0))
+    loaded = load_npz(path, options=DataOptions(stream_bytes=x.nbytes * 2))
+    assert isinstance(streamed.x, NpyMember) and isinstance(loaded.x, np.ndarray)
+    np.testing.assert_array_equal(np.asarray(streamed.x), loaded.x)
+    np.testing.assert_array_equal(streamed.y, loaded.y)
+    assert streamed.keys == loaded.keys == example_keys(x, y)

@@ -141,10 +141,12 @@ def test_a_swept_damping_is_recorded_and_used_by_later_audits_of_the_same_model(
 
 def test_a_scheduled_scan_uses_the_recorded_damping_too(tmp_path: Path) -> None:
     from auditor.analyses.settings import ModelSpec
+    from auditor.config import get_settings
     from auditor.dampings import record
 
     cli("dataset", "add", "d", str(write_npz(digits(120), tmp_path / "d.npz")))
-    record("d", ModelSpec().to_dict(), damping=0.75, lds=0.9, solver="direct")  # as validate would
+    home = get_settings().home
+    record("d", ModelSpec().to_dict(), damping=0.75, lds=0.9, solver="direct", home=home)  # as validate would
     cli("schedule", "add", "d", "label-check", "--every", "1h", "--due-now")
     cli("schedule", "tick", "--json")
     (audit,) = cli("audit", "list", "--json")

@@ -10,6 +10,7 @@ import pytest
 from factories import make_audit, make_dataset
 from sqlalchemy.orm import Session, sessionmaker
 
+from auditor.config import get_settings
 from auditor.reconcile import reconcile
 from auditor.runner import execute_audit
 from auditor.store import audits as audit_store
@@ -48,12 +49,12 @@ class Sent:
 def test_an_in_process_audit_whose_process_died_is_failed_with_the_reason(sessions) -> None:
     lost = running_audit(sessions, beat_age=120)
     alive = running_audit(sessions, beat_age=5)
-    done = reconcile(sessions)
+    done = reconcile(sessions, settings=get_settings())
     assert done.failed == [lost]
     audit = row(sessions, lost)
     assert audit.status == "failed" and "no heartbeat since" in audit.error and "process" in audit.error
     assert row(sessions, alive).status == "running"
-    assert not reconcile(sessions)  # idempotent
+    assert not reconcile(sessions, settings=get_settings())  # idempotent
 
 
 def test_a_lost_worker_audit_is_queued_and_sent_again_unless_its_message_waits_in_a_queue(sessions) -> None:
@@ -61,7 +62,7 @@ def test_a_lost_worker_audit_is_queued_and_sent_again_unless_its_message_waits_i
     dead = running_audit(sessions, beat_age=120, task_id="t-dead")  # its dead worker's, unacked
     held = running_audit(sessions, beat_age=120, task_id="t-held")
     sent = Sent()
-    done = reconcile(sessions, requeue=sent, pending=lambda: {"t-held": "queued", "t-dead": "unacked"})
+    done = reconcile(sessions, settings=get_settings(), requeue=sent, pending=lambda: {"t-held": "queued", "t-dead": "unacked"})
     assert done.requeued == [gone, dead] and sent.ids == [gone, dead]
     assert row(sessions, gone).status == row(sessions, dead).status == "queued"
     assert done.waiting == [held] and row(sessions, held).status == "running"
@@ -70,7 +71,7 @@ def test_a_lost_worker_audit_is_queued_and_sent_again_unless_its_message_waits_i
 
 def test_without_a_broker_a_lost_worker_audit_is_failed_not_left_running(sessions) -> None:
     lost = running_audit(sessions, beat_age=120, task_id="t1")
-    assert reconcile(sessions).failed == [lost]
+    assert reconcile(sessions, settings=get_settings()).failed == [lost]
     assert "worker" in row(sessions, lost).error
 
 
@@ -84,11 +85,11 @@ def test_a_queued_audit_whose_message_was_lost_is_sent_again_once_it_is_older_th
         kept.created_at, kept.task_id = utcnow() - timedelta(seconds=120), "t-kept"
         old_id, new_id, kept_id = old.id, new.id, kept.id
     sent = Sent()
-    done = reconcile(sessions, requeue=sent, pending=lambda: {"t-kept": "unacked"})
+    done = reconcile(sessions, settings=get_settings(), requeue=sent, pending=lambda: {"t-kept": "unacked"})
     assert done.requeued == [old_id] and sent.ids == [old_id]
     assert new_id not in sent.ids and kept_id not in sent.ids
     # a broker that cannot be read: nothing is re-sent on a guess
-    assert not reconcile(sessions, requeue=sent, pending=lambda: None)
+    assert not reconcile(sessions, settings=get_settings(), requeue=sent, pending=lambda: None)
 
 
 def test_a_lost_audit_that_used_up_its_deliveries_is_failed_as_poison(sessions) -> None:
@@ -96,7 +97,7 @@ def test_a_lost_audit_that_used_up_its_deliveries_is_failed_as_poison(sessions) 
     with sessions() as s, s.begin():
         audit_store.get_audit(s, lost).deliveries = 3
     sent = Sent()
-    assert reconcile(sessions, requeue=sent, pending=lambda: {}).failed == [lost]
+    assert reconcile(sessions, settings=get_settings(), requeue=sent, pending=lambda: {}).failed == [lost]
     assert sent.ids == [] and "gave up after 3 starts" in row(sessions, lost).error
 
 
@@ -106,7 +107,7 @@ def test_a_delivery_beyond_the_bound_fails_the_audit_instead_of_running_it(sessi
     with sessions() as s, s.begin():
         audit_store.set_audit_status(s, audit_id, "running", message="fitting the curvature")  # died again
     assert row(sessions, audit_id).deliveries == 2
-    outcome = execute_audit(sessions, audit_id, task_id="t")
+    outcome = execute_audit(sessions, audit_id, settings=get_settings(), task_id="t")
     assert outcome.status == "failed"
     assert "gave up after 2 starts" in outcome.error and "fitting the curvature" in outcome.error
 

@@ -89,20 +89,19 @@ def _team_cnn(user_models, tmp_path: Path) -> Path:  # noqa: F811
 
 
 def test_a_folder_read_from_its_files_gives_the_scores_of_the_loaded_one_a_batch_at_a_time(
-    user_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    user_models, tmp_path: Path  # noqa: F811
 ) -> None:
     """The label check over an ImageFolder too large to load (here: forced) decodes its files in
     DataLoader worker processes, one batch at a time, and scores as if it had loaded them."""
     import auditor.data.lazy as lazy_module
     from auditor.data.load import load_examples
+    from auditor.data.options import DataOptions
 
     ex = tiled(N)
     root = _image_folder(ex, tmp_path / "folder")
     params = {"model": {"name": "user_models:small_cnn", "weights": str(_team_cnn(user_models, tmp_path)), "train": False},
               "solver": {"name": "ekfac"}, "why_top": 3}  # fmt: skip
-    monkeypatch.setattr(lazy_module, "data_workers", lambda: 1)
-    monkeypatch.setenv("AUDITOR_STREAM_BYTES", "0")
-    on_disk = load_examples(root)
+    on_disk = load_examples(root, options=DataOptions(stream_bytes=0, data_workers=1))
     loaded = load_examples(root, lazy=False)
     assert isinstance(on_disk.x, lazy_module.ImageFiles) and on_disk.keys == loaded.keys
     with local_models():

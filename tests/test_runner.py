@@ -16,6 +16,7 @@ from auditor import runner
 from auditor.analyses import common
 from auditor.analyses.base import AnalysisInput, AnalysisResult
 from auditor.audits import create_audit
+from auditor.config import get_settings
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.errors import Cancelled
@@ -33,7 +34,7 @@ def audit_id(sessions: sessionmaker[Session], tmp_path: Path) -> int:
     path = write_npz(Examples(d.x[:N], d.y[:N], d.keys[:N], is_image=True), tmp_path / "d.npz")
     with sessions() as s, s.begin():
         dataset_store.create_dataset(s, "d", str(path), "npz", {})
-    return create_audit(sessions, "label-check", "d", {})
+    return create_audit(sessions, "label-check", "d", {}, settings=get_settings())
 
 
 def stand_in(monkeypatch: pytest.MonkeyPatch, during: Callable[[], None] = lambda: None) -> None:
@@ -57,11 +58,11 @@ def test_a_second_delivery_of_a_finished_audit_changes_nothing(
     sessions, audit_id, monkeypatch
 ) -> None:
     stand_in(monkeypatch)
-    first = execute_audit(sessions, audit_id, task_id="t1")
+    first = execute_audit(sessions, audit_id, settings=get_settings(), task_id="t1")
     assert (first.status, first.findings) == ("succeeded", N)
     done, _ = read(sessions, audit_id)
     stand_in(monkeypatch, during=lambda: pytest.fail("the analysis must not run again"))
-    again = execute_audit(sessions, audit_id, task_id="t1")
+    again = execute_audit(sessions, audit_id, settings=get_settings(), task_id="t1")
     assert (again.status, again.findings) == ("succeeded", N)
     after, count = read(sessions, audit_id)
     assert (after.finished_at, after.task_id, count) == (done.finished_at, "t1", N)
@@ -76,7 +77,7 @@ def test_an_overlapping_delivery_stops_when_the_other_one_finishes(
             audit_store.set_audit_status(s, audit_id, "succeeded", message="by the other delivery")
 
     stand_in(monkeypatch, during=other_delivery_finishes)
-    outcome = execute_audit(sessions, audit_id, task_id="t1")
+    outcome = execute_audit(sessions, audit_id, settings=get_settings(), task_id="t1")
     assert outcome.status == "succeeded"
     audit, count = read(sessions, audit_id)
     assert (audit.status, audit.message, audit.progress, count) == (
@@ -95,7 +96,7 @@ def test_a_cancel_that_arrives_after_the_last_progress_report_still_wins(
         return AnalysisResult(make_records(N), {})
 
     monkeypatch.setattr(runner, "get_analysis", lambda kind: analysis)
-    assert execute_audit(sessions, audit_id).status == "cancelled"
+    assert execute_audit(sessions, audit_id, settings=get_settings()).status == "cancelled"
     audit, count = read(sessions, audit_id)
     assert (audit.status, count) == ("cancelled", 0)
 
@@ -112,12 +113,12 @@ def test_an_interrupted_run_leaves_a_truthful_status(
 
     stand_in(monkeypatch, during=interrupted)
     with pytest.raises(interruption):
-        execute_audit(sessions, audit_id, task_id=task_id)
+        execute_audit(sessions, audit_id, settings=get_settings(), task_id=task_id)
     audit, _ = read(sessions, audit_id)
     assert audit.status == status
     if status == "queued":  # the redelivered message then runs it from the start
         stand_in(monkeypatch)
-        assert execute_audit(sessions, audit_id, task_id=task_id).status == "succeeded"
+        assert execute_audit(sessions, audit_id, settings=get_settings(), task_id=task_id).status == "succeeded"
 
 
 def test_a_stop_signal_wrapped_by_python_is_still_an_interruption(
@@ -135,7 +136,7 @@ def test_a_stop_signal_wrapped_by_python_is_still_an_interruption(
 
     stand_in(monkeypatch, during=import_interrupted)
     with pytest.raises(SystemExit):
-        execute_audit(sessions, audit_id, task_id="t1")
+        execute_audit(sessions, audit_id, settings=get_settings(), task_id="t1")
     audit, _ = read(sessions, audit_id)
     assert (audit.status, audit.error) == ("queued", None)
 
@@ -148,7 +149,7 @@ def test_a_failed_audit_with_a_cancel_request_is_not_run_again(
         audit_store.request_cancel(s, audit_id)
         audit_store.set_audit_status(s, audit_id, "failed", error="boom")
     stand_in(monkeypatch, during=lambda: pytest.fail("must not run"))
-    outcome = execute_audit(sessions, audit_id, task_id="t2")
+    outcome = execute_audit(sessions, audit_id, settings=get_settings(), task_id="t2")
     assert (outcome.status, outcome.error) == ("failed", "boom")
 
 
@@ -168,7 +169,7 @@ def test_a_cancel_stops_a_real_audit_during_training(sessions, audit_id, monkeyp
             raise
 
     monkeypatch.setattr(common, "train", train_after_cancel)
-    assert execute_audit(sessions, audit_id).status == "cancelled"
+    assert execute_audit(sessions, audit_id, settings=get_settings()).status == "cancelled"
     assert seen == {"stopped during training": True}
     audit, count = read(sessions, audit_id)
     assert (audit.status, count) == ("cancelled", 0)

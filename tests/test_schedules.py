@@ -25,6 +25,7 @@ from auditor import recurrence, schedules
 from auditor.analyses.base import FindingRecord
 from auditor.audit_diff import parse_top
 from auditor.cli.main import app
+from auditor.config import get_settings
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
@@ -198,9 +199,11 @@ def test_intervals_print_as_text_that_parses_back(seconds: int) -> None:
 
 def test_next_run_follows_the_interval_or_the_cron_expression(digits_npz: Path) -> None:
     sessions = open_store()
-    hourly, _ = schedules.add_schedule(sessions, "dg", "label-check", {}, every="90m", now=NOON)
+    hourly, _ = schedules.add_schedule(
+        sessions, "dg", "label-check", {}, every="90m", now=NOON, settings=get_settings()
+    )
     nightly, _ = schedules.add_schedule(
-        sessions, "dg", "label-check", {"x": 1}, cron="0 3 * * *", now=NOON
+        sessions, "dg", "label-check", {"x": 1}, cron="0 3 * * *", now=NOON, settings=get_settings()
     )
     assert datetime.fromisoformat(hourly["next_run_at"]) == NOON + timedelta(minutes=90)
     assert datetime.fromisoformat(nightly["next_run_at"]) == datetime(
@@ -280,9 +283,9 @@ def test_tick_runs_a_due_schedule_then_skips_it_until_the_data_changes(
     always = cli(
         "schedule", "add", "dg", "label-check", "--every", "1h", "--due-now", "--no-skip-unchanged"
     )["schedule"]["id"]
-    assert len(schedules.tick(open_store(), start=run_in_process)) == 1
+    assert len(schedules.tick(open_store(), start=run_in_process(get_settings()), settings=get_settings())) == 1
     make_due(always)
-    (audit_id,) = schedules.tick(open_store(), start=run_in_process)
+    (audit_id,) = schedules.tick(open_store(), start=run_in_process(get_settings()), settings=get_settings())
     assert [a.id for a in audits_of(always)][-1] == audit_id and len(audits_of(always)) == 2
 
 
@@ -494,7 +497,7 @@ def test_concurrent_ticks_take_each_due_schedule_once(
         def one_tick(now: datetime = now, barrier: threading.Barrier = barrier) -> None:
             try:
                 barrier.wait()
-                result = schedules.run_due(sessions, now, start=starter)
+                result = schedules.run_due(sessions, now, start=starter, settings=get_settings())
                 with lock:
                     outcomes.extend(result)
             except BaseException as exc:  # reported below

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from auditor.audits import create_audit
+from auditor.config import get_settings
 from auditor.data.bundled import digits, write_npz
 from auditor.runner import execute_audit
 from auditor.shards import run_all_shards_here, run_shard, start_sharded
@@ -32,10 +33,10 @@ def _rows(sessions, audit_id):
 def test_sharded_label_check_matches_a_single_worker(tmp_path, sqlite_url):
     sessions = _setup(tmp_path, sqlite_url)
     params = {"model": {"name": "logreg"}, "solver": {"name": "direct"}}
-    single = create_audit(sessions, "label-check", "d", params)
-    assert execute_audit(sessions, single).status == "succeeded"
-    sharded = create_audit(sessions, "label-check", "d", {**params, "shards": 3})
-    outcome = run_all_shards_here(sessions, sharded)
+    single = create_audit(sessions, "label-check", "d", params, settings=get_settings())
+    assert execute_audit(sessions, single, settings=get_settings()).status == "succeeded"
+    sharded = create_audit(sessions, "label-check", "d", {**params, "shards": 3}, settings=get_settings())
+    outcome = run_all_shards_here(sessions, sharded, settings=get_settings())
     assert outcome.status == "succeeded"
     assert _rows(sessions, sharded) == _rows(sessions, single)
 
@@ -43,14 +44,14 @@ def test_sharded_label_check_matches_a_single_worker(tmp_path, sqlite_url):
 def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_url):
     sessions = _setup(tmp_path, sqlite_url)
     params = {"model": {"name": "logreg"}, "solver": {"name": "ekfac"}, "shards": 3}
-    sharded = create_audit(sessions, "label-check", "d", params)
-    assert run_all_shards_here(sessions, sharded).status == "succeeded"
+    sharded = create_audit(sessions, "label-check", "d", params, settings=get_settings())
+    assert run_all_shards_here(sessions, sharded, settings=get_settings()).status == "succeeded"
     with sessions() as s:
         summary = audit_store.get_audit(s, sharded).summary
     # the fit ran once before the shards; the shard that wrote the summary loaded it
     assert summary["curvature"]["reused"] is True and summary["training"]["reused"] is True
-    single = create_audit(sessions, "label-check", "d", {k: v for k, v in params.items() if k != "shards"} | {"solver": {"name": "ekfac", "reuse": False}})
-    assert execute_audit(sessions, single).status == "succeeded"
+    single = create_audit(sessions, "label-check", "d", {k: v for k, v in params.items() if k != "shards"} | {"solver": {"name": "ekfac", "reuse": False}}, settings=get_settings())
+    assert execute_audit(sessions, single, settings=get_settings()).status == "succeeded"
     assert _rows(sessions, sharded) == _rows(sessions, single)
     # the shard that completed the audit said why for the top examples, as one worker does
     with sessions() as s:
@@ -64,11 +65,11 @@ def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_u
 
 def test_a_redelivered_shard_adds_no_duplicates(tmp_path, sqlite_url):
     sessions = _setup(tmp_path, sqlite_url, n=90)
-    audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2})
+    audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2}, settings=get_settings())
     count = start_sharded(sessions, audit_id)
-    assert run_shard(sessions, audit_id, 0, count).status == "running"
-    assert run_shard(sessions, audit_id, 0, count).status == "running"  # delivered twice
-    assert run_shard(sessions, audit_id, 1, count).status == "succeeded"
+    assert run_shard(sessions, audit_id, 0, count, settings=get_settings()).status == "running"
+    assert run_shard(sessions, audit_id, 0, count, settings=get_settings()).status == "running"  # delivered twice
+    assert run_shard(sessions, audit_id, 1, count, settings=get_settings()).status == "succeeded"
     rows = _rows(sessions, audit_id)
     assert len(rows) == 90 and len({k for k, _, _ in rows}) == 90
     assert sorted(r for _, r, _ in rows) == list(range(1, 91))
@@ -79,11 +80,11 @@ def test_a_shard_that_keeps_dying_fails_the_audit_after_the_bound(tmp_path, sqli
     a shard redelivered after its worker died again and again ends the audit failed."""
     monkeypatch.setenv("AUDITOR_MAX_DELIVERIES", "2")
     sessions = _setup(tmp_path, sqlite_url, n=90)
-    audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2})
+    audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2}, settings=get_settings())
     count = start_sharded(sessions, audit_id)
     with sessions() as s, s.begin():  # 4 shard starts that died without a word
         audit_store.get_audit(s, audit_id).deliveries += 4
-    outcome = run_shard(sessions, audit_id, 0, count)
+    outcome = run_shard(sessions, audit_id, 0, count, settings=get_settings())
     assert outcome.status == "failed" and "gave up after 6 starts" in outcome.error
     with sessions() as s:
         audit = audit_store.get_audit(s, audit_id)

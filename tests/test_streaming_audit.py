@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from test_rows import _image_folder, tiled
 from test_user_models import digits28, trained_small_cnn, user_models  # noqa: F401
 
-from auditor.artifacts import list_artifacts
+from auditor.artifacts import list_artifacts, root
 from auditor.audits import create_audit
-from auditor.config import artifacts_dir
+from auditor.config import artifacts_dir, get_settings
 from auditor.runner import execute_audit
 from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
@@ -39,11 +39,11 @@ def test_a_corrupt_image_met_mid_stream_fails_the_audit_and_keeps_what_was_store
     weights = tmp_path / "cnn.safetensors"
     save_file(trained_small_cnn(user_models, digits28(slice(0, 300)), epochs=1).state_dict(), str(weights))
     model = {"name": "user_models:small_cnn", "weights": str(weights), "train": False}
-    first = create_audit(sessions, "label-check", "scans", {"model": model, "solver": {"name": "ekfac"}})
-    assert execute_audit(sessions, first, local=True).status == "succeeded"
+    first = create_audit(sessions, "label-check", "scans", {"model": model, "solver": {"name": "ekfac"}}, settings=get_settings())
+    assert execute_audit(sessions, first, settings=get_settings(), local=True).status == "succeeded"
     with sessions() as s:
         stored_findings = finding_store.count_findings(s, first)
-        stored_artifacts = [(a.kind, a.key) for a in list_artifacts(s)]
+        stored_artifacts = [(a.kind, a.key) for a in list_artifacts(s, root(get_settings()))]
     assert stored_findings == 700 and stored_artifacts  # the first audit kept its curvature
 
     victim = folder_dataset / "7" / sorted(p.name for p in (folder_dataset / "7").iterdir())[-1]
@@ -56,20 +56,20 @@ def test_a_corrupt_image_met_mid_stream_fails_the_audit_and_keeps_what_was_store
             victim.write_bytes(good[: len(good) // 2])  # truncated, as a failed copy leaves it
 
     # another damping: a curvature the first audit did not fit, so this one must fit it
-    second = create_audit(sessions, "label-check", "scans", {"model": model, "solver": {"name": "ekfac", "damping": 0.05}})
-    outcome = execute_audit(sessions, second, local=True, echo=corrupt_once_fitting_starts)
+    second = create_audit(sessions, "label-check", "scans", {"model": model, "solver": {"name": "ekfac", "damping": 0.05}}, settings=get_settings())
+    outcome = execute_audit(sessions, second, settings=get_settings(), local=True, echo=corrupt_once_fitting_starts)
     assert outcome.status == "failed", messages
     assert f"7/{victim.name}: cannot decode image" in outcome.error and "\n" not in outcome.error
     with sessions() as s:
         audit = audit_store.get_audit(s, second)
         assert audit.status == "failed" and victim.name in audit.error
         assert finding_store.count_findings(s, first) == stored_findings and finding_store.count_findings(s, second) == 0
-        assert [(a.kind, a.key) for a in list_artifacts(s)] == stored_artifacts  # nothing half-fitted
-    leftovers = [p for p in artifacts_dir().rglob("*") if p.is_file() and p.name.startswith((".", "tmp"))]
+        assert [(a.kind, a.key) for a in list_artifacts(s, root(get_settings()))] == stored_artifacts  # nothing half-fitted
+    leftovers = [p for p in artifacts_dir(get_settings()).rglob("*") if p.is_file() and p.name.startswith((".", "tmp"))]
     assert leftovers == []
 
     victim.write_bytes(good)  # the file is put back: the same audit runs again and succeeds
-    assert execute_audit(sessions, second, local=True).status == "succeeded"
+    assert execute_audit(sessions, second, settings=get_settings(), local=True).status == "succeeded"
     with sessions() as s:
         assert finding_store.count_findings(s, second) == 700
-        assert len(list_artifacts(s)) == len(stored_artifacts) + 1  # its own curvature, now whole
+        assert len(list_artifacts(s, root(get_settings()))) == len(stored_artifacts) + 1  # its own curvature, now whole

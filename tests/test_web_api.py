@@ -302,3 +302,32 @@ def test_the_openapi_schema_lists_the_api(app_db) -> None:
     assert {"/api/token", "/api/audits", "/api/audits/{audit_id}/findings", "/api/findings/{finding_id}/decision",
             "/api/findings/{finding_id}/undo", "/api/audits/{audit_id}/accept-suggested"} <= paths
     assert not any(p.startswith("/login") for p in paths)
+
+
+def test_two_apps_in_one_process_each_sign_with_their_own_settings(template: Template, tmp_path: Path) -> None:
+    """Settings are read once, by the app factory, and kept by the app: two apps made side by
+    side with different keys and homes each use their own, so a cookie one signed is no
+    session for the other."""
+    from auditor.config import Settings
+
+    url = template.copy(tmp_path)
+    sessions = open_store(url)
+    with sessions() as s, s.begin():
+        auth.add_user(s, "ana", "reviewer", PASSWORD)
+    first = Settings(home=tmp_path / "a", database_url=url, secret_key="key-of-the-first-app")
+    second = Settings(home=tmp_path / "b", database_url=url)  # no key: one generated into its home
+    app_a, app_b = create_app(sessions, settings=first), create_app(sessions, settings=second)
+    assert app_a.state.settings is first and app_b.state.settings is second
+    assert (tmp_path / "b" / "secret_key").is_file() and not (tmp_path / "a").exists()
+    def me(app, cookie: str) -> int:
+        with TestClient(app, cookies={"auditor_session": cookie}) as c:
+            return c.get("/api/me").status_code
+
+    signed: dict[str, str] = {}
+    for name, app in (("a", app_a), ("b", app_b)):
+        with TestClient(app) as c:
+            assert c.post("/login", data={"username": "ana", "password": PASSWORD}).status_code == 200
+            signed[name] = c.cookies["auditor_session"]
+    assert me(app_a, signed["a"]) == 200 and me(app_b, signed["b"]) == 200
+    assert me(app_b, signed["a"]) == 401 and me(app_a, signed["b"]) == 401  # the other app's key
+    drop(url)

@@ -14,7 +14,7 @@ import uuid
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import get_kind
-from auditor.config import get_settings
+from auditor.config import Settings, get_settings
 from auditor.errors import ServiceError
 from auditor.runner import AuditStarter, run_in_process
 from auditor.store import audits as audit_store
@@ -177,9 +177,10 @@ def reconcile_now(sessions: sessionmaker[Session], audit_ids: list[int] | None =
     """`auditor.reconcile.reconcile` with this deployment's broker (none: embedded)."""
     from auditor.reconcile import reconcile
 
-    if get_settings().embedded:
-        return reconcile(sessions, audit_ids=audit_ids)
-    return reconcile(sessions, requeue=requeue, pending=pending_task_ids, audit_ids=audit_ids)
+    settings = get_settings()
+    if settings.embedded:
+        return reconcile(sessions, settings=settings, audit_ids=audit_ids)
+    return reconcile(sessions, settings=settings, requeue=requeue, pending=pending_task_ids, audit_ids=audit_ids)
 
 
 def enqueue(sessions: sessionmaker[Session], audit_id: int) -> str:
@@ -204,6 +205,6 @@ def send_to_worker(sessions: sessionmaker[Session], audit_id: int) -> tuple[str,
     return "enqueued", "queued"
 
 
-def default_starter() -> AuditStarter:
+def default_starter(settings: Settings) -> AuditStarter:
     """Run in process without a broker (embedded), send to a worker with one."""
-    return run_in_process if get_settings().embedded else send_to_worker
+    return run_in_process(settings) if settings.embedded else send_to_worker

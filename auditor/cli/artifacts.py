@@ -25,11 +25,13 @@ def _size(n: int) -> str:
 @user_errors
 def list_(json_output: JsonOption = False) -> None:
     """What is stored, for which data set, how big, and when it was last used."""
-    from auditor.artifacts import list_artifacts
+    from auditor.artifacts import list_artifacts, root
+    from auditor.config import get_settings
     from auditor.store import open_store
 
-    with open_store()() as s:
-        infos = list_artifacts(s)
+    settings = get_settings()
+    with open_store(settings.database_url)() as s:
+        infos = list_artifacts(s, root(settings))
     if json_output:
         print_json([i.to_dict() for i in infos])
         return
@@ -59,11 +61,16 @@ def prune(
 
     from auditor import recurrence
     from auditor.artifacts import prune as prune_artifacts
+    from auditor.artifacts import root
+    from auditor.config import get_settings
     from auditor.store import open_store
 
+    settings = get_settings()
     age = timedelta(seconds=recurrence.parse_interval(unused_for)) if unused_for else None
-    with open_store()() as s, s.begin():
-        gone = prune_artifacts(s, unused_for=age, dataset=dataset, everything=all_, dry_run=dry_run)
+    with open_store(settings.database_url)() as s, s.begin():
+        gone = prune_artifacts(
+            s, unused_for=age, dataset=dataset, everything=all_, dry_run=dry_run, folder=root(settings)
+        )
     if json_output:
         print_json({"removed": [i.to_dict() for i in gone], "dry_run": dry_run})
         return

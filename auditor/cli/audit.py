@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,12 +18,12 @@ app = typer.Typer(no_args_is_help=True, help="Audits: run, enqueue, status, list
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _use_recorded_damping(dataset: str, params: dict[str, Any]) -> None:
+def _use_recorded_damping(dataset: str, params: dict[str, Any], home: Path) -> None:
     """No --damping given: the one `validate --sweep-damping` chose for this model and data set,
-    if it chose one (auditor.dampings), said on stderr."""
+    if it chose one (auditor.dampings, kept in `home`), said on stderr."""
     from auditor.dampings import apply_recorded
 
-    chosen = apply_recorded(dataset, params)
+    chosen = apply_recorded(dataset, params, home=home)
     if chosen is None:
         return
     err_console.print(
@@ -43,16 +44,20 @@ def _register(name: str, enqueue: bool):
         audit: dict[str, Any] | None = None,
     ) -> None:
         from auditor.audits import create_audit
+        from auditor.config import get_settings
         from auditor.store import open_store
 
+        settings = get_settings()
         doc_params = audit_params(kind, audit or {})
-        _use_recorded_damping(dataset, doc_params)
+        _use_recorded_damping(dataset, doc_params, settings.home)
         if enqueue:
             from workers.dispatch import check_broker
 
             check_broker()
-        sessions = open_store()
-        audit_id = create_audit(sessions, kind, dataset, doc_params, test_name=test, local=not enqueue)
+        sessions = open_store(settings.database_url)
+        audit_id = create_audit(
+            sessions, kind, dataset, doc_params, test_name=test, local=not enqueue, settings=settings
+        )
         if enqueue:
             from workers.dispatch import enqueue as send
 
@@ -74,9 +79,9 @@ def _register(name: str, enqueue: bool):
             if get_kind(kind).shard_count(doc_params) > 1:
                 from auditor.shards import run_all_shards_here
 
-                outcome = run_all_shards_here(sessions, audit_id)
+                outcome = run_all_shards_here(sessions, audit_id, settings=settings)
             else:
-                outcome = execute_audit(sessions, audit_id, echo=bar, local=True)
+                outcome = execute_audit(sessions, audit_id, settings=settings, echo=bar, local=True)
         with sessions() as s:
             doc = audit_doc(audit_store.get_audit(s, audit_id))
             top = finding_store.list_findings(s, audit_id, top=10)

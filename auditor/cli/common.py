@@ -88,3 +88,12 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(code=3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def data_options():
+    """How this command reads data sets (`auditor.data.options.DataOptions`), from the settings
+    read now, once per command."""
+    from auditor.config import get_settings
+    from auditor.data.options import DataOptions
+
+    return DataOptions.from_settings(get_settings())

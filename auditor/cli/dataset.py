@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from auditor.cli.common import clean, out_console, print_json, styled, user_errors
+from auditor.cli.common import clean, data_options, out_console, print_json, styled, user_errors
 from auditor.store import open_store
 
 app = typer.Typer(no_args_is_help=True, help="Datasets: add, list, show, re-scan.")
@@ -60,6 +60,7 @@ def add(
         format=format.value if format is not None else None,
         options=reader_options(label_column, group_column, resize),
         update=update,
+        data=data_options(),
     )
     _print_scan(doc, json_output)
 
@@ -119,4 +120,4 @@ def scan(name: str, json_output: JsonOption = False) -> None:
     """Re-read a dataset's source; record a new snapshot if its content changed."""
     from auditor.datasets import scan_dataset
 
-    _print_scan(scan_dataset(open_store(), name), json_output)
+    _print_scan(scan_dataset(open_store(), name, data=data_options()), json_output)

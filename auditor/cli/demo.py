@@ -22,15 +22,17 @@ def demo_command(
 ) -> None:
     """Flip a fraction of sklearn's digits labels, run a label-check audit, and show how many
     flips the top of the review queue catches (vs ranking by self-influence and training loss)."""
+    from auditor.config import get_settings
     from auditor.demo import run_demo
     from auditor.findings_view import context_for, finding_doc, label_text
     from auditor.store import audits as audit_store
     from auditor.store import findings as finding_store
     from auditor.store import open_store
 
-    sessions = open_store()
+    settings = get_settings()
+    sessions = open_store(settings.database_url)
     with progress_bar("demo label-check", enabled=True) as bar:
-        result = run_demo(sessions, fraction, model, seed, echo=bar)
+        result = run_demo(sessions, fraction, model, seed, echo=bar, settings=settings)
     with sessions() as s:
         rows = finding_store.list_findings(s, result.audit_id, top=10)
         ctx = context_for(s, result.audit_id, rows)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from auditor.cli.common import (
     check_out_path,
+    data_options,
     err_console,
     out_console,
     print_json,
@@ -99,7 +100,7 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
         # the finding and its decision live in the database and never need the dataset.
         if not json_output and f.example_index >= 0:
             try:
-                examples, _ = dataset_examples(s, f.audit_id)
+                examples, _ = dataset_examples(s, f.audit_id, data=data_options())
                 found, is_image = load_example(examples, f), examples.is_image
             except DataError as exc:
                 err_console.print(styled((f"cannot show the example: {exc}", "yellow")))

@@ -19,13 +19,15 @@ def report_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")] = False,
 ) -> None:
     """Write one self-contained HTML report (thumbnails, histograms, recall curve, galleries)."""
+    from auditor.config import get_settings
     from auditor.report.html import build_report
     from auditor.store import open_store
 
     check_out_path(out)
-    sessions = open_store()
+    settings = get_settings()
+    sessions = open_store(settings.database_url)
     with sessions() as s:
-        page = build_report(s, audit_id, truth, top)
+        page = build_report(s, audit_id, truth, top, settings=settings)
     write_text_file(out, page)
     if json_output:
         print_json({"out": str(out), "bytes": len(page)})

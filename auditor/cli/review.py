@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from auditor.cli.common import err_console, out_console, print_json, styled, user_errors
+from auditor.cli.common import (
+    data_options,
+    err_console,
+    out_console,
+    print_json,
+    styled,
+    user_errors,
+)
 from auditor.errors import AuditorError
 
 app = typer.Typer(no_args_is_help=True, help="Review findings: next, decide, undo.")
@@ -42,7 +49,7 @@ def _readable_examples(s, audit_id: int, purpose: str):
     from auditor.findings_view import dataset_examples
 
     try:
-        return dataset_examples(s, audit_id)[0]
+        return dataset_examples(s, audit_id, data=data_options())[0]
     except DataError as exc:
         err_console.print(styled((f"cannot {purpose}: {exc}", "yellow")))
         return None

@@ -63,6 +63,7 @@ def add(
     existing one returns that one (created: false).
     """
     from auditor import schedules
+    from auditor.config import get_settings
     from auditor.store import open_store
 
     doc, created = schedules.add_schedule(
@@ -75,6 +76,7 @@ def add(
         test_name=test,
         skip_unchanged=skip_unchanged,
         due_now=due_now,
+        settings=get_settings(),
     )
     if json_output:
         print_json({"created": created, "schedule": doc})
@@ -172,10 +174,11 @@ def tick_command(json_output: JsonOption = False) -> None:
     from auditor.store import open_store
     from workers.dispatch import check_broker, default_starter
 
-    sessions = open_store()
-    if not get_settings().embedded:
+    settings = get_settings()
+    sessions = open_store(settings.database_url)
+    if not settings.embedded:
         check_broker()  # before claiming anything, so a broker outage loses no run
-    outcomes = schedules.run_due(sessions, start=default_starter())
+    outcomes = schedules.run_due(sessions, start=default_starter(settings), settings=settings)
     if json_output:
         print_json(
             {

@@ -18,10 +18,12 @@ def serve_command(
     import uvicorn
 
     from auditor.auth import has_users
+    from auditor.config import get_settings
     from auditor.store import open_store
     from auditor.web.app import create_app
 
-    sessions = open_store()  # a database that is down or behind is one line here, not a traceback
+    settings = get_settings()
+    sessions = open_store(settings.database_url)  # a database that is down or behind is one line here, not a traceback
     with sessions() as s:
         if not has_users(s):
             err_console.print(styled((
@@ -29,4 +31,4 @@ def serve_command(
                 "auditor user add alice --role admin", "yellow",
             )))  # fmt: skip
     err_console.print(f"review app on http://{host}:{port}/ (Ctrl+C stops it)")
-    uvicorn.run(create_app(sessions), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(sessions, settings=settings), host=host, port=port, log_level="warning")

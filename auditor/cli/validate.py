@@ -53,8 +53,9 @@ def validate_command(
     Takes the model and solver options of `auditor audit run` (the same declarations)."""
     from auditor.analyses.registry import spec_params
     from auditor.analyses.settings import parse_specs
+    from auditor.config import get_settings
     from auditor.errors import DataError
-    from auditor.factories import local_models
+    from auditor.factories import listed_factories, local_models
     from auditor.resolve import resolve_examples
 
     if metric not in METRICS:
@@ -63,18 +64,19 @@ def validate_command(
     sweep = _dampings(dampings or (DEFAULT_SWEEP if sweep_damping else None))
     if sweep is not None and metric != "lds":
         raise DataError("--sweep-damping and --dampings need --metric lds")
-    train_set = resolve_examples(dataset)
-    test_set = resolve_examples(test) if test else None
+    settings = get_settings()
+    train_set = resolve_examples(dataset, settings)
+    test_set = resolve_examples(test, settings) if test else None
     if metric == "lds":
         # paths as workers on a shared volume see them; registered names as they are
         refs = tuple(str(Path(r).resolve()) if r and Path(r).exists() else r for r in (dataset, test))
-        _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs)
+        _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs, settings)
         return
     from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
 
     cfg = ValidationConfig(model=model, solver=solver, test_index=test_index, retrains=retrains, seed=model.seed)
     # validate runs here, for the person who typed it: an explicit MODULE:FACTORY is their code
-    with progress_bar("validate", enabled=True) as progress, local_models():
+    with progress_bar("validate", enabled=True) as progress, listed_factories(settings.model_factories), local_models():
         report = validate(train_set, test_set, cfg, progress)
     if plot is not None:
         scatter_plot(report, plot)
@@ -108,34 +110,34 @@ def validate_command(
         typer.echo(f"scatter plot: {plot}")
 
 
-def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs) -> None:
+def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs, settings) -> None:
     """LDS; with a broker configured the retrains go to the workers, one task per subset (they
     must see the same data set: a registered name, or a path on a shared volume)."""
 
     from auditor.analyses.lds import LDSConfig, histogram_plot, validate_lds
-    from auditor.config import get_settings
-    from auditor.factories import local_models
+    from auditor.factories import listed_factories, local_models
 
     cfg = LDSConfig(model=model, solver=solver, subsets=subsets, test_points=test_points, seed=model.seed, dampings=sweep)
     cfg.check()
     outcomes_fn = None
-    if not get_settings().embedded:
+    if not settings.embedded:
         from auditor.analyses.registry import check_request
         from auditor.lds_jobs import job
         from workers.dispatch import check_broker, lds_on_workers
 
         check_broker()
         # workers build only registered factories: refuse before any work, as `audit enqueue` does
-        check_request("label-check", {"model": model.to_dict()}, None, local=False)
+        with listed_factories(settings.model_factories):
+            check_request("label-check", {"model": model.to_dict()}, None, local=False)
         outcomes_fn = lds_on_workers(job(refs[0], refs[1], cfg))
-    with progress_bar("validate lds", enabled=True) as progress, local_models():
+    with progress_bar("validate lds", enabled=True) as progress, listed_factories(settings.model_factories), local_models():
         report = validate_lds(train_set, test_set, cfg, progress, outcomes_fn=outcomes_fn)
     if plot is not None:
         histogram_plot(report, plot)
     if report.sweep:
         from auditor.dampings import record
 
-        record(refs[0], model.to_dict(), report.damping, report.lds, report.solver)
+        record(refs[0], model.to_dict(), report.damping, report.lds, report.solver, home=settings.home)
     if as_json:
         print_json({**report.to_json(), "plot": str(plot) if plot else None, "recorded": bool(report.sweep)})
         return

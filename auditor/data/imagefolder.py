@@ -1,5 +1,5 @@
 """ImageFolder adapter: `root/<class>/<image>` as in torchvision, decoded to one uint8 array, or
-for large sets (AUDITOR_STREAM_BYTES) scanned once and then read from the files a batch at a time.
+for large sets (`DataOptions.stream_bytes`) scanned once and then read from the files a batch at a time.
 
 Classes are the sorted sub-folder names (torchvision's rule, so label ids match a model trained
 with `torchvision.datasets.ImageFolder`); files are read in sorted order, so a re-scan of
@@ -19,6 +19,7 @@ import numpy as np
 from auditor.data.base import Examples
 from auditor.data.keys import example_keys
 from auditor.data.lazy import as_stored, decode
+from auditor.data.options import DEFAULT_OPTIONS, DataOptions
 from auditor.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -56,23 +57,27 @@ def _odd_size(path: Path, shape: tuple[int, ...], first: Path, first_shape: tupl
     )
 
 
-def load_imagefolder(root: str | Path, resize: tuple[int, int] | None = None, lazy: bool | None = None) -> Examples:
+def load_imagefolder(
+    root: str | Path,
+    resize: tuple[int, int] | None = None,
+    lazy: bool | None = None,
+    options: DataOptions = DEFAULT_OPTIONS,
+) -> Examples:
     """Every image under `root/<class>/` with integer labels: decoded into one uint8 array, or,
-    with `lazy` (default: when the decoded images would exceed AUDITOR_STREAM_BYTES), read from
-    their files when an analysis asks for them (`auditor.data.lazy.ImageFiles`)."""
+    with `lazy` (default: when the decoded images would exceed `options.stream_bytes`), read from
+    their files when an analysis asks for them (`auditor.data.lazy.ImageFiles`, decoded by
+    `options.decode_workers()` processes)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of class sub-folders")
     classes, files = _image_files(root)
     y = np.array([label for _, label in files], dtype=np.int64)
     if lazy is None:
-        from auditor.config import get_settings
-
-        lazy = len(files) * decode(files[0][0], resize).size > get_settings().stream_bytes
+        lazy = len(files) * decode(files[0][0], resize).size > options.stream_bytes
     common = dict(source=str(root.resolve()), is_image=True, class_names=classes)
     names = [str(path.relative_to(root)) for path, _ in files]
     if lazy:
-        x, keys = _scan_lazily(root, names, y, resize)
+        x, keys = _scan_lazily(root, names, y, resize, options.decode_workers())
         return Examples(x=x, y=y, keys=keys, extra={"files": names}, **common)  # type: ignore[arg-type]
     arrays: list[np.ndarray] = []
     for path, _ in files:
@@ -108,17 +113,19 @@ class _Probe:
         return (array.shape[:2], color, example_key(as_stored(array, color), self.labels[i]))
 
 
-def _scan_lazily(root: Path, names: list[str], y: np.ndarray, resize: tuple[int, int] | None):
-    """One decoding pass (in worker processes) for sizes and keys; returns (ImageFiles, keys)."""
+def _scan_lazily(
+    root: Path, names: list[str], y: np.ndarray, resize: tuple[int, int] | None, workers: int
+):
+    """One decoding pass (in `workers` processes) for sizes and keys; returns (ImageFiles, keys)."""
     from torch.utils.data import DataLoader
 
     from auditor.data.keys import example_key, unique_keys
-    from auditor.data.lazy import ImageFiles, data_workers
+    from auditor.data.lazy import ImageFiles
 
     labels = y.tolist()
     probe = _Probe(root, names, labels, resize)
-    workers = data_workers() if len(names) > 256 else 0
-    loader = DataLoader(probe, batch_size=256, num_workers=workers, collate_fn=list)  # type: ignore[arg-type]
+    scanners = workers if len(names) > 256 else 0
+    loader = DataLoader(probe, batch_size=256, num_workers=scanners, collate_fn=list)  # type: ignore[arg-type]
     sizes: list = []
     colors: list[bool] = []
     raw: list[str] = []
@@ -139,4 +146,4 @@ def _scan_lazily(root: Path, names: list[str], y: np.ndarray, resize: tuple[int,
             raw[i] = example_key(as_stored(decode(root / names[i], resize), True), labels[i])
     h, w = sizes[0]
     row_shape = (3, h, w) if color else (h, w)
-    return ImageFiles(root, names, row_shape, color, resize), unique_keys(raw)
+    return ImageFiles(root, names, row_shape, color, resize, workers), unique_keys(raw)

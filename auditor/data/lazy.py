@@ -33,17 +33,6 @@ BATCH = 256  # rows per decoded batch in a sequential pass
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes stored as (H, W)
 
 
-def data_workers() -> int:
-    """Processes that decode images while the model runs: AUDITOR_DATA_WORKERS, else up to 4,
-    leaving a core to the model. 0 decodes in this process (no DataLoader workers)."""
-    from auditor.config import get_settings
-
-    configured = get_settings().data_workers
-    if configured is not None:
-        return configured
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
 class LazyArray:
     """Rows of a stored array, read when asked for. Subclasses implement `_read(rows)` for
     positions in the underlying source; `index` maps this view's rows onto them (a `take`)."""
@@ -179,11 +168,15 @@ class _FileDataset:
 
 class ImageFiles(LazyArray):
     """The images of an ImageFolder, decoded when read. Every image must decode to `row_shape`
-    (the scan checked that; a file changed since then is an error naming it)."""
+    (the scan checked that; a file changed since then is an error naming it). `workers`
+    processes decode ahead in a sequential pass (`DataOptions.decode_workers()` of the load)."""
 
-    def __init__(self, root: Path, files: list[str], row_shape: tuple[int, ...], color: bool, resize: tuple[int, int] | None) -> None:
+    def __init__(
+        self, root: Path, files: list[str], row_shape: tuple[int, ...], color: bool, resize: tuple[int, int] | None,
+        workers: int = 0,
+    ) -> None:  # fmt: skip
         self.root, self.files, self.row_shape = root, files, tuple(row_shape)
-        self.color, self.resize = color, resize
+        self.color, self.resize, self.workers = color, resize, workers
         self.dtype = np.dtype(np.uint8)
         self.total = len(files)
         self.index = None
@@ -208,7 +201,7 @@ class ImageFiles(LazyArray):
 
     def batches(self, start: int, stop: int, size: int) -> Iterator[np.ndarray]:
         """A sequential pass; with data workers, a DataLoader decodes ahead in other processes."""
-        workers = data_workers()
+        workers = self.workers
         positions = np.arange(start, min(stop, len(self)))
         if self.index is not None:
             positions = self.index[positions]

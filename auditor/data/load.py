@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from auditor.data.base import Examples
+from auditor.data.options import DEFAULT_OPTIONS, DataOptions
 from auditor.errors import DataError
 
 FORMATS = ("imagefolder", "npz", "csv")
@@ -32,12 +33,13 @@ def load_examples(
     group_column: str | None = None,
     resize: tuple[int, int] | None = None,
     lazy: bool | None = None,
+    options: DataOptions = DEFAULT_OPTIONS,
 ) -> Examples:
     """Read a dataset from disk with stable per-example keys.
 
     `label_column`/`group_column` apply to CSV, `resize` (H, W) to ImageFolder; giving one to a
     format that has no use for it is an error rather than silently ignored. `lazy` (default:
-    by size, AUDITOR_STREAM_BYTES) keeps images and .npz arrays on disk, read in batches.
+    by size, `options.stream_bytes`) keeps images and .npz arrays on disk, read in batches.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -52,11 +54,11 @@ def load_examples(
     if format == "npz":
         from auditor.data.npz import load_npz
 
-        return load_npz(path, lazy=lazy)
+        return load_npz(path, lazy=lazy, options=options)
     if format == "csv":
         from auditor.data.csv import load_csv
 
         return load_csv(path, label_column=label_column, group_column=group_column)
     from auditor.data.imagefolder import load_imagefolder
 
-    return load_imagefolder(path, resize=resize, lazy=lazy)
+    return load_imagefolder(path, resize=resize, lazy=lazy, options=options)

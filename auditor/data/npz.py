@@ -13,6 +13,7 @@ import numpy as np
 
 from auditor.data.base import MAX_CLASSES, Examples
 from auditor.data.keys import example_keys
+from auditor.data.options import DEFAULT_OPTIONS, DataOptions
 from auditor.errors import DataError
 
 
@@ -65,9 +66,9 @@ def _check_finite(x, where: str) -> None:
         raise DataError(f"{where}: x contains NaN or infinity (first in row {bad})")
 
 
-def _lazy_x(path: Path, where: str, lazy: bool | None):
+def _lazy_x(path: Path, where: str, lazy: bool | None, stream_bytes: int):
     """`x` read in place (uncompressed uint8 images or float32 features, larger than
-    AUDITOR_STREAM_BYTES unless `lazy` says), else None. Float rows are checked for NaN in
+    `stream_bytes` unless `lazy` says), else None. Float rows are checked for NaN in
     chunks, with the check `check_features` applies to an array in memory."""
     if lazy is False:
         return None
@@ -79,21 +80,20 @@ def _lazy_x(path: Path, where: str, lazy: bool | None):
     images = member.dtype == np.uint8 and member.ndim >= 3
     if not (images or (member.dtype == np.float32 and member.ndim == 2)):
         return None
-    if lazy is None:
-        from auditor.config import get_settings
-
-        if member.nbytes <= get_settings().stream_bytes:
-            return None
+    if lazy is None and member.nbytes <= stream_bytes:
+        return None
     if not images:
         _check_finite(member, where)
     return member, images
 
 
-def load_npz(path: str | Path, lazy: bool | None = None) -> Examples:
+def load_npz(
+    path: str | Path, lazy: bool | None = None, options: DataOptions = DEFAULT_OPTIONS
+) -> Examples:
     """Read and validate an .npz file; every problem is a one-line `DataError` naming the file.
 
     `x` stored uncompressed (`np.savez`, not `savez_compressed`) and larger than
-    AUDITOR_STREAM_BYTES (or with `lazy`) stays on disk and is read in batches
+    `options.stream_bytes` (or with `lazy`) stays on disk and is read in batches
     (`auditor.data.lazy.NpyMember`); a compressed one is loaded whole."""
     path = Path(path)
     where = str(path)
@@ -113,7 +113,7 @@ def load_npz(path: str | Path, lazy: bool | None = None) -> Examples:
             have = ", ".join(archive.files) or "nothing"
             raise DataError(f"{where}: missing array {' and '.join(missing)} (file has {have})")
         try:
-            in_place = _lazy_x(path, where, lazy)
+            in_place = _lazy_x(path, where, lazy, options.stream_bytes)
             x = in_place[0] if in_place else archive["x"]
             y = archive["y"]
             class_names = archive["class_names"] if "class_names" in archive.files else None

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from auditor.config import artifacts_dir
+from auditor.config import Settings, artifacts_dir
+from auditor.data.options import DataOptions
 from auditor.errors import AuditorError, DataError
 from auditor.findings_view import AuditContext, audit_context, load_example
 from auditor.report.images import histogram, png_data_uri, recall_curve, thumbnail
@@ -149,8 +150,8 @@ def _domain_mismatch(findings, summary) -> str:
     return "".join(parts)
 
 
-def _attack(findings, summary, audit_id: int) -> str:
-    art = artifacts_dir() / f"audit-{audit_id}"
+def _attack(findings, summary, audit_id: int, settings: Settings) -> str:
+    art = artifacts_dir(settings) / f"audit-{audit_id}"
     parts = [
         f"<h2>Success</h2><p>{summary.get('n_flipped')} of {summary.get('n_targets')} targets flipped "
         f"(budget {summary.get('budget')} training image(s), step {summary.get('step_grey_levels')} grey levels, "
@@ -168,7 +169,11 @@ def _attack(findings, summary, audit_id: int) -> str:
     return "".join(parts)
 
 
-def build_report(session: Session, audit_id: int, truth: Path | None = None, top: int = 40) -> str:
+def build_report(
+    session: Session, audit_id: int, truth: Path | None = None, top: int = 40, *, settings: Settings
+) -> str:
+    """The audit's HTML page; its data sets are read and its artifacts found as `settings` say."""
+    data = DataOptions.from_settings(settings)
     audit = audit_store.get_audit(session, audit_id)
     if audit.status != "succeeded":
         raise AuditorError(f"audit {audit_id} is {audit.status}; a report needs a succeeded audit")
@@ -176,13 +181,13 @@ def build_report(session: Session, audit_id: int, truth: Path | None = None, top
     ctx = audit_context(session, audit_id, [f.example_index for f in findings[:top]] if audit.kind == "label-check" else [f.example_index for f in findings])
     summary = audit.summary or {}
     try:
-        train = load_dataset_source(audit.dataset)
+        train = load_dataset_source(audit.dataset, data=data)
     except DataError:
         train = None  # the source moved: report without thumbnails
     test = None
     if audit.test_dataset is not None:
         try:
-            test = load_dataset_source(audit.test_dataset)
+            test = load_dataset_source(audit.test_dataset, data=data)
         except DataError:
             test = None
     head = (
@@ -200,7 +205,7 @@ def build_report(session: Session, audit_id: int, truth: Path | None = None, top
     elif audit.kind == "domain-mismatch":
         body = _domain_mismatch(findings, summary)
     elif audit.kind == "attack":
-        body = _attack(findings, summary, audit_id)
+        body = _attack(findings, summary, audit_id, settings)
     else:
         body = ""
     summ = f"<h2>Summary</h2><pre>{_e(json.dumps(summary, indent=1, default=str)[:6000])}</pre>"

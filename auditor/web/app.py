@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auditor.config import Settings
 from auditor.errors import AuditorError, Conflict, NotFound
 from auditor.web.deps import wants_html
 from auditor.web.examples import ExampleStore
@@ -112,20 +113,23 @@ async def domain_error(request: Request, exc: AuditorError) -> Response:
 
 # ---- app --------------------------------------------------------------------------------------
 def create_app(
-    sessions: sessionmaker[Session] | None = None, home: FsPath | None = None
+    sessions: sessionmaker[Session] | None = None, home: FsPath | None = None, *, settings: Settings | None = None
 ) -> FastAPI:
-    """The app over `sessions` (default: the configured store, created or checked now)."""
+    """The app over `sessions` (default: the configured store, created or checked now), with
+    `settings` read once here (default: from the environment) and kept in `app.state.settings`."""
     from auditor.config import get_settings
+    from auditor.data.options import DataOptions
     from auditor.store import open_store
 
-    settings = get_settings()
+    settings = settings or get_settings()
+    sessions = sessions or open_store(settings.database_url)
     app = FastAPI(
         title="auditor review",
         description="Triage influence-function findings: queues, examples, decisions, history.",
         version="1",
     )
-    app.state.sessions = sessions or open_store()
-    app.state.examples = ExampleStore()
+    app.state.sessions, app.state.settings = sessions, settings
+    app.state.examples = ExampleStore(DataOptions.from_settings(settings))
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(home or settings.home, settings.secret_key),

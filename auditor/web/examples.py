@@ -13,6 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from auditor.data.base import Examples
+from auditor.data.options import DataOptions
 from auditor.errors import DataError
 from auditor.report.images import png_bytes
 from auditor.resolve import load_dataset_source
@@ -20,8 +21,10 @@ from auditor.store.models import Dataset
 
 
 class ExampleStore:
-    def __init__(self, keep: int = 2) -> None:
-        self.keep = keep
+    """Data sets read (as `data` says) for the app's pictures, the last `keep` kept."""
+
+    def __init__(self, data: DataOptions, keep: int = 2) -> None:
+        self.data, self.keep = data, keep
         self._cache: OrderedDict[tuple, Examples] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -38,7 +41,7 @@ class ExampleStore:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        examples = load_dataset_source(ds)  # outside the lock: reading may take seconds
+        examples = load_dataset_source(ds, data=self.data)  # outside the lock: reading may take seconds
         with self._lock:
             self._cache[key] = examples
             while len(self._cache) > self.keep:
