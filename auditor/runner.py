@@ -338,10 +338,6 @@ def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: b
 
 
 # What to do with a newly created audit: (sessions, audit_id) -> (action, audit status afterwards).
-# Schedules take one; the embedded default is `run_in_process`, a broker's is in `workers`.
+# Schedules take one; the embedded default is `audits.run_in_process`, a broker's is in `workers`.
 AuditStarter = Callable[[sessionmaker[Session], int], tuple[str, str]]
 
-
-def run_in_process(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
-    """Embedded default: run the audit here and now."""
-    return "ran", execute_audit(sessions, audit_id).status

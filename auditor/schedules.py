@@ -16,9 +16,10 @@ The schedules table is the only copy of a schedule. A tick takes two steps:
      and the test set (if any) has no snapshot newer than that audit. A failed or cancelled
      audit does not count, so the next run tries again; a still-queued or running audit of the
      same data does, so a slow worker does not pile up duplicates;
-   - otherwise create a queued audit that names the schedule and start it: in the embedded
-     default (no broker) it runs in this process, with a broker it is sent to the Celery queue
-     `gpu`.
+   - otherwise create a queued audit that names the schedule (`audits.create_audit`: checked
+     like any other audit, with the recorded damping) and start it: in the embedded default (no
+     broker) it runs in this process, with a broker it is sent to the Celery queue `gpu`. Data
+     the checks refuse fails the run with their one-line reason, and no snapshot is recorded.
 
 Reviews are keyed by (dataset, example_key), so findings of a scheduled audit on examples a
 reviewer already settled stay out of the review queue; an edited or relabelled example has a
@@ -27,7 +28,6 @@ new key and comes back.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -37,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import check_request
-from auditor.dampings import apply_recorded
+from auditor.audits import create_audit
 from auditor.datasets import snapshotted
 from auditor.errors import AuditorError
 from auditor.runner import AuditStarter
@@ -261,31 +261,43 @@ def _last_audit_created(session: Session, schedule_id: int) -> datetime | None:
 
 
 def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> ScanOutcome:
-    """Run one claimed schedule: re-read, snapshot, skip if unchanged, else create and start."""
+    """Run one claimed schedule: re-read, snapshot, skip if unchanged, else create and start.
+
+    The audit is created by `audits.create_audit`, the same checks as `audit run|enqueue`, in
+    the transaction that recorded the snapshot: data it refuses (one class, too few examples)
+    fails the run with that one-line reason and records nothing."""
     outcome = ScanOutcome(claim.schedule_id, claim.dataset, claim.kind, "failed")
     outcome.next_run_at = claim.next_run_at
-    params = copy.deepcopy(dict(claim.params))
+    params = dict(claim.params)
     test_name = params.pop(TEST_DATASET_PARAM, None)
+
+    def said(chosen: dict[str, Any]) -> None:
+        log.info(
+            "schedule %s: damping %g chosen by validate --sweep-damping",
+            claim.schedule_id,
+            chosen["damping"],
+        )
+
     try:
-        chosen = apply_recorded(claim.dataset, params)  # a damping validate --sweep-damping chose
-        if chosen is not None:
-            log.info("schedule %s: damping %g chosen by validate --sweep-damping", claim.schedule_id, chosen["damping"])
         with snapshotted(sessions, claim.dataset_id, test_name) as snap:
-            s = snap.session
-            outcome.snapshot_id, outcome.new_snapshot = snap.snapshot.id, snap.diff.new_snapshot
-            if claim.skip_unchanged and _unchanged(s, claim.schedule_id, snap.snapshot, snap.test_snapshot):
+            seen = snap.snapshot.id, snap.diff.new_snapshot
+            if claim.skip_unchanged and _unchanged(
+                snap.session, claim.schedule_id, snap.snapshot, snap.test_snapshot
+            ):
+                outcome.snapshot_id, outcome.new_snapshot = seen
                 outcome.action, outcome.reason = "skipped", "unchanged"
                 return outcome
-            audit = repo.create_audit(
-                s,
+            outcome.audit_id = create_audit(
+                sessions,
                 claim.kind,
-                snap.dataset,
-                snapshot=snap.snapshot,
-                params=params,
-                test_dataset=snap.test,
-                schedule_id=claim.schedule_id,
+                claim.dataset,
+                params,
+                test_name,
+                claim.schedule_id,
+                snapshot=snap,
+                on_damping=said,
             )
-            outcome.audit_id = audit.id
+        outcome.snapshot_id, outcome.new_snapshot = seen  # committed with the audit
     except AuditorError as exc:
         outcome.reason = str(exc)
         return outcome
