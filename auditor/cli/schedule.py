@@ -168,14 +168,11 @@ def tick_command(json_output: JsonOption = False) -> None:
     For cron jobs and tests; `auditor beat` does the same continuously.
     """
     from auditor import schedules
-    from auditor.config import get_settings
     from auditor.store import open_store
-    from workers.dispatch import check_broker, default_starter
+    from workers.dispatch import default_starter
 
     sessions = open_store()
-    if not get_settings().embedded:
-        check_broker()  # before claiming anything, so a broker outage loses no run
-    outcomes = schedules.run_due(sessions, start=default_starter())
+    outcomes = schedules.run_due(sessions, start=default_starter())  # the starter before any claim
     if json_output:
         print_json(
             {
