@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from auditor import runner
 from auditor.analyses.registry import check_request, get_kind
 from auditor.dampings import apply_recorded
 from auditor.data.base import Examples, check_test_set
@@ -26,7 +27,7 @@ from auditor.datasets import Snapshotted, snapshotted
 from auditor.errors import DataError
 from auditor.progress import Progress
 from auditor.records import finite_json
-from auditor.runner import RunOutcome, execute_audit
+from auditor.runner import RunOutcome
 from auditor.store import repo
 from auditor.store.models import Audit, utcnow
 
@@ -156,7 +157,7 @@ def run_here(
         from auditor.shards import run_all_shards_here
 
         return run_all_shards_here(sessions, audit_id)
-    return execute_audit(sessions, audit_id, echo=echo, local=local)
+    return runner.execute_audit(sessions, audit_id, echo=echo, local=local)
 
 
 def run_in_process(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:

@@ -36,8 +36,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from auditor import audits
 from auditor.analyses.registry import check_request
-from auditor.audits import create_audit
 from auditor.datasets import snapshotted
 from auditor.errors import AuditorError
 from auditor.runner import AuditStarter
@@ -287,7 +287,7 @@ def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter) -> 
                 outcome.snapshot_id, outcome.new_snapshot = seen
                 outcome.action, outcome.reason = "skipped", "unchanged"
                 return outcome
-            outcome.audit_id = create_audit(
+            outcome.audit_id = audits.create_audit(
                 sessions,
                 claim.kind,
                 claim.dataset,
