@@ -89,7 +89,7 @@ def create_audit(
     stored; so is a model factory that is not registered, unless the audit runs here (`local`:
     `audit run`), where an explicit MODULE:FACTORY is the caller's own code. With no damping in
     `params`, the one `validate --sweep-damping` recorded for this model and data set is used,
-    and `on_damping` is told. `params` itself is left as it was.
+    and `on_damping` is told once the audit exists. `params` itself is left as it was.
 
     `snapshot`: a caller that already re-read the data in `datasets.snapshotted` (a schedule,
     which first decides whether anything changed) passes it; the audit is then created in that
@@ -98,8 +98,6 @@ def create_audit(
     spec = check_request(kind, params, test_name, local=local)
     params = copy.deepcopy(params)
     chosen = apply_recorded(dataset_name, params)
-    if chosen is not None and on_damping is not None:
-        on_damping(chosen)
     settings = spec.parse(params)
 
     def check(train: Examples, test: Examples | None) -> None:
@@ -114,9 +112,13 @@ def create_audit(
 
     if snapshot is not None:
         check(snapshot.examples, snapshot.test_examples)
-        return _add_audit(snapshot, kind, params, schedule_id)
-    with snapshotted(sessions, dataset_name, test_name, check=check) as snap:
-        return _add_audit(snap, kind, params, schedule_id)
+        audit_id = _add_audit(snapshot, kind, params, schedule_id)
+    else:
+        with snapshotted(sessions, dataset_name, test_name, check=check) as snap:
+            audit_id = _add_audit(snap, kind, params, schedule_id)
+    if chosen is not None and on_damping is not None:  # said once the audit exists, not before a refusal
+        on_damping(chosen)
+    return audit_id
 
 
 def _add_audit(

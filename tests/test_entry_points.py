@@ -214,6 +214,9 @@ def test_the_recorded_damping_is_applied_in_create_audit_and_said_by_each_door(
         said,
     )
     assert said.count("chosen by validate") == 1
+    refused = cli("audit", "run", "label-check", "d", "--shards", "500", ok=False)  # too many
+    assert refused.exit_code != 0 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith("error: --shards 500")  # the refusal only, no damping line
 
     params: dict[str, Any] = {"solver": {"name": "direct", "damping": None}}
     told: list[dict[str, Any]] = []
