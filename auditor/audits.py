@@ -1,24 +1,36 @@
-"""Creating audits: the library behind `audit run|enqueue` and schedules.
+"""Creating audits: the one way in behind `audit run|enqueue`, the demo and scheduled scans.
 
-Creating an audit re-reads the dataset's source first and records a new snapshot when the
-content changed, so an audit always names the exact data it ran on. Sending it to a worker is
-the front door's business (`workers.dispatch`); running it here is `auditor.runner`'s.
+`create_audit` is the only caller of `store.audits.create_audit`, so every audit, however it was asked
+for, gets the same checks (the request, then the data: `check_examples`) and the same recorded
+damping (`auditor.dampings`). It re-reads the dataset's source first and records a new snapshot
+when the content changed, so an audit always names the exact data it ran on. Whether an audit is
+sharded is `is_sharded`'s to say, for the dispatcher and for `run_here` alike. Sending it to a
+worker is the front door's business (`workers.dispatch`); running it is `auditor.runner`'s (and
+`auditor.shards`' for a sharded one).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.registry import check_request
+from auditor import runner
+from auditor.analyses.registry import check_request, get_kind
 from auditor.config import Settings
+from auditor.dampings import apply_recorded
 from auditor.data.base import Examples, check_test_set
 from auditor.data.options import DataOptions
-from auditor.datasets import snapshotted
+from auditor.datasets import Snapshotted, snapshotted
 from auditor.errors import DataError
+from auditor.progress import Progress
 from auditor.records import finite_json
+from auditor.runner import RunOutcome
 from auditor.store import audits as audit_store
 from auditor.store.models import Audit, utcnow
 
@@ -56,6 +68,11 @@ def check_examples(
         raise DataError(f"test index {bad[0]} is outside the test set's rows 0..{len(test) - 1}")
 
 
+# Told the damping record an audit was given (`auditor.dampings.lookup`'s dict): the CLI says so
+# on stderr, a schedule logs it.
+DampingNotice = Callable[[dict[str, Any]], None]
+
+
 def create_audit(
     sessions: sessionmaker[Session],
     kind: str,
@@ -66,19 +83,34 @@ def create_audit(
     *,
     settings: Settings,
     local: bool = False,
+    snapshot: Snapshotted | None = None,
+    on_damping: DampingNotice | None = None,
 ) -> int:
-    """Check the request, scan the dataset (and test set) and create a queued audit; returns its id.
+    """Check the request, scan the dataset (and test set), check the data and create a queued
+    audit; returns its id.
 
     An unknown kind, a missing test set or a bad setting is refused before anything is read or
     stored; so is a model factory that is not registered, unless the audit runs here (`local`:
-    `audit run`), where an explicit MODULE:FACTORY is the caller's own code. `settings` say which
-    factories are registered and how the data set is read.
+    `audit run`), where an explicit MODULE:FACTORY is the caller's own code. With no damping in
+    `params`, the one `validate --sweep-damping` recorded for this model and data set is used,
+    and `on_damping` is told once the audit exists. `params` itself is left as it was.
+
+    `snapshot`: a caller that already re-read the data in `datasets.snapshotted` (a schedule,
+    which first decides whether anything changed) passes it; the audit is then created in that
+    transaction, after the same checks, and a refusal rolls the whole transaction back.
+    `settings` say which factories are registered, where dampings are recorded and how the data
+    set is read.
     """
     from auditor.factories import listed_factories
 
-    data = DataOptions.from_settings(settings)
     with listed_factories(settings.model_factories):
-        return _create_audit(sessions, kind, dataset_name, params, test_name, schedule_id, local, data)
+        audit_id, chosen = _create_audit(
+            sessions, kind, dataset_name, params, test_name, schedule_id, local, snapshot,
+            home=settings.home, data=DataOptions.from_settings(settings),
+        )  # fmt: skip
+    if chosen is not None and on_damping is not None:  # said once the audit exists, not before a refusal
+        on_damping(chosen)
+    return audit_id
 
 
 def _create_audit(
@@ -89,9 +121,14 @@ def _create_audit(
     test_name: str | None,
     schedule_id: int | None,
     local: bool,
+    snapshot: Snapshotted | None,
+    *,
+    home: Path,
     data: DataOptions,
-) -> int:
+) -> tuple[int, dict[str, Any] | None]:
     spec = check_request(kind, params, test_name, local=local)
+    params = copy.deepcopy(params)
+    chosen = apply_recorded(dataset_name, params, home=home)
     settings = spec.parse(params)
 
     def check(train: Examples, test: Examples | None) -> None:
@@ -104,18 +141,77 @@ def _create_audit(
             with local_models():
                 build_module(train, model)
 
-    with snapshotted(sessions, dataset_name, test_name, check=check, data=data) as snap:
-        audit = audit_store.create_audit(
-            snap.session,
-            kind,
-            snap.dataset,
-            snapshot=snap.snapshot,
-            params=params,
-            test_dataset=snap.test,
-            schedule_id=schedule_id,
-        )
-        snap.session.flush()
-        return audit.id
+    if snapshot is not None:
+        check(snapshot.examples, snapshot.test_examples)
+        audit_id = _add_audit(snapshot, kind, params, schedule_id)
+    else:
+        with snapshotted(sessions, dataset_name, test_name, check=check, data=data) as snap:
+            audit_id = _add_audit(snap, kind, params, schedule_id)
+    return audit_id, chosen
+
+
+def _add_audit(
+    snap: Snapshotted, kind: str, params: dict[str, Any], schedule_id: int | None
+) -> int:
+    audit = audit_store.create_audit(
+        snap.session,
+        kind,
+        snap.dataset,
+        snapshot=snap.snapshot,
+        params=params,
+        test_dataset=snap.test,
+        schedule_id=schedule_id,
+    )
+    snap.session.flush()
+    return audit.id
+
+
+def is_sharded(kind: str, params: Mapping[str, Any]) -> bool:
+    """Whether an audit of `kind` with these params runs as shards (one fit, N scoring tasks)
+    rather than as one task: the dispatcher's choice of task and `run_here`'s both come from here."""
+    return get_kind(kind).shard_count(params) > 1
+
+
+def run_here(
+    sessions: sessionmaker[Session],
+    audit_id: int,
+    *,
+    settings: Settings,
+    echo: Progress | None = None,
+    local: bool = False,
+) -> RunOutcome:
+    """Run a created audit in this process to a final state: one shard after another when it is
+    sharded (`auditor.shards`), else the runner's one lifecycle (`echo` gets its progress)."""
+    with sessions() as s:
+        audit = audit_store.get_audit(s, audit_id)
+        sharded = is_sharded(audit.kind, audit.params or {})
+    if sharded:
+        from auditor.shards import run_all_shards_here
+
+        return run_all_shards_here(sessions, audit_id, settings=settings)
+    return runner.execute_audit(sessions, audit_id, echo=echo, local=local, settings=settings)
+
+
+def run_in_process(settings: Settings) -> runner.AuditStarter:
+    """The embedded default's `runner.AuditStarter` (schedules with no broker): a starter that
+    runs each audit here and now, with `settings`."""
+
+    def start(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
+        return "ran", run_here(sessions, audit_id, settings=settings).status
+
+    return start
+
+
+def cancel_audit(
+    sessions: sessionmaker[Session], audit_id: int, *, lease_seconds: float
+) -> dict[str, Any]:
+    """Cancel a queued audit at once, ask a running one to stop at its next progress report, and
+    cancel at once a running one whose heartbeat is older than the lease (nobody runs it any
+    more). Returns {"id", "status", "cancel_requested"}."""
+    stale_before = utcnow() - timedelta(seconds=lease_seconds)
+    with sessions() as s, s.begin():
+        a = audit_store.request_cancel(s, audit_id, stale_before=stale_before)
+        return {"id": a.id, "status": a.status, "cancel_requested": a.cancel_requested}
 
 
 def audit_doc(a: Audit, *, summary: bool = True) -> dict[str, Any]:

@@ -5,7 +5,8 @@ Why a record: the sweep costs S retrains; its answer holds for the model and dat
 on. `validate` writes it to `AUDITOR_HOME/dampings.json` (the caller passes the home) under a key made of the data set (its
 registered name, or the resolved path) and every model setting that changes the curvature
 (model, weights, weight decay, counted parameters, training); an audit created later with no
-`--damping` and the same key uses it (`audit run|enqueue`, and each scheduled scan), and says so.
+`--damping` and the same key uses it (`audits.create_audit`, so `audit run|enqueue` and each
+scheduled scan alike), and says so.
 Any other setting, or a `--damping`, wins.
 """
 

@@ -31,14 +31,17 @@ from auditor.store.models import Dataset, Snapshot
 
 @dataclass
 class Snapshotted:
-    """Inside `snapshotted`'s write transaction: the data set(s) with fresh snapshots."""
+    """Inside `snapshotted`'s write transaction: the data set(s) with fresh snapshots, and the
+    examples that were read (what `audits.create_audit` checks when it is handed this)."""
 
     session: Session
     dataset: Dataset
     snapshot: Snapshot
     diff: SnapshotDiff
+    examples: Examples
     test: Dataset | None = None
     test_snapshot: Snapshot | None = None
+    test_examples: Examples | None = None
 
 
 @contextmanager
@@ -65,7 +68,7 @@ def snapshotted(
     with sessions() as s, s.begin():
         row = dataset_store.get_dataset_by_id(s, dataset_id)
         snapshot, diff = dataset_store.record_snapshot(s, row, examples)
-        out = Snapshotted(s, row, snapshot, diff)
+        out = Snapshotted(s, row, snapshot, diff, examples, test_examples=test_examples)
         if test_id is not None and test_examples is not None:
             out.test = dataset_store.get_dataset_by_id(s, test_id)
             out.test_snapshot, _ = dataset_store.record_snapshot(s, out.test, test_examples)

@@ -345,14 +345,6 @@ def _interrupted(sessions: sessionmaker[Session], audit_id: int, *, in_worker: b
 
 
 # What to do with a newly created audit: (sessions, audit_id) -> (action, audit status afterwards).
-# Schedules take one; the embedded default is `run_in_process(settings)`, a broker's is in `workers`.
+# Schedules take one; the embedded default is `audits.run_in_process`, a broker's is in `workers`.
 AuditStarter = Callable[[sessionmaker[Session], int], tuple[str, str]]
 
-
-def run_in_process(settings: Settings) -> AuditStarter:
-    """Embedded default: a starter that runs each audit here and now, with `settings`."""
-
-    def start(sessions: sessionmaker[Session], audit_id: int) -> tuple[str, str]:
-        return "ran", execute_audit(sessions, audit_id, settings=settings).status
-
-    return start

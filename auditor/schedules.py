@@ -16,9 +16,10 @@ The schedules table is the only copy of a schedule. A tick takes two steps:
      and the test set (if any) has no snapshot newer than that audit. A failed or cancelled
      audit does not count, so the next run tries again; a still-queued or running audit of the
      same data does, so a slow worker does not pile up duplicates;
-   - otherwise create a queued audit that names the schedule and start it: in the embedded
-     default (no broker) it runs in this process, with a broker it is sent to the Celery queue
-     `gpu`.
+   - otherwise create a queued audit that names the schedule (`audits.create_audit`: checked
+     like any other audit, with the recorded damping) and start it: in the embedded default (no
+     broker) it runs in this process, with a broker it is sent to the Celery queue `gpu`. Data
+     the checks refuse fails the run with their one-line reason, and no snapshot is recorded.
 
 Reviews are keyed by (dataset, example_key), so findings of a scheduled audit on examples a
 reviewer already settled stay out of the review queue; an edited or relabelled example has a
@@ -27,7 +28,6 @@ new key and comes back.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -35,16 +35,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor import recurrence
+from auditor import audits, recurrence
 from auditor.analyses.registry import check_request
 from auditor.config import Settings
-from auditor.dampings import apply_recorded
 from auditor.data.options import DataOptions
 from auditor.datasets import snapshotted
 from auditor.errors import AuditorError
 from auditor.factories import listed_factories
 from auditor.runner import AuditStarter
-from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
 from auditor.store import schedules as schedule_store
 from auditor.store.models import Schedule, Snapshot, utcnow
@@ -257,31 +255,44 @@ def claim_due(sessions: sessionmaker[Session], now: datetime | None = None) -> l
 
 def scan(sessions: sessionmaker[Session], claim: Claim, start: AuditStarter, *, settings: Settings) -> ScanOutcome:
     """Run one claimed schedule: re-read, snapshot, skip if unchanged, else create and start.
-    `settings` give the home of recorded dampings and how the data set is read."""
+
+    The audit is created by `audits.create_audit`, the same checks as `audit run|enqueue`, in
+    the transaction that recorded the snapshot: data it refuses (one class, too few examples)
+    fails the run with that one-line reason and records nothing. `settings` give the home of
+    recorded dampings and how the data set is read."""
     outcome = ScanOutcome(claim.schedule_id, claim.dataset, claim.kind, "failed")
     outcome.next_run_at = claim.next_run_at
-    params = copy.deepcopy(dict(claim.params))
+    params = dict(claim.params)
     test_name = params.pop(TEST_DATASET_PARAM, None)
+
+    def said(chosen: dict[str, Any]) -> None:
+        log.info(
+            "schedule %s: damping %g chosen by validate --sweep-damping",
+            claim.schedule_id,
+            chosen["damping"],
+        )
+
     try:
-        chosen = apply_recorded(claim.dataset, params, home=settings.home)  # a damping validate --sweep-damping chose
-        if chosen is not None:
-            log.info("schedule %s: damping %g chosen by validate --sweep-damping", claim.schedule_id, chosen["damping"])
         with snapshotted(sessions, claim.dataset_id, test_name, data=DataOptions.from_settings(settings)) as snap:
-            s = snap.session
-            outcome.snapshot_id, outcome.new_snapshot = snap.snapshot.id, snap.diff.new_snapshot
-            if claim.skip_unchanged and _unchanged(s, claim.schedule_id, snap.snapshot, snap.test_snapshot):
+            seen = snap.snapshot.id, snap.diff.new_snapshot
+            if claim.skip_unchanged and _unchanged(
+                snap.session, claim.schedule_id, snap.snapshot, snap.test_snapshot
+            ):
+                outcome.snapshot_id, outcome.new_snapshot = seen
                 outcome.action, outcome.reason = "skipped", "unchanged"
                 return outcome
-            audit = audit_store.create_audit(
-                s,
+            outcome.audit_id = audits.create_audit(
+                sessions,
                 claim.kind,
-                snap.dataset,
-                snapshot=snap.snapshot,
-                params=params,
-                test_dataset=snap.test,
-                schedule_id=claim.schedule_id,
+                claim.dataset,
+                params,
+                test_name,
+                claim.schedule_id,
+                settings=settings,
+                snapshot=snap,
+                on_damping=said,
             )
-            outcome.audit_id = audit.id
+        outcome.snapshot_id, outcome.new_snapshot = seen  # committed with the audit
     except AuditorError as exc:
         outcome.reason = str(exc)
         return outcome

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auditor.cli.main import app
-from auditor.cli.worker import plan_workers, thread_env, visible_gpus
+from workers.supervisor import plan_workers, thread_env, visible_gpus
 
 runner = CliRunner()
 
@@ -91,7 +91,7 @@ def _supervisor(tmp_path: Path, children: int = 2, crash_once: bool = False):
     script = textwrap.dedent(
         f"""
         import sys
-        from auditor.cli.worker import Supervisor, WorkerSpec
+        from workers.supervisor import Supervisor, WorkerSpec
         specs = [WorkerSpec(f"c{{i}}", [sys.executable, "-c", {CHILD!r}]) for i in range({children})]
         sys.exit(Supervisor(specs).run())
         """

@@ -24,13 +24,13 @@ from typer.testing import CliRunner
 from auditor import recurrence, schedules
 from auditor.analyses.base import FindingRecord
 from auditor.audit_diff import parse_top
+from auditor.audits import run_in_process
 from auditor.cli.main import app
 from auditor.config import get_settings
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.data.keys import example_keys
 from auditor.errors import AuditorError
-from auditor.runner import run_in_process
 from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store

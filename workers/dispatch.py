@@ -2,7 +2,7 @@
 
 Tasks are sent by name (`send_task`), so nothing here, and nothing in the library, imports the
 task module; the library never imports `workers` at all. Which task an audit needs (one task, or
-a fan-out over shards) the audit kind's declaration says (`AuditKind.shard_count`).
+a fan-out over shards) `auditor.audits.is_sharded` says, for this door as for `audit run`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.registry import get_kind
+from auditor import audits
 from auditor.config import Settings, get_settings
 from auditor.errors import ServiceError
-from auditor.runner import AuditStarter, run_in_process
+from auditor.runner import AuditStarter
 from auditor.store import audits as audit_store
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ def task_for(sessions: sessionmaker[Session], audit_id: int) -> str:
     """The task an audit goes to: its kind's fan-out over shards, or one task."""
     with sessions() as s:
         audit = audit_store.get_audit(s, audit_id)
-        shards = get_kind(audit.kind).shard_count(audit.params or {})
-    return RUN_SHARDED if shards > 1 else RUN_AUDIT
+        sharded = audits.is_sharded(audit.kind, audit.params or {})
+    return RUN_SHARDED if sharded else RUN_AUDIT
 
 
 def dispatch(audit_id: int, sessions: sessionmaker[Session] | None = None) -> str:
@@ -206,5 +206,9 @@ def send_to_worker(sessions: sessionmaker[Session], audit_id: int) -> tuple[str,
 
 
 def default_starter(settings: Settings) -> AuditStarter:
-    """Run in process without a broker (embedded), send to a worker with one."""
-    return run_in_process(settings) if settings.embedded else send_to_worker
+    """Run in process without a broker (embedded), send to a worker with one. With a broker it
+    is checked first: call this before claiming schedules, so a broker outage loses no run."""
+    if settings.embedded:
+        return audits.run_in_process(settings)
+    check_broker()
+    return send_to_worker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,14 +17,9 @@ app = typer.Typer(no_args_is_help=True, help="Audits: run, enqueue, status, list
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _use_recorded_damping(dataset: str, params: dict[str, Any], home: Path) -> None:
-    """No --damping given: the one `validate --sweep-damping` chose for this model and data set,
-    if it chose one (auditor.dampings, kept in `home`), said on stderr."""
-    from auditor.dampings import apply_recorded
-
-    chosen = apply_recorded(dataset, params, home=home)
-    if chosen is None:
-        return
+def _say_recorded_damping(chosen: dict[str, Any]) -> None:
+    """No --damping given: `audits.create_audit` used the one `validate --sweep-damping` chose
+    for this model and data set (auditor.dampings); say so on stderr."""
     err_console.print(
         f"damping {chosen['damping']:g}: chosen by validate --sweep-damping on {chosen['chosen_at']} "
         f"(LDS {chosen['lds']:.3f}); --damping overrides",
@@ -49,14 +43,20 @@ def _register(name: str, enqueue: bool):
 
         settings = get_settings()
         doc_params = audit_params(kind, audit or {})
-        _use_recorded_damping(dataset, doc_params, settings.home)
         if enqueue:
             from workers.dispatch import check_broker
 
             check_broker()
         sessions = open_store(settings.database_url)
         audit_id = create_audit(
-            sessions, kind, dataset, doc_params, test_name=test, local=not enqueue, settings=settings
+            sessions,
+            kind,
+            dataset,
+            doc_params,
+            test_name=test,
+            local=not enqueue,
+            settings=settings,
+            on_damping=_say_recorded_damping,
         )
         if enqueue:
             from workers.dispatch import enqueue as send
@@ -68,20 +68,13 @@ def _register(name: str, enqueue: bool):
                 typer.echo(audit_id)
                 err_console.print(f"audit {audit_id} queued; watch it with `auditor audit status {audit_id} --watch`")
             return
-        from auditor.analyses.registry import get_kind
-        from auditor.audits import audit_doc
+        from auditor.audits import audit_doc, run_here
         from auditor.findings_view import context_for, finding_doc
-        from auditor.runner import execute_audit
         from auditor.store import audits as audit_store
         from auditor.store import findings as finding_store
 
         with progress_bar(f"audit {audit_id} {kind}", enabled=True) as bar:
-            if get_kind(kind).shard_count(doc_params) > 1:
-                from auditor.shards import run_all_shards_here
-
-                outcome = run_all_shards_here(sessions, audit_id, settings=settings)
-            else:
-                outcome = execute_audit(sessions, audit_id, settings=settings, echo=bar, local=True)
+            outcome = run_here(sessions, audit_id, echo=bar, local=True, settings=settings)
         with sessions() as s:
             doc = audit_doc(audit_store.get_audit(s, audit_id))
             top = finding_store.list_findings(s, audit_id, top=10)
@@ -222,18 +215,12 @@ def list_audits(
 def cancel(audit_id: int, json_output: JsonOption = False) -> None:
     """Stop an audit: a queued one at once, a running one at its next progress report (at once
     when the process running it has stopped)."""
-    from datetime import timedelta
-
+    from auditor.audits import cancel_audit
     from auditor.config import get_settings
-    from auditor.store import audits as audit_store
     from auditor.store import open_store
-    from auditor.store.models import utcnow
 
-    sessions = open_store()
-    stale_before = utcnow() - timedelta(seconds=get_settings().lease_seconds)
-    with sessions() as s, s.begin():
-        a = audit_store.request_cancel(s, audit_id, stale_before=stale_before)
-        doc = {"id": a.id, "status": a.status, "cancel_requested": a.cancel_requested}
+    settings = get_settings()
+    doc = cancel_audit(open_store(settings.database_url), audit_id, lease_seconds=settings.lease_seconds)
     if json_output:
         print_json(doc)
     else:

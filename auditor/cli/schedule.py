@@ -172,13 +172,11 @@ def tick_command(json_output: JsonOption = False) -> None:
     from auditor import schedules
     from auditor.config import get_settings
     from auditor.store import open_store
-    from workers.dispatch import check_broker, default_starter
+    from workers.dispatch import default_starter
 
     settings = get_settings()
     sessions = open_store(settings.database_url)
-    if not settings.embedded:
-        check_broker()  # before claiming anything, so a broker outage loses no run
-    outcomes = schedules.run_due(sessions, start=default_starter(settings), settings=settings)
+    outcomes = schedules.run_due(sessions, start=default_starter(settings), settings=settings)  # the starter before any claim
     if json_output:
         print_json(
             {

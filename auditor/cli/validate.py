@@ -114,30 +114,21 @@ def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, 
     """LDS; with a broker configured the retrains go to the workers, one task per subset (they
     must see the same data set: a registered name, or a path on a shared volume)."""
 
-    from auditor.analyses.lds import LDSConfig, histogram_plot, validate_lds
-    from auditor.factories import listed_factories, local_models
+    from auditor.analyses.lds import LDSConfig, histogram_plot
+    from auditor.lds_jobs import job, measure_lds
 
     cfg = LDSConfig(model=model, solver=solver, subsets=subsets, test_points=test_points, seed=model.seed, dampings=sweep)
     cfg.check()
     outcomes_fn = None
     if not settings.embedded:
-        from auditor.analyses.registry import check_request
-        from auditor.lds_jobs import job
         from workers.dispatch import check_broker, lds_on_workers
 
         check_broker()
-        # workers build only registered factories: refuse before any work, as `audit enqueue` does
-        with listed_factories(settings.model_factories):
-            check_request("label-check", {"model": model.to_dict()}, None, local=False)
         outcomes_fn = lds_on_workers(job(refs[0], refs[1], cfg))
-    with progress_bar("validate lds", enabled=True) as progress, listed_factories(settings.model_factories), local_models():
-        report = validate_lds(train_set, test_set, cfg, progress, outcomes_fn=outcomes_fn)
+    with progress_bar("validate lds", enabled=True) as progress:
+        report = measure_lds(train_set, test_set, cfg, refs[0], progress, settings=settings, outcomes_fn=outcomes_fn)
     if plot is not None:
         histogram_plot(report, plot)
-    if report.sweep:
-        from auditor.dampings import record
-
-        record(refs[0], model.to_dict(), report.damping, report.lds, report.solver, home=settings.home)
     if as_json:
         print_json({**report.to_json(), "plot": str(plot) if plot else None, "recorded": bool(report.sweep)})
         return

@@ -1,141 +1,17 @@
-"""`auditor worker`: Celery workers for audits, one single-process worker per GPU.
+"""`auditor worker`: Celery workers for queued audits, one single-process worker per GPU.
 
-Each worker is `celery -A workers.celery_app:app worker -P solo`: the audit runs in the worker's
-main process, because torch and fork do not mix well (CUDA cannot be used in a forked child, and
-forked BLAS thread pools hang) and an audit is one long, single-process job anyway.
-
-- With GPUs (torch.cuda.device_count() > 0) this process supervises one worker per GPU, named
-  auditor-gpu<i>@host and started with CUDA_VISIBLE_DEVICES=<i> (with one GPU, or one worker in
-  all, it becomes that worker instead, as below). SIGTERM, SIGINT, SIGQUIT and SIGHUP
-  are passed on to the workers (as SIGTERM) and it waits for them to exit; a worker that crashes
-  is started again, and every worker gets SIGTERM from the kernel if this process dies.
-- Without a GPU it becomes the one solo worker itself (exec), so signals reach Celery directly;
-  `--concurrency N` runs N supervised CPU workers instead.
-
-A solo worker stops at once on SIGTERM and its running audit goes back to the queue (see
-`workers/celery_app.py`).
+The options are read here; what runs (preflight, the plan of worker processes, the supervisor
+that restarts them and passes signals on) is `workers.supervisor`'s.
 """
 
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
 
 from auditor.cli.common import err_console, user_errors
-from auditor.config import get_settings
 from auditor.errors import AuditorError
-
-CELERY_APP = "workers.celery_app:app"
-LOGLEVELS = ("debug", "info", "warning", "error", "critical")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
-STOP_TIMEOUT_S = 60.0  # then SIGKILL: a worker that ignores SIGTERM this long is stuck
-RESTART_WINDOW_S = 60.0
-MAX_RESTARTS = 5  # crashes of one worker within RESTART_WINDOW_S before giving up
-PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class WorkerSpec:
-    """One Celery worker process to run: its command line and extra environment."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-
-
-def celery_argv(queues: str, nodename: str, loglevel: str) -> list[str]:
-    # No mingle/gossip: they sync revokes and clocks between workers, which we do not use
-    # (cancels go through the database), and mingle adds a second to every start.
-    return [
-        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
-        "-P", "solo", "-c", "1", "-Q", queues, "-n", nodename, "--loglevel", loglevel,
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
-
-
-def visible_gpus(count: int, env: dict[str, str] | os._Environ[str] = os.environ) -> list[str]:
-    """Device ids to hand out, one per worker: the entries of an inherited CUDA_VISIBLE_DEVICES
-    (so `CUDA_VISIBLE_DEVICES=2,3 auditor worker` uses GPUs 2 and 3), else 0..count-1."""
-    inherited = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if inherited and len(inherited) >= count:
-        return inherited[:count]
-    return [str(i) for i in range(count)]
-
-
-def thread_env(count: int, env: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, str]:
-    """Thread settings for `count` worker processes sharing this machine's cores.
-
-    torch's OpenMP pool defaults to one thread per core in every process, and libgomp threads
-    spin while they wait: two workers on two cores each running two spinning threads made one
-    650 x 650 eigh take 19 s instead of 0.2 s. So each worker gets its share of the cores and
-    passive waiting. Settings the user exported win."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = str(max(1, cores // max(count, 1)))
-    wanted = {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share, "OMP_WAIT_POLICY": "PASSIVE"}
-    return {k: v for k, v in wanted.items() if k not in env}
-
-
-def plan_workers(
-    queues: str, loglevel: str, gpus: int, concurrency: int | None
-) -> list[WorkerSpec]:
-    """The worker processes to run: one per GPU (or `concurrency` of them, spread over the GPUs
-    round-robin); on a machine without GPUs, `concurrency` (default 1) CPU workers. Each gets its
-    share of the CPU cores (`thread_env`)."""
-    count = concurrency if concurrency is not None else max(gpus, 1)
-    threads = thread_env(count)
-    if gpus > 0:
-        devices = visible_gpus(gpus)
-        return [
-            WorkerSpec(
-                f"auditor-gpu{i}",
-                celery_argv(queues, f"auditor-gpu{i}@%h", loglevel),
-                {"CUDA_VISIBLE_DEVICES": devices[i % gpus], **threads},
-            )
-            for i in range(count)
-        ]
-    if count == 1:
-        return [WorkerSpec("auditor", celery_argv(queues, "auditor@%h", loglevel), threads)]
-    return [
-        WorkerSpec(f"auditor-cpu{i}", celery_argv(queues, f"auditor-cpu{i}@%h", loglevel), threads)
-        for i in range(count)
-    ]
-
-
-def gpu_count() -> int:
-    """GPUs torch can see; AUDITOR_WORKER_GPUS overrides (0 forces CPU workers)."""
-    override = get_settings().worker_gpus
-    if override is not None:
-        return override
-    if not _gpu_device_nodes():
-        return 0  # skip importing torch (seconds) just to learn there is no GPU
-    # In a child process: the supervisor should hold no CUDA driver state or threads (it forks
-    # the workers) and not the memory of an imported torch for as long as it runs.
-    probe = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    try:
-        return int(probe.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        reason = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        raise AuditorError(f"cannot count GPUs with torch: {reason}") from None
-
-
-def _gpu_device_nodes() -> bool:
-    """Whether the kernel exposes an NVIDIA (or ROCm) device to this process at all."""
-    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
 
 
 def parse_queues(queues: str) -> str:
@@ -143,99 +19,6 @@ def parse_queues(queues: str) -> str:
     if not names:
         raise AuditorError("--queues needs at least one queue name, e.g. gpu,default")
     return ",".join(names)
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child before exec: get SIGTERM when the supervisor dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: children outlive a SIGKILLed supervisor
-        return
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os._exit(0)
-
-
-class Supervisor:
-    """Run several worker processes; pass stop signals on, restart crashed ones."""
-
-    def __init__(self, specs: Sequence[WorkerSpec]) -> None:
-        self.specs = list(specs)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.crashes: dict[str, list[float]] = {s.name: [] for s in self.specs}
-        self.stopping_since: float | None = None
-
-    def start(self, spec: WorkerSpec) -> None:
-        parent = os.getpid()
-        self.procs[spec.name] = subprocess.Popen(
-            spec.argv,
-            env={**os.environ, **spec.env},
-            preexec_fn=lambda: _die_with_parent(parent),
-        )
-        err_console.print(f"started {spec.name} (pid {self.procs[spec.name].pid}) {spec.env or ''}")
-
-    def stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
-        if self.stopping_since is None:
-            self.stopping_since = time.monotonic()
-        for proc in list(self.procs.values()):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    def run(self) -> int:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self.stop)
-        for spec in self.specs:
-            self.start(spec)
-        failure = 0
-        while True:
-            for spec in self.specs:
-                proc = self.procs.get(spec.name)
-                if proc is None or proc.poll() is None:
-                    continue
-                code = proc.returncode
-                del self.procs[spec.name]
-                if self.stopping_since is not None or code == 0:  # asked to stop
-                    continue
-                restart = self._may_restart(spec.name)  # after a back-off
-                if self.stopping_since is not None:  # asked to stop during the back-off
-                    continue
-                if not restart:
-                    err_console.print(
-                        f"{spec.name} keeps exiting (code {code}); stopping all workers"
-                    )
-                    failure = code or 1
-                    self.stop()
-                    continue
-                err_console.print(f"{spec.name} exited with code {code}; starting it again")
-                self.start(spec)
-            if not self.procs:
-                return failure
-            if (
-                self.stopping_since is not None
-                and time.monotonic() - self.stopping_since > STOP_TIMEOUT_S
-            ):
-                for proc in list(self.procs.values()):
-                    proc.kill()
-            time.sleep(0.2)
-
-    def _may_restart(self, name: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self.crashes[name] if now - t < RESTART_WINDOW_S] + [now]
-        self.crashes[name] = recent
-        if len(recent) > MAX_RESTARTS:
-            return False
-        time.sleep(min(2.0 ** (len(recent) - 1), 10.0))  # back off: 1, 2, 4, 8 s
-        return True
-
-
-def preflight() -> None:
-    """Fail in one line before starting anything: broker configured and reachable, database
-    reachable and at the current schema (a stale schema would fail every audit)."""
-    from auditor.store import dispose_engines, open_store
-    from workers.dispatch import check_broker
-
-    check_broker()
-    open_store()
-    dispose_engines()  # the supervisor itself never uses the database
 
 
 @user_errors
@@ -250,14 +33,7 @@ def worker_command(
     ] = "info",
 ) -> None:
     """Run Celery workers for queued audits: one single-process worker per GPU."""
+    from workers.supervisor import run_workers
+
     queues = parse_queues(queues)
-    if loglevel.lower() not in LOGLEVELS:
-        raise AuditorError(f"--loglevel must be one of {', '.join(LOGLEVELS)}, not {loglevel!r}")
-    preflight()
-    specs = plan_workers(queues, loglevel.lower(), gpu_count(), concurrency)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if len(specs) == 1:
-        # Become the worker: signals, exit code and logs are Celery's own, no extra process.
-        os.execve(sys.executable, specs[0].argv, {**os.environ, **specs[0].env})
-    raise typer.Exit(Supervisor(specs).run())
+    raise typer.Exit(run_workers(queues, loglevel, concurrency, say=err_console.print))
