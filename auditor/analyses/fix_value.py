@@ -60,7 +60,7 @@ __all__ = [
     "Valuation",
     "check_value_ranking",
     "held_out_evaluation",
-    "test_evaluation",
+    "on_test_set",
 ]
 
 
@@ -102,7 +102,7 @@ class Evaluation:
         return (own == 0) | (cols[None, :] != own)
 
 
-def test_evaluation(x: Any, y: Tensor) -> Evaluation:
+def on_test_set(x: Any, y: Tensor) -> Evaluation:
     m = int(y.shape[0])
     return Evaluation(x, y, np.zeros(m, dtype=np.int8), None, f"{m:,} test rows")
 

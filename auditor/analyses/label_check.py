@@ -39,7 +39,7 @@ from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
 from auditor.analyses.common import fit_model, rows_of
-from auditor.analyses.fix_value import FixValues, Valuation, held_out_evaluation, test_evaluation
+from auditor.analyses.fix_value import FixValues, Valuation, held_out_evaluation, on_test_set
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples, check_test_set
 from auditor.errors import AuditorError, DataError, ModelError
@@ -147,7 +147,7 @@ def valuation(scores: LabelScores, test: Examples | None, train: Examples, shard
     if test is not None:
         check_test_set(train, test)
         x_test, y_test = rows_of(test, fitted.x.dtype, fitted.device)
-        return Valuation(scores.influence, test_evaluation(x_test, y_test))
+        return Valuation(scores.influence, on_test_set(x_test, y_test))
     predicted = fitted.predictions() if sharded else torch.as_tensor(scores.predicted, device=fitted.device)
     agrees = (predicted == fitted.y).cpu().numpy()
     loo = (None, None) if sharded else (scores.loo_margin, scores.suggested)
