@@ -48,7 +48,9 @@ from auditor.influence.rows import Rows
 
 HELD_OUT_ROWS = 1000  # held-out training rows evaluated on when there is no test set
 HELD_OUT_MIN = 20  # fewer rows than this: two halves too small to say anything
-ROW_CHUNK_ELEMENTS = 2**24  # numbers in one chunk of d_theta vectors (rows x 2 labels x p)
+# numbers in one chunk of d_theta vectors (rows x 2 labels x p): 1 GiB in float64, about what
+# the why lists' factors of the top 50 hold for a large model
+ROW_CHUNK_ELEMENTS = 2**27
 ROW_CHUNK_ROWS = 256  # and at most this many rows, so the (m, 2 x rows) products stay small
 MARGIN_BATCH = 1024
 
