@@ -58,6 +58,10 @@ def check_examples(
             f"per example and {MAX_SHARDS} in all); dataset {name!r} has {n} examples"
         )
     if test is None:
+        if getattr(settings, "rank_by", None) == "value":  # evaluated on held-out rows instead
+            from auditor.analyses.fix_value import check_value_ranking
+
+            check_value_ranking(name, n)
         return
     if len(test) == 0:
         raise DataError(f"test set {test_name!r} has no examples")

@@ -18,7 +18,12 @@ bench/label_check.py, 3-5 flip seeds per setting):
   little signal and self-influence finds the most of auditor's scores (the paper's setting).
 So the default `auto` ranks by `margin` unless the trained model agrees with at least
 MEMORISED_AGREEMENT of the given labels, then by `self-influence`; the audit summary says which
-and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, combined.
+and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, combined, or
+`value`: the predicted reduction of the test set's mean loss if the example is relabelled to its
+suggestion (`auditor.analyses.fix_value`; held-out training rows without a test set).
+
+The top `why_top` findings also get `fix_value`: what relabelling or removing each is predicted to
+change in the test loss and accuracy (or the held-out rows'), with the total in the summary.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
-from auditor.analyses.common import fit_model
+from auditor.analyses.common import fit_model, rows_of
+from auditor.analyses.fix_value import FixValues, Valuation, held_out_evaluation, on_test_set
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
-from auditor.data.base import Examples
-from auditor.errors import ModelError
+from auditor.data.base import Examples, check_test_set
+from auditor.errors import AuditorError, DataError, ModelError
 from auditor.influence.rows import Rows
 
 __all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
@@ -61,6 +67,8 @@ class LabelScores:
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
     curvature: dict  # what the curvature covers, which solver and damping, and why
     train_info: dict
+    # predicted change of the evaluation rows' mean loss if relabelled to `suggested` (rank_by value)
+    value: np.ndarray | None = None
     fitted: Any = None  # the trained model and its influence, kept for `explain_flagged`
     influence: Any = None
 
@@ -84,12 +92,7 @@ def score_examples(
     if cfg.shard is not None:
         i, k = cfg.shard
         idx = idx[idx % k == i]
-    if cfg.shard is None:
-        x, y = fitted.x, fitted.y  # every row, sliced batch by batch (no copy of the data)
-    elif isinstance(fitted.x, Rows):
-        x, y = fitted.x.take(idx), fitted.y[idx]
-    else:
-        x, y = fitted.x[idx], fitted.y[idx]
+    x, y = scored_rows(fitted, idx, cfg.shard)
     # a shard needs it over all rows, not its own, so that every shard makes the same `auto`
     # choice; one run takes it from its scoring pass's outputs instead of a pass of its own
     agreement = float((fitted.predictions() == fitted.y).float().mean()) if cfg.shard is not None else None
@@ -124,6 +127,51 @@ def score_examples(
         fitted=fitted,
         influence=influence,
     )
+
+
+def scored_rows(fitted: Any, idx: np.ndarray, shard: list[int] | None) -> tuple[Any, Tensor]:
+    """The rows a run scores: every row (sliced batch by batch, no copy), or a shard's."""
+    if shard is None:
+        return fitted.x, fitted.y
+    if isinstance(fitted.x, Rows):
+        return fitted.x.take(idx), fitted.y[idx]
+    return fitted.x[idx], fitted.y[idx]
+
+
+def valuation(scores: LabelScores, test: Examples | None, train: Examples, sharded: bool) -> Valuation:
+    """What fixes are evaluated on: the test set, or a seeded sample of held-out training rows the
+    trained model agrees with (over *all* rows, so every shard holds out the same ones), judged by
+    their leave-one-out margins where the run has them all. A DataError when there is no test set
+    and too few rows to hold out."""
+    fitted = scores.fitted
+    if test is not None:
+        check_test_set(train, test)
+        x_test, y_test = rows_of(test, fitted.x.dtype, fitted.device)
+        return Valuation(scores.influence, on_test_set(x_test, y_test))
+    predicted = fitted.predictions() if sharded else torch.as_tensor(scores.predicted, device=fitted.device)
+    agrees = (predicted == fitted.y).cpu().numpy()
+    loo = (None, None) if sharded else (scores.loo_margin, scores.suggested)
+    return Valuation(scores.influence, held_out_evaluation(fitted.x, fitted.y, agrees, *loo))
+
+
+def value_scores(scores: LabelScores, val: Valuation, shard: list[int] | None) -> np.ndarray:
+    """Predicted change of the evaluation loss if each scored row is relabelled to its suggestion
+    (negative: the fix helps), for `--rank-by value`: two gradient passes over the rows."""
+    x, y = scored_rows(scores.fitted, scores.indices, shard)
+    new = torch.as_tensor(scores.suggested, device=y.device)
+    return val.loss_change(x, y, new, scores.indices).relabel
+
+
+def fix_value_rows(scores: LabelScores, rank_by: str, count: int) -> list[int]:
+    """The rows (training indices) whose fixes are valued: the top `count` ranked."""
+    return [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[:count]]
+
+
+def fix_values(scores: LabelScores, val: Valuation, rows: list[int]) -> FixValues:
+    """`Valuation.fix_values` for the given training rows of an unsharded run."""
+    fitted, idx = scores.fitted, np.asarray(rows, dtype=np.int64)
+    new = torch.as_tensor(scores.suggested[idx], device=fitted.y.device)  # unsharded: positions = rows
+    return val.fix_values(fitted.x[idx], fitted.y[idx], new, idx)
 
 
 def fit_shared(examples: Examples, cfg: LabelCheckConfig, cache: FitCache, progress: Progress) -> dict:
@@ -223,6 +271,10 @@ def ranking_score(scores: LabelScores, rank_by: str) -> np.ndarray:
     """Higher = check first. `combined` averages the percentile ranks of self-influence and loss,
     so neither scale wins."""
     rank_by, _ = choose_ranking(scores, rank_by)
+    if rank_by == "value":
+        if scores.value is None:
+            raise AuditorError("the value ranking needs the predicted value of every fix (label_check.value_scores)")
+        return -scores.value  # the largest predicted reduction of the test loss first
     if rank_by == "loo-margin":
         return scores.loo_margin
     if rank_by == "self-influence":
@@ -248,8 +300,11 @@ class LabelFindings(Sequence[FindingRecord]):
     (`finding_store.upsert_findings`), so only the score arrays (a few floats per example) are kept.
     """
 
-    def __init__(self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None) -> None:
-        self.keys, self.labels, self.why = examples.keys, examples.y, why or {}
+    def __init__(
+        self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None,
+        fix_value: dict[int, dict] | None = None,
+    ) -> None:  # fmt: skip
+        self.keys, self.labels, self.why, self.fix_value = examples.keys, examples.y, why or {}, fix_value or {}
         # the score arrays only: not `scores.fitted` (the model and its data), kept while storing
         self.scores = dataclasses.replace(scores, fitted=None, influence=None)
         self.score = ranking_score(scores, rank_by)
@@ -288,31 +343,56 @@ class LabelFindings(Sequence[FindingRecord]):
                 "prob_label": float(s.prob_label[j]),
                 "loo_prob_label": float(s.loo_prob_label[j]),
                 **({"why": self.why[i]} if i in self.why else {}),
+                **({"fix_value": self.fix_value[i]} if i in self.fix_value else {}),
             },
         )
 
 
 def to_findings(
-    examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None
-) -> LabelFindings:
-    return LabelFindings(examples, scores, rank_by, why)
+    examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None,
+    fix_value: dict[int, dict] | None = None,
+) -> LabelFindings:  # fmt: skip
+    return LabelFindings(examples, scores, rank_by, why, fix_value)
 
 
 def run(inp: AnalysisInput) -> AnalysisResult:
     cfg = LabelCheckConfig.from_params(inp.params)
     scores = score_examples(inp.train, cfg, inp.progress, inp.cache)
+    val, value_note = None, None
+    if cfg.rank_by == "value" or (cfg.why_top and cfg.shard is None):
+        try:
+            val = valuation(scores, inp.test, inp.train, sharded=cfg.shard is not None)
+        except DataError as exc:
+            if cfg.rank_by == "value" or inp.test is not None:
+                raise
+            value_note = f"not evaluated: {exc}"  # too few rows to hold out, and no test set
+    if cfg.rank_by == "value":
+        assert val is not None
+        inp.progress(0.95, f"predicting what relabelling each example is worth on {val.ev.described}")
+        scores.value = value_scores(scores, val, cfg.shard)
     rank_by, reason = choose_ranking(scores, cfg.rank_by)
     why: dict[int, dict] = {}
+    fixes: FixValues | None = None
     if cfg.why_top and cfg.shard is None:
-        flagged = [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[: cfg.why_top]]
+        flagged = fix_value_rows(scores, rank_by, cfg.why_top)
         inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
         why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
-    findings = to_findings(inp.train, scores, rank_by, why)
+        if val is not None:
+            inp.progress(0.97, f"predicting what fixing the top {len(flagged)} is worth on {val.ev.described}")
+            fixes = fix_values(scores, val, flagged)
+    fix_payload = {} if fixes is None else {int(i): fixes.payload(j) for j, i in enumerate(fixes.rows)}
+    findings = to_findings(inp.train, scores, rank_by, why, fix_payload)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())
+    value_summary: dict[str, Any] = {}
+    if val is not None or value_note is not None:
+        value_summary["fix_value_evaluated_on"] = val.ev.described if val is not None else value_note
+    if fixes is not None:
+        value_summary["fix_value"] = fixes.summary()
     return AnalysisResult(
         findings,
         {
+            **value_summary,
             "n": int(len(scores.indices)),
             "rank_by": rank_by,
             "rank_by_requested": cfg.rank_by,

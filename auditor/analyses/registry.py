@@ -35,7 +35,7 @@ from auditor.errors import AuditorError, DataError, ModelError
 from auditor.factories import BUILTIN_MODELS, registered_factories, resolve_factory
 
 # ---- the settings of each kind ------------------------------------------------------------------
-RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined")
+RANK_BY = ("auto", "loo-margin", "self-influence", "loss", "margin", "combined", "value")
 SELECT = ("pert", "up")
 OBJECTIVES = ("loss", "margin")
 
@@ -49,7 +49,7 @@ class LabelCheckConfig(Declared):
     rank_by: str = setting(
         "auto",
         "Ranking: auto (margin, or self-influence when the model fits every label) | margin | "
-        "loo-margin | self-influence | loss | combined",
+        "loo-margin | self-influence | loss | combined | value (predicted test-loss reduction of relabelling)",
         choices=RANK_BY,
     )
     shards: int = setting(1, "Split the scoring over N workers (same result)", check=POSITIVE_INT)

@@ -116,8 +116,10 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
     if "suggested_label" in p:
         out_console.print(f"  suggested: {label_text(p['suggested_label'], ctx)}")
     out_console.print(f"  score: {doc['score']:.4g}")
+    if p.get("fix_value"):
+        out_console.print(f"  {fix_value_text(p['fix_value'])}")
     for k, v in p.items():
-        if k not in ("why", "suggested_label"):
+        if k not in ("why", "suggested_label", "fix_value"):
             out_console.print(f"  {k}: {v}")
     for kind, rows in (doc.get("why") or {}).items():
         listed = ", ".join(f"{r['locator']} ({r['label_name']}, {r['influence']:+.3g})" for r in rows[:5])
@@ -131,6 +133,20 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
     for e in doc["history"]:
         extra = f" -> {label_text(e['label'], ctx)}" if e["label"] is not None else ""
         out_console.print(f"    {e['at'][:19]}  {e['reviewer'] or '-'}: {e['decision']}{extra}" + (f"  ({e['note']})" if e["note"] else ""))
+
+
+def fix_value_text(fix: dict) -> str:
+    """A label finding's `fix_value` in one line: the predicted change of the test loss and of
+    the accuracy (in percentage points) for relabelling to the suggestion and for removing."""
+
+    def part(name: str) -> str:
+        v = fix.get(name) or {}
+        loss, acc = v.get("test_loss"), v.get("test_accuracy")
+        loss_text = "?" if loss is None else f"{loss:+.2g}"
+        acc_text = "?" if acc is None else f"{100 * acc:+.2f} pp"
+        return f"{name} → test loss {loss_text}, accuracy {acc_text}"
+
+    return f"fixing it: {part('relabel')}; {part('remove')} (predicted on {fix.get('evaluated_on', '?')})"
 
 
 @app.command("export")

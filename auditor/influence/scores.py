@@ -54,6 +54,15 @@ class InfluenceModel:
         """s_test = (H + lambda I)^-1 g(z_test) for each test point: (m, p)."""
         return self.solver.solve(gradients(self.fm, x_test, y_test, self.batch_size))
 
+    def mean_test_factor(self, x_test: Tensor, y_test: Tensor) -> Tensor:
+        """s = (H + lambda I)^-1 (1/m sum_t g(z_test_t)): the factor of the *mean* loss of m test
+        points, (p,). The gradients are summed as they stream and solved once, so a test set costs
+        one solve (a CG or LiSSA run), not m."""
+        total = torch.zeros(self.fm.num_params, dtype=self.fm.dtype, device=self.fm.device)
+        for _, G in iter_gradients(self.fm, x_test, y_test, self.batch_size):
+            total += G.sum(0)
+        return self.solver.solve((total / max(int(x_test.shape[0]), 1))[None])[0]
+
     def up_params(self, x: Tensor, y: Tensor) -> Tensor:
         """I_up,params = -H^-1 g(z): (B, p)."""
         return -self.solver.solve(gradients(self.fm, x, y, self.batch_size))
