@@ -168,6 +168,10 @@ def status(
                 time.sleep(1.0)
                 doc = read()
             bar(doc["progress"], doc["status"])
+    from auditor.workload import audit_review, progress_line
+
+    with sessions() as s:
+        doc["review"] = audit_review(s, audit_store.get_audit(s, audit_id))
     if json_output:
         print_json(doc)
         return
@@ -175,6 +179,8 @@ def status(
     out_console.print(styled(line + (f" - {doc['message']}" if doc["message"] else "")))
     if doc["error"]:
         out_console.print(styled(("error: ", "red"), doc["error"]))
+    if doc["review"] is not None:
+        out_console.print(styled(progress_line(doc["review"])))
     _print_ranking(doc)
 
 
@@ -196,15 +202,20 @@ def list_audits(
     with sessions() as s:
         shown = [a.id for a in audit_store.list_audits(s, dataset, status=status, limit=limit)]
     reconcile_now(sessions, shown)
+    from auditor.workload import audit_review
+
     with sessions() as s:
-        docs = [audit_doc(a) for a in audit_store.list_audits(s, dataset, status=status, limit=limit)]
+        audits = audit_store.list_audits(s, dataset, status=status, limit=limit)
+        docs = [{**audit_doc(a), "review": audit_review(s, a, full=False)} for a in audits]
     if json_output:
         print_json(docs)
         return
-    table = Table("id", "kind", "dataset", "snapshot", "status", "progress", "created (UTC)", "message")
+    table = Table("id", "kind", "dataset", "snapshot", "status", "progress", "reviewed", "created (UTC)", "message")
     for d in docs:
+        r = d["review"]
         table.add_row(
             str(d["id"]), d["kind"], clean(d["dataset"]), str(d["snapshot_id"]), d["status"], f"{d['progress']:.0%}",
+            f"{r['reviewed']}/{r['flagged']}" if r else "-",
             (d["created_at"] or "")[:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
         )
     out_console.print(table)

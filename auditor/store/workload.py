@@ -69,6 +69,36 @@ def decided_pair_counts(
     return [(bool(f), given, sugg, decision, int(n)) for f, given, sugg, decision, n in rows]
 
 
+def flagged_counts(session: Session, audit_id: int) -> tuple[int, int]:
+    """(flagged, reviewed): the audit's flagged label findings, and those of them whose example
+    has a standing decision (what a list of audits shows; no payload is read)."""
+    dataset_id = _dataset_of(session, audit_id)
+    flagged = (Finding.audit_id == audit_id) & (Finding.flagged == true()) & (Finding.kind == LABEL)
+    total = session.scalar(select(func.count()).select_from(Finding).where(flagged))
+    reviewed = session.scalar(
+        select(func.count())
+        .select_from(Review)
+        .join(Finding, flagged & (Finding.example_key == Review.example_key))
+        .where(Review.dataset_id == dataset_id)
+    )
+    return int(total or 0), int(reviewed or 0)
+
+
+def flagged_decisions_in_order(session: Session, audit_id: int) -> list[str]:
+    """The standing decisions on the audit's flagged label findings, in the order they were
+    made (precision so far, decision by decision)."""
+    dataset_id = _dataset_of(session, audit_id)
+    flagged = (Finding.audit_id == audit_id) & (Finding.flagged == true()) & (Finding.kind == LABEL)
+    return list(
+        session.scalars(
+            select(Review.decision)
+            .join(Finding, flagged & (Finding.example_key == Review.example_key))
+            .where(Review.dataset_id == dataset_id)
+            .order_by(Review.decided_at, Review.id)
+        )
+    )
+
+
 def decision_count(session: Session, audit_id: int) -> int:
     """How many of the audit's label findings have a standing decision."""
     dataset_id = _dataset_of(session, audit_id)
