@@ -6,6 +6,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from auditor.cli.audit_options import KIND_HELP, KINDS_DOC, audit_params, with_audit_options
@@ -210,13 +211,14 @@ def list_audits(
     if json_output:
         print_json(docs)
         return
-    table = Table("id", "kind", "dataset", "snapshot", "status", "progress", "reviewed", "created (UTC)", "message")
+    # 80 columns: no borders between columns, the snapshot and the year are in --json
+    table = Table("id", "kind", "dataset", "status", "done", "reviewed", "created UTC", "message", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for d in docs:
         r = d["review"]
         table.add_row(
-            str(d["id"]), d["kind"], clean(d["dataset"]), str(d["snapshot_id"]), d["status"], f"{d['progress']:.0%}",
+            str(d["id"]), d["kind"], clean(d["dataset"]), d["status"], f"{d['progress']:.0%}",
             f"{r['reviewed']}/{r['flagged']}" if r else "-",
-            (d["created_at"] or "")[:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
+            (d["created_at"] or "")[5:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
         )
     out_console.print(table)
 
