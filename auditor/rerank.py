@@ -43,7 +43,9 @@ class RerankPolicy:
     """When the queue may be re-ranked, and how strongly the calibration is regularised."""
 
     min_decisions: int = 20  # decided findings before the first re-ranking
-    min_each: int = 5  # of each outcome (flag right / flag wrong): a class seen twice teaches nothing
+    min_each: int = (
+        5  # of each outcome (flag right / flag wrong): a class seen twice teaches nothing
+    )
     every: int = 25  # re-rank again once this many more decisions have been made
     l2: float = 1.0  # ridge penalty on the standardised coefficients (not on the intercept)
 
@@ -94,7 +96,9 @@ def fit_calibration(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: fl
     for _ in range(50):
         p = _sigmoid(design @ w)
         grad = design.T @ (p - y) + penalty * w
-        hess = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        hess = (
+            (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        )
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.max(np.abs(step)) < 1e-10:
@@ -103,14 +107,18 @@ def fit_calibration(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: fl
     return Calibration(used, mean, scale, w[1:], float(w[0]))
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any], np.ndarray]:
+def _columns(
+    rows: list[tuple[Any, ...]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any], np.ndarray]:
     """(ids, flagged, queue_rank, rank, decisions, features) of `label_score_rows` tuples."""
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     flagged = np.array([bool(r[1]) for r in rows], dtype=bool)
     queue = np.array([r[2] for r in rows], dtype=np.int64)
     rank = np.array([r[3] for r in rows], dtype=np.int64)
     decisions = [r[4] for r in rows]
-    feats = np.array([[np.nan if v is None else float(v) for v in r[5:]] for r in rows], dtype=float)
+    feats = np.array(
+        [[np.nan if v is None else float(v) for v in r[5:]] for r in rows], dtype=float
+    )
     return ids, flagged, queue, rank, decisions, feats.reshape(len(rows), len(FEATURES))
 
 
@@ -156,7 +164,9 @@ def _too_few(n: int, positives: int, policy: RerankPolicy) -> str | None:
     )
 
 
-def rerank(session: Session, audit_id: int, policy: RerankPolicy = DEFAULT_POLICY) -> dict[str, Any]:
+def rerank(
+    session: Session, audit_id: int, policy: RerankPolicy = DEFAULT_POLICY
+) -> dict[str, Any]:
     """Fit the calibration on the audit's decided label findings, re-rank the undecided ones and
     record it in the summary (`rerank`); return that record. With too few decisions, or an audit
     that is not a finished label check, an `AuditorError` in one line and nothing is stored."""
@@ -182,10 +192,14 @@ def rerank(session: Session, audit_id: int, policy: RerankPolicy = DEFAULT_POLIC
     return record
 
 
-def _record(model: Calibration, n: int, positives: int, undecided: int, moved: int) -> dict[str, Any]:
+def _record(
+    model: Calibration, n: int, positives: int, undecided: int, moved: int
+) -> dict[str, Any]:
     coefficients = {f: round(float(c), 4) for f, c in zip(model.features, model.coef, strict=True)}
     strongest = sorted(coefficients.items(), key=lambda kv: -abs(kv[1]))[:2]
-    told = ", ".join(f"{name} {value:+.2f}" for name, value in strongest) or "no score column varies"
+    told = (
+        ", ".join(f"{name} {value:+.2f}" for name, value in strongest) or "no score column varies"
+    )
     return {
         "at": utcnow().isoformat(),
         "decisions": n,

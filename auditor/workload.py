@@ -64,12 +64,16 @@ def review_progress(session: Session, audit_id: int) -> dict[str, Any]:
     by outcome, the precision so far with its interval, the same per (given -> suggested) class
     pair, decisions on ranked-only findings apart, the pace and the hours left."""
     ctx = audit_context(session, audit_id)
-    pairs: dict[tuple[int | None, int | None], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    pairs: dict[tuple[int | None, int | None], dict[str, int]] = defaultdict(
+        lambda: defaultdict(int)
+    )
     for given, suggested, n in workload_store.flagged_pair_counts(session, audit_id):
         pairs[(given, suggested)]["flagged"] += n
     flagged_decisions: dict[str, int] = defaultdict(int)
     ranked_only: dict[str, int] = defaultdict(int)
-    for flagged, given, suggested, decision, n in workload_store.decided_pair_counts(session, audit_id):
+    for flagged, given, suggested, decision, n in workload_store.decided_pair_counts(
+        session, audit_id
+    ):
         if flagged:
             pairs[(given, suggested)][decision] += n
             flagged_decisions[decision] += n
@@ -164,7 +168,9 @@ def progress_png(session: Session, audit_id: int) -> bytes:
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.2]})
     if curve:
         k = [c["reviewed"] for c in curve]
-        left.fill_between(k, [c["low"] for c in curve], [c["high"] for c in curve], color="#cde", lw=0)
+        left.fill_between(
+            k, [c["low"] for c in curve], [c["high"] for c in curve], color="#cde", lw=0
+        )
         left.plot(k, [c["precision"] for c in curve], color="#2a6", lw=1.6)
     else:
         left.text(0.5, 0.5, "no decisions yet", ha="center", va="center", transform=left.transAxes)

@@ -19,7 +19,9 @@ from auditor.store import reviews as review_store
 N, FLAGGED = 300, 150
 
 
-def constructed(n: int = N, flagged: int = FLAGGED, seed: int = 0) -> tuple[list[FindingRecord], set[str]]:
+def constructed(
+    n: int = N, flagged: int = FLAGGED, seed: int = 0
+) -> tuple[list[FindingRecord], set[str]]:
     """Findings ranked by `margin`, which carries no signal about the truth here, while
     `loo_margin` (ignored by the static ranking) does; returns them and the wrong labels' keys."""
     rng = np.random.default_rng(seed)
@@ -28,11 +30,22 @@ def constructed(n: int = N, flagged: int = FLAGGED, seed: int = 0) -> tuple[list
     loo = np.where(wrong, 1.0, -1.0) + 0.6 * rng.normal(size=n)
     records = [
         FindingRecord(
-            example_index=i, example_key=f"k{i:06d}", kind="label", score=float(margin[i]), rank=i + 1,
-            label=i % 3, flagged=i < flagged,
-            payload={"margin": float(margin[i]), "loo_margin": float(loo[i]), "self_influence": float(rng.random()),
-                     "loss": float(rng.random()), "prob_label": float(rng.random()), "loo_prob_label": None,
-                     "suggested_label": (i + 1) % 3},
+            example_index=i,
+            example_key=f"k{i:06d}",
+            kind="label",
+            score=float(margin[i]),
+            rank=i + 1,
+            label=i % 3,
+            flagged=i < flagged,
+            payload={
+                "margin": float(margin[i]),
+                "loo_margin": float(loo[i]),
+                "self_influence": float(rng.random()),
+                "loss": float(rng.random()),
+                "prob_label": float(rng.random()),
+                "loo_prob_label": None,
+                "suggested_label": (i + 1) % 3,
+            },
         )  # fmt: skip
         for i in range(n)
     ]
@@ -55,12 +68,16 @@ def decide_in_queue_order(s, audit_id: int, wrong: set[str], count: int) -> None
     """Simulated reviewers who answer with the truth, walking the queue."""
     for _ in range(count):
         f = review_store.next_unsettled_finding(s, audit_id=audit_id)
-        review_store.decide(s, f.id, "confirmed" if f.example_key in wrong else "dismissed", None, "sim")
+        review_store.decide(
+            s, f.id, "confirmed" if f.example_key in wrong else "dismissed", None, "sim"
+        )
         s.flush()
 
 
 def queue(s, audit_id: int) -> dict[str, tuple[bool, int]]:
-    return {f.example_key: (f.flagged, f.queue_rank) for f in finding_store.list_findings(s, audit_id)}
+    return {
+        f.example_key: (f.flagged, f.queue_rank) for f in finding_store.list_findings(s, audit_id)
+    }
 
 
 def next_page_precision(s, audit_id: int, wrong: set[str], size: int = 30) -> float:
@@ -68,11 +85,15 @@ def next_page_precision(s, audit_id: int, wrong: set[str], size: int = 30) -> fl
     return sum(f.example_key in wrong for f, _ in page.rows) / len(page.rows)
 
 
-def test_reranking_never_moves_a_decided_finding_and_keeps_the_slots_and_the_flags(sessions) -> None:
+def test_reranking_never_moves_a_decided_finding_and_keeps_the_slots_and_the_flags(
+    sessions,
+) -> None:
     (audit_id,), wrong = setup(sessions)
     with sessions() as s, s.begin():
         decide_in_queue_order(s, audit_id, wrong, 40)
-        review_store.decide(s, finding_store.list_findings(s, audit_id)[200].id, "dismissed", None, "sim")
+        review_store.decide(
+            s, finding_store.list_findings(s, audit_id)[200].id, "dismissed", None, "sim"
+        )
         decided = review_store.settled_keys(s, audit_store.get_audit(s, audit_id).dataset_id)
         before = queue(s, audit_id)
         record = rerank(s, audit_id)
@@ -90,7 +111,9 @@ def test_reranking_never_moves_a_decided_finding_and_keeps_the_slots_and_the_fla
 def test_reranking_is_reproducible(sessions) -> None:
     (first, second), wrong = setup(sessions, audits=2)
     with sessions() as s, s.begin():
-        decide_in_queue_order(s, first, wrong, 40)  # decisions are per data set: both audits see them
+        decide_in_queue_order(
+            s, first, wrong, 40
+        )  # decisions are per data set: both audits see them
         a = rerank(s, first)
         b = rerank(s, second)
     with sessions() as s, s.begin():
@@ -110,13 +133,19 @@ def test_decisions_raise_the_precision_of_the_next_page(sessions) -> None:
         nxt = review_store.next_unsettled_finding(s, audit_id=audit_id)
         first = finding_store.query_findings(s, audit_id, decision="undecided", limit=1).rows[0][0]
     assert reranked >= static + 0.3, (static, reranked)
-    assert "loo_margin" in record["features"] and "loo_prob_label" not in record["features"]  # all null
+    assert (
+        "loo_margin" in record["features"] and "loo_prob_label" not in record["features"]
+    )  # all null
     assert record["coefficients"]["loo_margin"] == max(record["coefficients"].values(), key=abs)
     assert nxt.id == first.id and nxt.flagged  # review next walks the re-ranked queue
     with sessions() as s:
         summary = audit_store.get_audit(s, audit_id).summary
     assert summary["rerank"]["reason"] == record["reason"] and "\n" not in record["reason"]
-    assert summary["rerank"]["positives"] == record["positives"] == sum(1 for k in wrong if k < "k000040")
+    assert (
+        summary["rerank"]["positives"]
+        == record["positives"]
+        == sum(1 for k in wrong if k < "k000040")
+    )
 
 
 def test_too_few_decisions_are_refused_in_one_line_and_nothing_is_stored(sessions) -> None:

@@ -29,8 +29,13 @@ def label_findings(n: int = N, flagged: int = FLAGGED) -> list[FindingRecord]:
     nothing (the left-out model agrees with the given label)."""
     return [
         FindingRecord(
-            example_index=i, example_key=f"k{i:06d}", kind="label", score=float(n - i), rank=i + 1,
-            label=i % 3, payload={"suggested_label": None if i % 7 == 6 else (i + 1 + i // 9 % 2) % 3},
+            example_index=i,
+            example_key=f"k{i:06d}",
+            kind="label",
+            score=float(n - i),
+            rank=i + 1,
+            label=i % 3,
+            payload={"suggested_label": None if i % 7 == 6 else (i + 1 + i // 9 % 2) % 3},
             flagged=i < flagged,
         )  # fmt: skip
         for i in range(n)
@@ -55,19 +60,25 @@ def brute_force(s, audit_id: int, dataset_id: int) -> dict:
     by_key = defaultdict(list)
     for e in events:
         by_key[e.example_key].append(e)
-    standing = {k: d.decision for k, evs in by_key.items() if (d := review_store.standing_decision(evs))}
+    standing = {
+        k: d.decision for k, evs in by_key.items() if (d := review_store.standing_decision(evs))
+    }
     label = finding_store.list_findings(s, audit_id, kind="label")
     flagged = [f for f in label if f.flagged]
     outcome = Counter(standing[f.example_key] for f in flagged if f.example_key in standing)
-    ranked_only = Counter(standing[f.example_key] for f in label if not f.flagged and f.example_key in standing)
+    ranked_only = Counter(
+        standing[f.example_key] for f in label if not f.flagged and f.example_key in standing
+    )
     pairs: dict = defaultdict(Counter)
     for f in flagged:
         key = (f.label, f.payload.get("suggested_label"))
         pairs[key]["flagged"] += 1
         if f.example_key in standing:
             pairs[key][standing[f.example_key]] += 1
-    times = sorted(e.created_at for e in events if e.audit_id == audit_id and e.decision != "undone")
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    times = sorted(
+        e.created_at for e in events if e.audit_id == audit_id and e.decision != "undone"
+    )
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
     return {"flagged": len(flagged), "outcome": outcome, "ranked_only": ranked_only, "pairs": pairs,
             "pace": median(gaps) if gaps else None}  # fmt: skip
 
@@ -91,7 +102,9 @@ def decide_a_mix(s, audit_id: int, other_audit_id: int) -> None:
     review_store.undo(s, ids["k000005"], "bo")  # back to the first decision
     review_store.decide(s, other["k000030"], "confirmed", None, "cy")  # flagged here, decided there
     for i in (40, 41, 42):  # ranked only
-        review_store.decide(s, ids[f"k{i:06d}"], "dismissed" if i != 41 else "confirmed", None, "ana")
+        review_store.decide(
+            s, ids[f"k{i:06d}"], "dismissed" if i != 41 else "confirmed", None, "ana"
+        )
     s.flush()
 
 
@@ -101,7 +114,9 @@ def make_dataset_id(s, audit_id: int) -> int:
     return audit_store.get_audit(s, audit_id).dataset_id
 
 
-def test_progress_and_precision_equal_a_direct_count_from_the_review_events(sessions, clock) -> None:
+def test_progress_and_precision_equal_a_direct_count_from_the_review_events(
+    sessions, clock
+) -> None:
     with sessions() as s, s.begin():
         ds = make_dataset(s, "ds", n=N)
         audit, other = make_audit(s, ds), make_audit(s, ds)
@@ -140,7 +155,9 @@ def test_progress_and_precision_equal_a_direct_count_from_the_review_events(sess
     assert got["seconds_per_decision"] == pytest.approx(want["pace"]) == pytest.approx(STEP)
     assert got["hours_left"] == pytest.approx((FLAGGED - reviewed) * STEP / 3600)
     line = progress_line(got)
-    assert line.startswith(f"review: {reviewed} of {FLAGGED} flagged reviewed, {FLAGGED - reviewed} left")
+    assert line.startswith(
+        f"review: {reviewed} of {FLAGGED} flagged reviewed, {FLAGGED - reviewed} left"
+    )
     assert "precision so far" in line and "s per decision" in line
 
 

@@ -27,9 +27,18 @@ def records() -> list[FindingRecord]:
     rng = np.random.default_rng(1)
     return [
         FindingRecord(
-            example_index=i, example_key=f"k{i:06d}", kind="label", score=float(N - i), rank=i + 1,
-            label=i % 3, flagged=i < FLAGGED,
-            payload={"margin": float(N - i), "loo_margin": float(rng.normal()), "suggested_label": (i + 1) % 3},
+            example_index=i,
+            example_key=f"k{i:06d}",
+            kind="label",
+            score=float(N - i),
+            rank=i + 1,
+            label=i % 3,
+            flagged=i < FLAGGED,
+            payload={
+                "margin": float(N - i),
+                "loo_margin": float(rng.normal()),
+                "suggested_label": (i + 1) % 3,
+            },
         )  # fmt: skip
         for i in range(N)
     ]
@@ -52,7 +61,11 @@ def test_audit_status_says_how_far_the_review_got_and_json_has_it(audit_id: int,
     doc = cli("audit", "status", str(audit_id), "--json")
     with sessions() as s:
         assert doc["review"] == review_progress(s, audit_id)
-    assert (doc["review"]["flagged"], doc["review"]["reviewed"], doc["review"]["left"]) == (60, 30, 30)
+    assert (doc["review"]["flagged"], doc["review"]["reviewed"], doc["review"]["left"]) == (
+        60,
+        30,
+        30,
+    )
     assert doc["review"]["precision"] == pytest.approx(20 / 30)
     text = cli("audit", "status", str(audit_id))
     assert "review: 30 of 60 flagged reviewed, 30 left; precision so far 0.67 (" in text
@@ -82,10 +95,14 @@ def test_review_rerank_reranks_and_refuses_in_one_line(audit_id: int, sessions) 
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_the_api_serves_progress_as_json_and_a_picture(audit_id: int, sessions, tmp_path: Path) -> None:
+def test_the_api_serves_progress_as_json_and_a_picture(
+    audit_id: int, sessions, tmp_path: Path
+) -> None:
     with TestClient(create_app(sessions, home=tmp_path / "home")) as client:
         assert client.get(f"/api/audits/{audit_id}/progress").status_code == 401
-        token = client.post("/api/token", json={"username": "ana", "password": PASSWORD}).json()["access_token"]
+        token = client.post("/api/token", json={"username": "ana", "password": PASSWORD}).json()[
+            "access_token"
+        ]
         h = {"Authorization": f"Bearer {token}"}
         progress = client.get(f"/api/audits/{audit_id}/progress", headers=h)
         assert progress.status_code == 200, progress.text
@@ -95,6 +112,10 @@ def test_the_api_serves_progress_as_json_and_a_picture(audit_id: int, sessions, 
         assert audit["review"] == progress.json()
         assert client.get("/api/audits", headers=h).json()[0]["review"]["reviewed"] == 30
         png = client.get(f"/api/audits/{audit_id}/progress.png", headers=h)
-        assert png.status_code == 200 and png.content.startswith(b"\x89PNG") and png.headers["content-type"] == "image/png"
+        assert (
+            png.status_code == 200
+            and png.content.startswith(b"\x89PNG")
+            and png.headers["content-type"] == "image/png"
+        )
         missing = client.get("/api/audits/999999/progress", headers=h)
         assert missing.status_code == 404 and "no audit with id 999999" in missing.json()["detail"]

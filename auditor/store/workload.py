@@ -34,7 +34,9 @@ def _suggested() -> Any:
     return Finding.payload["suggested_label"].as_integer()
 
 
-def flagged_pair_counts(session: Session, audit_id: int) -> list[tuple[int | None, int | None, int]]:
+def flagged_pair_counts(
+    session: Session, audit_id: int
+) -> list[tuple[int | None, int | None, int]]:
     """(given label, suggested label, count) over the audit's flagged label findings."""
     suggested = _suggested()
     rows = session.execute(
@@ -145,7 +147,12 @@ def label_score_rows(
     where = [Finding.audit_id == audit_id, Finding.kind == LABEL]
     if decided:
         query = select(
-            Finding.id, Finding.flagged, Finding.queue_rank, Finding.rank, Review.decision, *features
+            Finding.id,
+            Finding.flagged,
+            Finding.queue_rank,
+            Finding.rank,
+            Review.decision,
+            *features,
         ).join(Review, same_example)
     else:
         query = select(

@@ -35,4 +35,6 @@ def progress(audit_id: AuditId, user: Reader, s: DB) -> dict[str, Any]:
 def progress_picture(audit_id: AuditId, user: Reader, s: DB) -> Response:
     """Precision so far by decision count, and the share of the flagged set reviewed (PNG)."""
     audit_store.get_audit(s, audit_id)
-    return Response(progress_png(s, audit_id), media_type="image/png", headers={"Cache-Control": "no-store"})
+    return Response(
+        progress_png(s, audit_id), media_type="image/png", headers={"Cache-Control": "no-store"}
+    )
