@@ -77,15 +77,30 @@ def _standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarr
     return np.clip(z, -CLIP, CLIP)
 
 
-def fit_calibration(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: float) -> Calibration:
-    """L2 logistic regression by Newton's method (a few steps; deterministic). Columns that are
-    constant or missing in the training rows carry nothing and are dropped."""
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, mean, standard deviation) of each column's finite values."""
     seen = np.isfinite(x)
     count = seen.sum(axis=0)
-    values = np.where(seen, x, 0.0)
-    mean = values.sum(axis=0) / np.maximum(count, 1)
+    mean = np.where(seen, x, 0.0).sum(axis=0) / np.maximum(count, 1)
     scale = np.sqrt((np.where(seen, x - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1))
-    keep = (count >= 2) & (scale > 1e-12)
+    return count, mean, scale
+
+
+def fit_calibration(
+    x: np.ndarray,
+    y: np.ndarray,
+    names: tuple[str, ...],
+    l2: float,
+    population: np.ndarray | None = None,
+) -> Calibration:
+    """L2 logistic regression by Newton's method (a few steps; deterministic) on the columns of
+    `x` standardised by the mean and deviation of `population` (default `x`): all of the audit's
+    findings, because decided ones come from the top of the queue, and scaled by themselves the
+    rest of the queue would sit many deviations away and be clipped flat. Columns that are
+    constant or missing in the decided rows carry nothing and are dropped."""
+    count, _, spread = _moments(x)
+    _, mean, scale = _moments(x if population is None else population)
+    keep = (count >= 2) & (spread > 1e-12) & (scale > 1e-12)
     mean, scale = mean[keep], scale[keep]
     z = _standardise(x[:, keep], mean, scale)
     design = np.hstack([np.ones((len(z), 1)), z])
@@ -181,8 +196,8 @@ def rerank(
     short = _too_few(len(y), int(y.sum()), policy)
     if short is not None:
         raise AuditorError(f"too few decisions to re-rank audit {audit_id}: {short}")
-    model = fit_calibration(x, y, FEATURES, policy.l2)
     ids, flagged, queue, rank, feats = _undecided(session, audit_id)
+    model = fit_calibration(x, y, FEATURES, policy.l2, population=np.vstack([x, feats]))
     keep = [FEATURES.index(f) for f in model.features]
     score = model.probability(feats[:, keep]) if len(ids) else np.zeros(0)
     changed = new_queue_ranks(ids, flagged, queue, rank, score)

@@ -50,15 +50,17 @@ def measure_rerank_gain(
     next_n: int = 100,
 ) -> dict[str, Any]:
     """Simulate `first` truthful decisions in queue order, then the precision of the next
-    `next_n` undecided findings, static and re-ranked. The re-ranking is rolled back at the end
-    (the audit keeps its static queue and the simulated decisions)."""
+    `next_n` undecided findings, static and re-ranked. One transaction, rolled back at the end:
+    the audit is left as it was, so it can be measured again."""
     from auditor import reviewing
     from auditor.errors import AuditorError
     from auditor.rerank import rerank
     from auditor.workload import review_counts
 
     wrong = {int(i) for i in flipped}
-    with sessions() as s, s.begin():
+    s = sessions()
+    s.begin()
+    try:
         decided, right = 0, 0
         for _ in range(first):
             f = reviewing.next_to_review(s, audit_id)
@@ -74,28 +76,22 @@ def measure_rerank_gain(
                 reviewing.decide(s, f.id, "relabelled", truth, reviewer="sim")
             decided += 1
             right += f.example_index in wrong
-    with sessions() as s:
-        static = _precision(s, audit_id, wrong, next_n)
-        flagged = review_counts(s, audit_id)["flagged"]
-    s = sessions()
-    try:
-        s.begin()
+        out: dict[str, Any] = {
+            "decided": decided, "first_precision": right / max(decided, 1),
+            "flagged": review_counts(s, audit_id)["flagged"],
+            "static": _precision(s, audit_id, wrong, next_n),
+        }  # fmt: skip
         start = time.perf_counter()
         try:
             record = rerank(s, audit_id)
         except AuditorError as exc:
-            return {"decided": decided, "first_precision": right / max(decided, 1), "flagged": flagged,
-                    "static": static, "reranked": None, "refused": str(exc)}  # fmt: skip
-        seconds = time.perf_counter() - start
-        reranked = _precision(s, audit_id, wrong, next_n)
+            return {**out, "reranked": None, "refused": str(exc)}
+        out["rerank_seconds"] = time.perf_counter() - start
+        out["reranked"] = _precision(s, audit_id, wrong, next_n)
+        return {**out, "coefficients": record["coefficients"], "reason": record["reason"]}
     finally:
         s.rollback()
         s.close()
-    return {
-        "decided": decided, "first_precision": right / max(decided, 1), "flagged": flagged,
-        "static": static, "reranked": reranked, "rerank_seconds": seconds,
-        "coefficients": record["coefficients"], "reason": record["reason"],
-    }  # fmt: skip
 
 
 def build_audit(
@@ -129,15 +125,25 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=200)
     ap.add_argument("--next", dest="next_n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--home", help="keep the audit here and reuse it on the next run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        os.environ["AUDITOR_HOME"] = scratch
+        home = Path(args.home or scratch)
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["AUDITOR_HOME"] = str(home)
         os.environ.pop("AUDITOR_DATABASE_URL", None)
         os.environ.pop("AUDITOR_BROKER_URL", None)
         start = time.perf_counter()
-        sessions, audit_id, flipped, truth = build_audit(
-            args.n, args.model, Path(scratch), args.seed
-        )
+        built = home / "built.npz"
+        if built.exists():  # --home of an earlier run: measure its audit again
+            from auditor.store import open_store
+
+            saved = np.load(built)
+            sessions, audit_id = open_store(), int(saved["audit_id"])
+            flipped, truth = saved["flipped"], saved["truth"]
+        else:
+            sessions, audit_id, flipped, truth = build_audit(args.n, args.model, home, args.seed)
+            np.savez(built, audit_id=audit_id, flipped=flipped, truth=truth)
         audit_seconds = time.perf_counter() - start
         out = measure_rerank_gain(sessions, audit_id, flipped, truth, args.first, args.next_n)
     print(f"label check of {args.n} 28x28 images ({len(flipped)} flipped), {args.model}: {audit_seconds:.0f} s; "
