@@ -37,6 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.demo",
             "auditor.auth",
             "auditor.artifacts",
+            "auditor.workload",
+            "auditor.rerank",
         ),
     ),
     ("front doors", ("auditor.cli", "auditor.web", "workers")),

@@ -6,6 +6,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from auditor.cli.audit_options import KIND_HELP, KINDS_DOC, audit_params, with_audit_options
@@ -168,6 +169,10 @@ def status(
                 time.sleep(1.0)
                 doc = read()
             bar(doc["progress"], doc["status"])
+    from auditor.workload import audit_review, progress_line
+
+    with sessions() as s:
+        doc["review"] = audit_review(s, audit_store.get_audit(s, audit_id))
     if json_output:
         print_json(doc)
         return
@@ -175,6 +180,8 @@ def status(
     out_console.print(styled(line + (f" - {doc['message']}" if doc["message"] else "")))
     if doc["error"]:
         out_console.print(styled(("error: ", "red"), doc["error"]))
+    if doc["review"] is not None:
+        out_console.print(styled(progress_line(doc["review"])))
     _print_ranking(doc)
 
 
@@ -196,16 +203,22 @@ def list_audits(
     with sessions() as s:
         shown = [a.id for a in audit_store.list_audits(s, dataset, status=status, limit=limit)]
     reconcile_now(sessions, shown)
+    from auditor.workload import audit_review
+
     with sessions() as s:
-        docs = [audit_doc(a) for a in audit_store.list_audits(s, dataset, status=status, limit=limit)]
+        audits = audit_store.list_audits(s, dataset, status=status, limit=limit)
+        docs = [{**audit_doc(a), "review": audit_review(s, a, full=False)} for a in audits]
     if json_output:
         print_json(docs)
         return
-    table = Table("id", "kind", "dataset", "snapshot", "status", "progress", "created (UTC)", "message")
+    # 80 columns: no borders between columns, the snapshot and the year are in --json
+    table = Table("id", "kind", "dataset", "status", "done", "reviewed", "created UTC", "message", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for d in docs:
+        r = d["review"]
         table.add_row(
-            str(d["id"]), d["kind"], clean(d["dataset"]), str(d["snapshot_id"]), d["status"], f"{d['progress']:.0%}",
-            (d["created_at"] or "")[:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
+            str(d["id"]), d["kind"], clean(d["dataset"]), d["status"], f"{d['progress']:.0%}",
+            f"{r['reviewed']}/{r['flagged']}" if r else "-",
+            (d["created_at"] or "")[5:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
         )
     out_console.print(table)
 

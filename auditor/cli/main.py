@@ -15,6 +15,7 @@ from auditor.cli.audit_diff import diff_command
 from auditor.cli.common import err_console, error_line
 from auditor.cli.demo import demo_command
 from auditor.cli.report import report_command
+from auditor.cli.rerank import rerank_command
 from auditor.cli.serve import serve_command
 from auditor.cli.validate import validate_command
 from auditor.cli.worker import worker_command
@@ -73,6 +74,7 @@ app.add_typer(user.app, name="user")
 app.add_typer(artifacts.app, name="artifacts")
 app.command("beat")(schedule.beat_command)
 audit.app.command("diff")(diff_command)
+review.app.command("rerank")(rerank_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
 app.command("worker")(worker_command)

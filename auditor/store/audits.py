@@ -173,6 +173,15 @@ def set_audit_summary(session: Session, audit_id: int, summary: dict[str, Any]) 
     session.flush()
 
 
+def merge_audit_summary(session: Session, audit_id: int, key: str, value: Any) -> None:
+    """Set one key of the audit's summary, keeping the others (what happened to an audit after
+    it finished, such as a re-ranking of its queue, is added beside what the analysis said)."""
+    audit = get_audit(session, audit_id)
+    session.refresh(audit, ["summary"], with_for_update=True)
+    audit.summary = finite_json({**(audit.summary or {}), key: value})
+    session.flush()
+
+
 def request_cancel(session: Session, audit_id: int, stale_before: datetime | None = None) -> Audit:
     """Ask an audit to stop.
 

@@ -220,8 +220,9 @@ def query_findings(
     """Findings of an audit filtered by kind, given label (class) and decision, sorted and paged.
 
     `decision`: "undecided" or one of DECISIONS, as it stands now (the example's latest decision
-    in this dataset, whichever audit prompted it). `order`: rank (best first), score (lowest
-    first), -score (highest first) or label.
+    in this dataset, whichever audit prompted it). `order`: rank (the review queue: flagged
+    findings first, then ranked-only ones, each by queue_rank, which is the rank until decisions
+    re-rank what is left), score (lowest first), -score (highest first) or label.
     """
     if decision is not None and decision not in FINDING_DECISION_FILTERS:
         raise AuditorError(
@@ -255,17 +256,24 @@ def query_findings(
         else:
             counted.append(exists().where(same_example, Review.decision == decision))
             paged.append(standing == decision)
-    total = int(session.scalar(select(func.count()).select_from(Finding).where(*counted)) or 0)
-    sort = {
-        "rank": (Finding.rank, Finding.id),
-        "score": (Finding.score, Finding.id),
-        "-score": (Finding.score.desc(), Finding.id),
-        "label": (Finding.label, Finding.rank, Finding.id),
-    }[order]
-    query = select(Finding).where(*paged).order_by(*sort).offset(offset)
-    if limit is not None:
-        query = query.limit(limit)
-    findings = list(session.scalars(query))
+    by_flag = dict(
+        session.execute(
+            select(Finding.flagged, func.count()).where(*counted).group_by(Finding.flagged)
+        ).all()
+    )
+    total = int(sum(by_flag.values()))
+    if order == "rank":
+        findings = _queue_page(session, paged, int(by_flag.get(True, 0)), offset, limit)
+    else:
+        sort = {
+            "score": (Finding.score, Finding.id),
+            "-score": (Finding.score.desc(), Finding.id),
+            "label": (Finding.label, Finding.rank, Finding.id),
+        }[order]
+        query = select(Finding).where(*paged).order_by(*sort).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        findings = list(session.scalars(query))
     keys = sorted({f.example_key for f in findings})
     reviews: dict[str, Review] = {}
     for start in range(0, len(keys), 1000):
@@ -279,6 +287,32 @@ def query_findings(
             )
         )
     return FindingPage([(f, reviews.get(f.example_key)) for f in findings], total)
+
+
+def _queue_page(
+    session: Session, where: list[Any], flagged_total: int, offset: int, limit: int | None
+) -> list[Finding]:
+    """A page of the review queue: the flagged findings by queue_rank, then the ranked-only ones.
+    Each group is its own query walking the (audit, flagged, queue_rank) index in order (one
+    ORDER BY flagged DESC, queue_rank cannot: the directions differ), and `flagged_total` (the
+    matching flagged count) says where the page starts in which."""
+    out: list[Finding] = []
+    for flagged, start in ((True, offset), (False, max(0, offset - flagged_total))):
+        if flagged and offset >= flagged_total:
+            continue
+        wanted = None if limit is None else limit - len(out)
+        if wanted == 0:
+            break
+        query = (
+            select(Finding)
+            .where(*where, Finding.flagged == flagged)
+            .order_by(Finding.queue_rank, Finding.id)
+            .offset(start)
+        )
+        if wanted is not None:
+            query = query.limit(wanted)
+        out.extend(session.scalars(query))
+    return out
 
 
 def finding_kinds(session: Session, audit_id: int) -> list[str]:

@@ -225,7 +225,10 @@ def next_unsettled_finding(
     kind: str | None = None,
     exclude: Iterable[int] = (),
 ) -> Finding | None:
-    """The best-ranked finding whose example no reviewer has decided about yet.
+    """The first finding of the review queue whose example no reviewer has decided about yet:
+    flagged findings first, then ranked-only ones, each by queue_rank (the rank until decisions
+    re-rank what is left). One query per group, so each walks the (audit, flagged, queue_rank)
+    index in order and stops at the first undecided row.
 
     With `audit_id`, from that audit; otherwise from the newest succeeded audit of `dataset_id`
     (or of any dataset when neither is given). `exclude`: finding ids to pass over (skipped for
@@ -251,7 +254,15 @@ def next_unsettled_finding(
     exclude = list(exclude)
     if exclude:
         query = query.where(Finding.id.not_in(exclude))
-    return session.scalar(query.order_by(Finding.rank, Finding.id).limit(1))
+    for flagged in (True, False):
+        found = session.scalar(
+            query.where(Finding.flagged == flagged)
+            .order_by(Finding.queue_rank, Finding.id)
+            .limit(1)
+        )
+        if found is not None:
+            return found
+    return None
 
 
 def reviews_of_keys(session: Session, dataset_id: int, keys: Iterable[str]) -> dict[str, Review]:

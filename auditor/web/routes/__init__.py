@@ -1,10 +1,11 @@
 """One `APIRouter` per resource; `auditor.web.app.create_app` includes them in this order."""
 
-from auditor.web.routes import audits, auth, decisions, examples, findings, pages
+from auditor.web.routes import audits, auth, decisions, examples, findings, pages, workload
 
 routers = [
     auth.router,
     audits.router,
+    workload.router,
     findings.router,
     decisions.router,
     examples.router,
