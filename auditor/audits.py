@@ -7,6 +7,7 @@ the front door's business (`workers.dispatch`); running it here is `auditor.runn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -63,18 +64,22 @@ def create_audit(
     schedule_id: int | None = None,
     *,
     local: bool = False,
+    check_data: Callable[[Examples, Examples | None], None] | None = None,
 ) -> int:
     """Check the request, scan the dataset (and test set) and create a queued audit; returns its id.
 
     An unknown kind, a missing test set or a bad setting is refused before anything is read or
     stored; so is a model factory that is not registered, unless the audit runs here (`local`:
-    `audit run`), where an explicit MODULE:FACTORY is the caller's own code.
+    `audit run`), where an explicit MODULE:FACTORY is the caller's own code. `check_data` is
+    the caller's own refusal of the data as read now (a verification: not changed since).
     """
     spec = check_request(kind, params, test_name, local=local)
     settings = spec.parse(params)
 
     def check(train: Examples, test: Examples | None) -> None:
         check_examples(dataset_name, train, test_name, test, settings)
+        if check_data is not None:
+            check_data(train, test)
         model = getattr(settings, "model", None)
         if local and model is not None:  # the run is here and now: build the model first
             from auditor.analyses.common import build_module

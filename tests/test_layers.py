@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.demo",
             "auditor.auth",
             "auditor.artifacts",
+            "auditor.verification",
         ),
     ),
     ("front doors", ("auditor.cli", "auditor.web", "workers")),

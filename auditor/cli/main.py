@@ -17,6 +17,7 @@ from auditor.cli.demo import demo_command
 from auditor.cli.report import report_command
 from auditor.cli.serve import serve_command
 from auditor.cli.validate import validate_command
+from auditor.cli.verify import verify_command
 from auditor.cli.worker import worker_command
 
 # Raised inside torch itself when vmap first imports some of its submodules; nothing of ours uses
@@ -73,6 +74,7 @@ app.add_typer(user.app, name="user")
 app.add_typer(artifacts.app, name="artifacts")
 app.command("beat")(schedule.beat_command)
 audit.app.command("diff")(diff_command)
+audit.app.command("verify")(verify_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
 app.command("worker")(worker_command)

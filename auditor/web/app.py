@@ -444,6 +444,9 @@ def create_app(sessions: sessionmaker[Session] | None = None, home: FsPath | Non
             raise HTTPException(404, f"audit {audit_id} has no finding about example {index}")
         return RedirectResponse(f"/findings/{rows[0].id}", 303)
 
+    from auditor.web.routes import verify as verify_routes
+
+    app.include_router(verify_routes.router)
     return app
 
 
