@@ -293,3 +293,28 @@ def test_cli_verify_runs_here_and_prints_one_json_document(tmp_path: Path) -> No
     assert bypass.exit_code != 0 and "made by `auditor audit verify AUDIT`" in bypass.stderr
     listed = json.loads(_cli("audit", "list", "--json").stdout)
     assert [d["kind"] for d in listed] == ["verify", "verify", "label-check"]
+
+
+def test_cli_verify_with_a_broker_that_is_down_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a broker configured the verification is for the workers: refused before it exists
+    when the broker cannot be reached (nothing listens on port 1)."""
+    case = flipped_digits(tmp_path)
+    assert _cli("dataset", "add", "train", str(case.train)).exit_code == 0
+    audit = json.loads(
+        _cli("audit", "run", "label-check", "train", "--why-top", "0", "--json").stdout
+    )
+    from auditor.store import open_store
+
+    decide_truth(open_store(), audit["id"], case)
+    monkeypatch.setenv("AUDITOR_BROKER_URL", "redis://127.0.0.1:1/0")
+    result = _cli("audit", "verify", str(audit["id"]), "--json")
+    assert result.exit_code != 0 and result.stdout == ""
+    assert (
+        "cannot reach the broker" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    )
+    monkeypatch.delenv("AUDITOR_BROKER_URL")
+    assert [d["kind"] for d in json.loads(_cli("audit", "list", "--json").stdout)] == [
+        "label-check"
+    ]
