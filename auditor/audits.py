@@ -89,6 +89,7 @@ def create_audit(
     local: bool = False,
     snapshot: Snapshotted | None = None,
     on_damping: DampingNotice | None = None,
+    check_data: Callable[[Examples, Examples | None], None] | None = None,
 ) -> int:
     """Check the request, scan the dataset (and test set), check the data and create a queued
     audit; returns its id.
@@ -98,6 +99,8 @@ def create_audit(
     `audit run`), where an explicit MODULE:FACTORY is the caller's own code. With no damping in
     `params`, the one `validate --sweep-damping` recorded for this model and data set is used,
     and `on_damping` is told once the audit exists. `params` itself is left as it was.
+    `check_data` is the caller's own refusal of the data as read now (a verification: not
+    changed since).
 
     `snapshot`: a caller that already re-read the data in `datasets.snapshotted` (a schedule,
     which first decides whether anything changed) passes it; the audit is then created in that
@@ -110,7 +113,7 @@ def create_audit(
     with listed_factories(settings.model_factories):
         audit_id, chosen = _create_audit(
             sessions, kind, dataset_name, params, test_name, schedule_id, local, snapshot,
-            home=settings.home, data=DataOptions.from_settings(settings),
+            home=settings.home, data=DataOptions.from_settings(settings), check_data=check_data,
         )  # fmt: skip
     if chosen is not None and on_damping is not None:  # said once the audit exists, not before a refusal
         on_damping(chosen)
@@ -129,6 +132,7 @@ def _create_audit(
     *,
     home: Path,
     data: DataOptions,
+    check_data: Callable[[Examples, Examples | None], None] | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
     spec = check_request(kind, params, test_name, local=local)
     params = copy.deepcopy(params)
@@ -137,6 +141,8 @@ def _create_audit(
 
     def check(train: Examples, test: Examples | None) -> None:
         check_examples(dataset_name, train, test_name, test, settings)
+        if check_data is not None:
+            check_data(train, test)
         model = getattr(settings, "model", None)
         if local and model is not None:  # the run is here and now: build the model first
             from auditor.analyses.common import build_module

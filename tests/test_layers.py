@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.artifacts",
             "auditor.workload",
             "auditor.rerank",
+            "auditor.verification",
         ),
     ),
     ("front doors", ("auditor.cli", "auditor.web", "workers")),

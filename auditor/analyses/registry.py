@@ -133,6 +133,39 @@ class AttackConfig(Declared):
         return asdict(self)
 
 
+@dataclass
+class VerifyConfig(Declared):
+    """Settings of a verification (`auditor audit verify AUDIT`; see `auditor.analyses.verify`):
+    the label check it verifies and its model, the labels its standing decisions give, and what
+    influence predicted for them. `auditor.verification.request_verification` writes all of them
+    from the store, so none is a CLI option of `audit run|enqueue`."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)  # the source audit's model, as it was
+    audit: int | None = setting(None, "The label-check audit whose decisions are applied", cli=False)
+    train_fn: str | None = setting(
+        None, "MODULE:FUNCTION that retrains the model (registered, as --train-fn of validate)", cli=False
+    )
+    corrections: dict = setting({}, "Example row -> its label with the decisions applied", cli=False)
+    applied: dict = setting({}, "How many decisions of each kind were applied", cli=False)
+    predicted_change: dict | None = setting(None, "Influence's predicted change for these corrections", cli=False)
+    test_name: str | None = setting(None, "The test set's name, for the report", cli=False)
+    holdout: float = setting(0.2, "Held-out fraction of training rows without a test set", check=between(0, 1), cli=False)
+
+
+def check_verify(settings: VerifyConfig, local: bool) -> None:
+    """A verification names its source audit, and its model has a way to be retrained: auditor's
+    recipe, or a registered `--train-fn` (a `--no-train` team model has no recipe)."""
+    if settings.audit is None:
+        raise AuditorError("verify audits are made by `auditor audit verify AUDIT`, which names the label check")
+    if settings.train_fn:
+        resolve_factory(settings.train_fn, local=local)
+    elif not settings.model.train and not settings.model.train_fn:
+        raise ModelError(
+            f"audit {settings.audit} scored a team's trained model (--no-train), which auditor has no recipe "
+            "to retrain: pass --train-fn MODULE:FUNCTION (registered) to retrain it with the team's training"
+        )
+
+
 # ---- the kinds ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AuditKind:
@@ -142,6 +175,7 @@ class AuditKind:
     run_path: str  # "module:function", imported when an audit of this kind runs
     needs_test: bool = False
     shardable: bool = False
+    check: Callable[[Any, bool], None] | None = None  # the kind's own refusals: (settings, local)
 
     def parse(self, params: Mapping[str, Any]) -> Any:
         """This kind's settings from an audit's params, every value checked."""
@@ -186,6 +220,13 @@ KINDS: dict[str, AuditKind] = {
             "auditor.analyses.attack:run",
             needs_test=True,
         ),
+        AuditKind(
+            "verify",
+            "Retrain with a label check's decisions applied: test loss and accuracy before and after.",
+            VerifyConfig,
+            "auditor.analyses.verify:run",
+            check=check_verify,
+        ),
     )
 }
 
@@ -212,6 +253,8 @@ def check_request(
     if spec.needs_test and not test_name:
         raise DataError(f"{kind} audits need a test set: pass --test DATASET")
     settings = spec.parse(params)
+    if spec.check is not None:
+        spec.check(settings, local)
     model = getattr(settings, "model", None)
     if model is not None and not model.train and not model.weights:
         raise ModelError("--no-train scores a trained model as it is: give its weights with --weights FILE")

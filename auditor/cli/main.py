@@ -18,6 +18,7 @@ from auditor.cli.report import report_command
 from auditor.cli.rerank import rerank_command
 from auditor.cli.serve import serve_command
 from auditor.cli.validate import validate_command
+from auditor.cli.verify import verify_command
 from auditor.cli.worker import worker_command
 
 # Raised inside torch itself when vmap first imports some of its submodules; nothing of ours uses
@@ -75,6 +76,7 @@ app.add_typer(artifacts.app, name="artifacts")
 app.command("beat")(schedule.beat_command)
 audit.app.command("diff")(diff_command)
 review.app.command("rerank")(rerank_command)
+audit.app.command("verify")(verify_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
 app.command("worker")(worker_command)

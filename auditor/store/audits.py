@@ -282,3 +282,11 @@ def set_task_id(session: Session, audit_id: int, task_id: str) -> None:
     audit = get_audit(session, audit_id)
     if audit.status == "queued":
         audit.task_id = task_id
+
+
+def audits_of_kind(session: Session, dataset_id: int, kind: str, *, status: str | None = None) -> list[Audit]:
+    """A data set's audits of one kind, newest first (optionally of one status)."""
+    query = select(Audit).where(Audit.dataset_id == dataset_id, Audit.kind == kind)
+    if status is not None:
+        query = query.where(Audit.status == status)
+    return list(session.scalars(query.order_by(Audit.id.desc())))

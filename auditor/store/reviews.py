@@ -311,3 +311,15 @@ def review_history_with_suggestions(
 def _suggested(payload: dict | None) -> int | None:
     value = (payload or {}).get("suggested_label")
     return int(value) if value is not None else None
+def decided_findings(session: Session, audit_id: int, kind: str = "label") -> list[tuple[Finding, Review]]:
+    """The audit's findings of `kind` whose example has a standing decision, each with it, by
+    rank: what a verification applies (decisions follow the example, so one made while
+    reviewing an earlier audit of the same data set counts too)."""
+    query = (
+        select(Finding, Review)
+        .join(Audit, Audit.id == Finding.audit_id)
+        .join(Review, (Review.dataset_id == Audit.dataset_id) & (Review.example_key == Finding.example_key))
+        .where(Finding.audit_id == audit_id, Finding.kind == kind)
+        .order_by(Finding.rank, Finding.id)
+    )
+    return [(finding, review) for finding, review in session.execute(query)]
