@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from auditor.data.base import Examples
 from auditor.errors import AuditorError, Conflict, NotFound
 from auditor.findings_view import AuditContext, context_for, event_doc, finding_doc, resolve_class
+from auditor.rerank import maybe_rerank
 from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store
@@ -92,6 +93,7 @@ def decide(
         expected_version=expected_version, user_id=user_id,
     )  # fmt: skip
     session.flush()
+    maybe_rerank(session, finding.audit_id)  # decisions feed the queue (auditor.rerank)
     return review
 
 
@@ -163,6 +165,8 @@ def accept_suggested(
             continue
         done.confirmed.append(f.id)
         done.decisions[f.id] = review
+    if done.confirmed:
+        maybe_rerank(session, audit_id)  # once for the batch, not once a finding
     return done
 
 

@@ -186,3 +186,21 @@ def test_only_a_succeeded_label_check_is_reranked(sessions) -> None:
         with pytest.raises(AuditorError, match="only a succeeded label check"):
             rerank(s, a.id)
         assert maybe_rerank(s, a.id) is None
+
+
+def test_decisions_made_through_the_review_service_re_rank_the_queue_when_due(sessions) -> None:
+    """The doors (CLI, API, pages) decide through `auditor.reviewing`, which re-ranks once the
+    default minimum of decisions stands: no separate step for reviewers to remember."""
+    from auditor import reviewing
+    from auditor.rerank import DEFAULT_POLICY
+
+    (audit_id,), wrong = setup(sessions)
+    with sessions() as s, s.begin():
+        for made in range(1, DEFAULT_POLICY.min_decisions + 1):
+            f = review_store.next_unsettled_finding(s, audit_id=audit_id)
+            decision = "confirmed" if f.example_key in wrong else "dismissed"
+            reviewing.decide(s, f.id, decision, reviewer="sim")
+            summary = audit_store.get_audit(s, audit_id).summary or {}
+            if made < DEFAULT_POLICY.min_decisions:
+                assert "rerank" not in summary
+        assert summary["rerank"]["decisions"] == DEFAULT_POLICY.min_decisions
