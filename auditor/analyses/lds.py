@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -30,31 +30,9 @@ from scipy.stats import spearmanr
 from auditor.analyses.base import Progress, no_progress
 from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
 from auditor.analyses.validate import split_holdout
+from auditor.analyses.validate_settings import LDSConfig
 from auditor.data.base import Examples, check_test_set
-from auditor.errors import DataError, ModelError
-
-MIN_SUBSETS = 3  # a Spearman correlation over fewer points means nothing
-
-
-@dataclass
-class LDSConfig:
-    model: ModelSpec = field(default_factory=ModelSpec)
-    solver: SolverSpec = field(default_factory=SolverSpec)
-    subsets: int = 50
-    test_points: int = 50
-    fraction: float = 0.5
-    seed: int = 0
-    holdout: float = 0.2  # used only when no test set is given
-    dampings: list[float] | None = None  # sweep these instead of one damping
-
-    def check(self) -> None:
-        """One-line refusals of what LDS cannot measure, before any work."""
-        if not self.model.train:
-            raise ModelError("LDS retrains the model on subsets: it needs a model auditor trains (drop --no-train)")
-        if self.subsets < MIN_SUBSETS:
-            raise DataError(f"--subsets must be at least {MIN_SUBSETS}, got {self.subsets}")
-        if self.test_points < 1:
-            raise DataError(f"--test-points must be at least 1, got {self.test_points}")
+from auditor.errors import DataError
 
 
 @dataclass

@@ -60,13 +60,16 @@ def setting(
     choices: tuple[str, ...] | None = None,
     cli: bool = True,
     flag: str | None = None,
+    negatable: bool = True,
 ) -> Any:
     """A dataclass field with the metadata the parser and the CLI read.
 
     cli: whether the CLI offers it (False for settings only scripts and other code set).
     flag: the CLI flag when it is not the field name with dashes (`--model` for ModelSpec.name).
+    negatable: for a true/false setting, whether the CLI offers `--no-FLAG` as well (False: a
+      switch, `--sweep-damping`).
     """
-    meta = {"help": help, "check": check, "choices": choices, "cli": cli, "flag": flag}
+    meta = {"help": help, "check": check, "choices": choices, "cli": cli, "flag": flag, "negatable": negatable}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -83,11 +86,17 @@ def option_key(f: dataclasses.Field) -> str:
 
 
 class Declared:
-    """Base of settings dataclasses: `from_params` parses audit params into one."""
+    """Base of settings dataclasses: `from_params` parses audit params into one; `check` refuses,
+    with the same declared checks, values set in code (a script building a config directly)."""
 
     @classmethod
     def from_params(cls: type[T], params: Mapping[str, Any]) -> T:
         return parse_settings(cls, params)
+
+    def check(self) -> None:
+        """Every declared check on the values as they are (`check_values`); subclasses add the
+        rules that tie settings together."""
+        check_values(self)
 
 
 # ---- the settings every audit kind shares -----------------------------------------------------
@@ -265,13 +274,34 @@ def coerce(f: dataclasses.Field, hint: Any, value: Any) -> Any:
         out = _convert(base, value)
     except (TypeError, ValueError) as exc:
         raise AuditorError(f"{name} must be {exc}, got {value!r}{key}") from None
-    choices = f.metadata.get("choices")
-    if choices and out not in choices:
-        raise AuditorError(f"{name} must be one of {', '.join(choices)}; got {value!r}{key}")
-    check: Check | None = f.metadata.get("check")
-    if check is not None and not check.ok(out):
-        raise AuditorError(f"{name} must be {check.says}, got {value!r}{key}")
+    check_value(f, out, value)
     return out
+
+
+def check_value(f: dataclasses.Field, value: Any, given: Any = None) -> None:
+    """The declared choices and check of field `f` on a converted `value`: the one place a
+    setting's value is judged, for params (`coerce`) and for configs built in code
+    (`check_values`). `given` is what the user wrote, for the message (default: `value`)."""
+    name = "--" + flag_name(f)
+    key = f" (params key {f.name!r})" if name[2:] != f.name else ""
+    given = value if given is None else given
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise AuditorError(f"{name} must be one of {', '.join(choices)}; got {given!r}{key}")
+    check: Check | None = f.metadata.get("check")
+    if check is not None and not check.ok(value):
+        raise AuditorError(f"{name} must be {check.says}, got {given!r}{key}")
+
+
+def check_values(settings: Any) -> None:
+    """`check_value` on every declared field of a settings instance (nested specs included);
+    None means "not given" and is not checked."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, Declared):
+            check_values(value)
+        elif value is not None and "check" in f.metadata:
+            check_value(f, value)
 
 
 def _unwrap_optional(hint: Any) -> tuple[bool, Any]:
@@ -317,6 +347,18 @@ def _convert(base: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError("text")
         return value
+    if typing.get_origin(base) is list and typing.get_args(base) == (float,):
+        # comma-separated numbers; blanks between commas are skipped ("0,,1"), and what the
+        # numbers may be (finite, >= 0) is the setting's check
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if isinstance(items, (int, float)) and not isinstance(items, bool):
+            items = [items]
+        try:
+            if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) for v in items):
+                raise ValueError
+            return [float(v) for v in items]
+        except (TypeError, ValueError):
+            raise ValueError("comma-separated numbers") from None
     if typing.get_origin(base) is list:
         items = value.split(",") if isinstance(value, str) else value
         if isinstance(items, (int, float)) and not isinstance(items, bool):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +19,12 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from auditor.analyses.base import Progress, no_progress
-from auditor.analyses.common import Fitted, ModelSpec, SolverSpec, fit_model
+from auditor.analyses.common import Fitted, fit_model
+from auditor.analyses.validate_settings import ValidationConfig
 from auditor.data.base import Examples, check_test_set
 from auditor.errors import DataError
 from auditor.influence.grads import example_losses
 from auditor.models import TrainConfig, train
-
-
-@dataclass
-class ValidationConfig:
-    model: ModelSpec = field(default_factory=ModelSpec)
-    solver: SolverSpec = field(default_factory=SolverSpec)
-    test_index: int | None = None
-    retrains: int = 30
-    holdout: float = 0.2  # used only when no test set is given
-    seed: int = 0
 
 
 @dataclass
@@ -91,6 +82,7 @@ def validate(
     cfg: ValidationConfig,
     progress: Progress = no_progress,
 ) -> ValidationReport:
+    cfg.check()
     if test_set is None:
         train_set, test_set = split_holdout(train_set, cfg.holdout, cfg.seed)
     check_test_set(train_set, test_set, labels=False)  # labels: k covers both sets here

@@ -77,7 +77,8 @@ def _parameter(
     flag = "--" + (flag_name(f) if f is not None else name.replace("_", "-"))
     typ = _cli_type(hint)
     if typ is bool:
-        decls = [f"{flag}/--no-{flag[2:]}"]
+        negatable = f is None or f.metadata.get("negatable", True)
+        decls = [f"{flag}/--no-{flag[2:]}" if negatable else flag]
         annotation = Annotated[bool | None if default is None else bool, typer.Option(*decls, help=help_text)]
     else:
         optional = default is None
@@ -102,18 +103,42 @@ def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return _with_options(command, SPEC_PARAMETERS)
 
 
-def _with_options(command: Callable[..., Any], extra: list[inspect.Parameter]) -> Callable[..., Any]:
+def settings_parameters(classes: tuple[type, ...]) -> list[inspect.Parameter]:
+    """The CLI settings of each declared class (model and solver aside: `with_model_options`),
+    with their declared defaults, once each, in declaration order."""
+    seen: dict[str, inspect.Parameter] = {}
+    for cls in classes:
+        for f, hint in cli_fields(cls):
+            if f.name not in ("model", "solver") and option_key(f) not in seen:
+                seen[option_key(f)] = _parameter(f, hint, default_of(f), f.metadata["help"])
+    return list(seen.values())
+
+
+def with_settings_options(
+    classes: tuple[type, ...], *, into: str = "settings", before: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the options declared by `classes` (`settings_parameters`) to a Typer command, placed
+    before its own parameter `before` (default: last); it receives their values as `into: dict`
+    (keyed by option name), ready for the classes' parser (`validate_settings.parse_validate`)."""
+    extra = settings_parameters(classes)
+    return lambda command: _with_options(command, extra, into=into, before=before)
+
+
+def _with_options(
+    command: Callable[..., Any], extra: list[inspect.Parameter], *, into: str = "audit", before: str | None = None
+) -> Callable[..., Any]:
     signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "audit"]
+    own = [p for p in signature.parameters.values() if p.name != into]
     names = [p.name for p in extra]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        audit = {name: kwargs.pop(name) for name in names}
-        return command(audit=audit, **kwargs)
+        values = {name: kwargs.pop(name) for name in names}
+        return command(**{into: values}, **kwargs)
 
+    at = next((i for i, p in enumerate(own) if p.name == before), len(own))
     # all keyword-only (Typer passes keywords; the order is the order of --help)
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + extra]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + extra + own[at:]]
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     # evaluated annotations: Typer resolves them against this module, not the command's
     wrapper.__annotations__ = {p.name: p.annotation for p in params}

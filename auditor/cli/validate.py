@@ -7,44 +7,21 @@ from typing import Annotated, Any
 
 import typer
 
-from auditor.cli.audit_options import with_model_options
+from auditor.analyses.validate_settings import VALIDATE_SETTINGS, parse_validate
+from auditor.cli.audit_options import with_model_options, with_settings_options
 from auditor.cli.common import err_console, print_json, user_errors
 from auditor.cli.progress import progress_bar
-
-METRICS = ("loo", "lds")
-
-
-def _dampings(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    from auditor.errors import DataError
-
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DataError(f"--dampings must be comma-separated numbers, got {text!r}") from None
-    if not values or any(not (v >= 0) or v == float("inf") for v in values):
-        raise DataError(f"--dampings must be finite numbers >= 0, got {text!r}")
-    return values
-
-
-DEFAULT_SWEEP = "0,0.0001,0.001,0.01,0.1,1"
 
 
 @user_errors
 @with_model_options
+@with_settings_options(VALIDATE_SETTINGS, into="options", before="plot")
 def validate_command(
     dataset: Annotated[str, typer.Argument(help="An .npz/.csv path or image folder, or a registered dataset name")],
     test: Annotated[str | None, typer.Option(help="Test set (path or name); default: hold out 20% of DATASET")] = None,
-    metric: Annotated[str, typer.Option(help="loo: leave-one-out on the top K | lds: linear datamodeling score")] = "loo",
-    test_index: Annotated[int | None, typer.Option(help="loo: test point to explain (default: a misclassified one)")] = None,
-    retrains: Annotated[int, typer.Option(min=1, help="loo: how many leave-one-out retrains (the K most influential points)")] = 30,
-    subsets: Annotated[int, typer.Option(min=3, help="lds: retrains on random half-subsets")] = 50,
-    test_points: Annotated[int, typer.Option(min=1, help="lds: test points scored")] = 50,
-    sweep_damping: Annotated[bool, typer.Option("--sweep-damping", help=f"lds: score each damping of --dampings (default {DEFAULT_SWEEP}) on the same retrains and pick the best")] = False,
-    dampings: Annotated[str | None, typer.Option(help="lds: comma-separated dampings to sweep (implies --sweep-damping)")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a plot (PNG): loo scatter, or lds histogram")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")] = False,
+    options: dict[str, Any] | None = None,
     audit: dict[str, Any] | None = None,
 ) -> None:
     """Check influence against retraining: leave-one-out on the K most influential training points
@@ -52,29 +29,21 @@ def validate_command(
 
     Takes the model and solver options of `auditor audit run` (the same declarations)."""
     from auditor.analyses.registry import spec_params
-    from auditor.analyses.settings import parse_specs
     from auditor.config import get_settings
-    from auditor.errors import DataError
     from auditor.factories import listed_factories, local_models
     from auditor.resolve import resolve_examples
 
-    if metric not in METRICS:
-        raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    model, solver = parse_specs(spec_params(audit or {}))
-    sweep = _dampings(dampings or (DEFAULT_SWEEP if sweep_damping else None))
-    if sweep is not None and metric != "lds":
-        raise DataError("--sweep-damping and --dampings need --metric lds")
+    metric, cfg = parse_validate({**spec_params(audit or {}), **(options or {})})
     settings = get_settings()
     train_set = resolve_examples(dataset, settings)
     test_set = resolve_examples(test, settings) if test else None
     if metric == "lds":
         # paths as workers on a shared volume see them; registered names as they are
         refs = tuple(str(Path(r).resolve()) if r and Path(r).exists() else r for r in (dataset, test))
-        _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs, settings)
+        _lds(train_set, test_set, cfg, plot, as_json, refs, settings)
         return
-    from auditor.analyses.validate import ValidationConfig, scatter_plot, validate
+    from auditor.analyses.validate import scatter_plot, validate
 
-    cfg = ValidationConfig(model=model, solver=solver, test_index=test_index, retrains=retrains, seed=model.seed)
     # validate runs here, for the person who typed it: an explicit MODULE:FACTORY is their code
     with progress_bar("validate", enabled=True) as progress, listed_factories(settings.model_factories), local_models():
         report = validate(train_set, test_set, cfg, progress)
@@ -110,15 +79,13 @@ def validate_command(
         typer.echo(f"scatter plot: {plot}")
 
 
-def _lds(train_set, test_set, model, solver, subsets, test_points, sweep, plot, as_json, refs, settings) -> None:
+def _lds(train_set, test_set, cfg, plot, as_json, refs, settings) -> None:
     """LDS; with a broker configured the retrains go to the workers, one task per subset (they
     must see the same data set: a registered name, or a path on a shared volume)."""
 
-    from auditor.analyses.lds import LDSConfig, histogram_plot
+    from auditor.analyses.lds import histogram_plot
     from auditor.lds_jobs import job, measure_lds
 
-    cfg = LDSConfig(model=model, solver=solver, subsets=subsets, test_points=test_points, seed=model.seed, dampings=sweep)
-    cfg.check()
     outcomes_fn = None
     if not settings.embedded:
         from workers.dispatch import check_broker, lds_on_workers
