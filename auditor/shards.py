@@ -1,23 +1,24 @@
-"""Split a label-check audit over several workers.
+"""Split an audit over several workers, for any kind that declares shard hooks (the label check).
 
-Self-influence is independent per example once the model and curvature are fixed, and training
-is deterministic (seeded, full-batch L-BFGS on CPU), so shard i of k retrains the same model,
-scores rows i, i+k, i+2k, ... and upserts their findings with provisional ranks. The shard that
-brings the count of findings up to the snapshot's size re-ranks all of them by (score desc,
-example_index) -- the order a single worker produces -- and marks the audit succeeded. No result
-backend or chord is needed: the database is the rendezvous, and a redelivered shard only
-upserts the same rows again.
+The kind brings its own hooks (`auditor.analyses.sharding.ShardHooks`, found through
+`get_kind(audit.kind).sharding()`): one fit shared by every shard, the scoring of one shard's
+rows, and what the shard completing the audit adds for the global top. This module owns the
+lifecycle: each shard upserts its findings with provisional ranks; the shard that brings the
+count of findings up to the snapshot's size re-ranks all of them by (score desc, example_index)
+-- the order a single worker produces -- calls the kind's finish, and marks the audit succeeded.
+No result backend or chord is needed: the database is the rendezvous, and a redelivered shard
+only upserts the same rows again.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.registry import KINDS, get_kind
+from auditor.analyses.registry import AuditKind, get_kind
 from auditor.artifacts import ArtifactStore, root
 from auditor.config import Settings
 from auditor.data.options import DataOptions
-from auditor.errors import AuditorError, Conflict
+from auditor.errors import Conflict
 from auditor.factories import listed_factories
 from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
 from auditor.store import audits as audit_store
@@ -29,9 +30,7 @@ def start_sharded(sessions: sessionmaker[Session], audit_id: int, task_id: str |
     with sessions() as s, s.begin():
         audit = audit_store.get_audit(s, audit_id)
         kind = get_kind(audit.kind)
-        if not kind.shardable:
-            shardable = ", ".join(k.name for k in KINDS.values() if k.shardable)
-            raise AuditorError(f"{audit.kind} audits cannot be sharded; only {shardable}")
+        kind.sharding()  # refuses a kind without shard hooks
         count = kind.shard_count(audit.params or {})
         if audit.status == "failed":
             audit_store.set_audit_status(s, audit_id, "queued")
@@ -45,18 +44,16 @@ def fit_shared(
 ) -> RunOutcome:
     """One fit for N shards: train the model and fit the curvature before the shards are sent,
     storing both as artifacts (`auditor.artifacts`), so every shard, on whichever worker, loads
-    them instead of fitting its own. The audit stays running (status "running" returned) unless
-    the fit fails or is cancelled; then the shards are not sent."""
-    from auditor.analyses.label_check import fit_shared as fit
+    them instead of fitting its own (the kind's `fit_shared` hook). The audit stays running
+    (status "running" returned) unless the fit fails or is cancelled; then the shards are not sent."""
 
     def compute() -> RunOutcome:
         with sessions() as s:
             audit = audit_store.get_audit(s, audit_id)
-            inp, dataset_id = load_inputs(audit, DataOptions.from_settings(settings)), audit.dataset_id
-        cfg = get_kind("label-check").parse(inp.params)
+            inp, hooks = load_inputs(audit, DataOptions.from_settings(settings)), get_kind(audit.kind).sharding()
+            inp.cache = ArtifactStore(sessions, audit.dataset_id, folder=root(settings))
         tracker = StoreProgress(sessions, audit_id)
-        cache = ArtifactStore(sessions, dataset_id, folder=root(settings))
-        fit(inp.train, cfg, cache, lambda f, m: tracker(min(0.3 * f, 0.3), f"fit: {m}"))
+        hooks.fit_shared(inp, lambda f, m: tracker(min(0.3 * f, 0.3), f"fit: {m}"))
         with sessions() as s, s.begin():
             status = audit_store.get_audit(s, audit_id).status
         return RunOutcome(audit_id, status)
@@ -104,12 +101,12 @@ def run_shard(
             # every shard trains the same model and fits the same curvature: the first to finish
             # stores them, shards that start later load them
             inp.cache = ArtifactStore(sessions, audit.dataset_id, folder=root(settings))
-        inp.params = {**inp.params, "shard": [index, count]}
+        hooks = kind.sharding()
         tracker = StoreProgress(sessions, audit_id)
         # shards run in parallel, so each reports its own fraction (capped below 1: only the
         # finalising shard completes the audit)
         inp.progress = lambda fraction, message: tracker(min(fraction, 0.99), f"{part}: {message}")
-        result = kind.run(inp)
+        result = hooks.score_shard(inp, index, count)
         with sessions() as s, s.begin():
             finding_store.upsert_findings(s, audit_id, result.findings)
         with sessions() as s, s.begin():
@@ -117,12 +114,11 @@ def run_shard(
             if stored < n_total:
                 return RunOutcome(audit_id, "running", findings=stored)
             finding_store.rerank(s, audit_id)
-        # This shard completes the audit: say why for the audit's top examples (the ranking is
-        # global only now), with the one stored model and curvature, then finish.
-        why_count = explain_top(sessions, audit_id, inp, tracker)
+        # This shard completes the audit: the kind's finish for the audit's top findings (the
+        # ranking is global only now), with the one stored fit, then the summary.
+        finished = finish_top(sessions, audit_id, kind, inp, tracker)
         with sessions() as s, s.begin():
-            summary = {**result.summary, "n": stored, "shards": count, "why_top": why_count}
-            summary.pop("train_disagreements", None)  # per-shard figure; not meaningful for the whole
+            summary = hooks.merge_summary(result.summary, n=stored, shards=count, finished=finished)
             audit_store.set_audit_summary(s, audit_id, summary)
             try:
                 audit_store.set_audit_status(s, audit_id, "succeeded", message=f"{stored} findings from {count} shards")
@@ -137,24 +133,22 @@ def run_shard(
         )  # fmt: skip
 
 
-def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -> int:
-    """Add the "why" lists (label_check.explain_flagged) to the audit's top `why_top` label
-    findings; returns how many got them."""
-    from auditor.analyses.label_check import why_for_rows
-
-    cfg = get_kind("label-check").parse({k: v for k, v in inp.params.items() if k != "shard"})
-    if not cfg.why_top:
+def finish_top(sessions: sessionmaker[Session], audit_id: int, kind: AuditKind, inp, progress) -> int:
+    """Add the kind's finish (`ShardHooks.finish`; the label check's "why" lists) to the
+    payloads of the audit's top findings it names; returns how many got additions."""
+    hooks = kind.sharding()
+    finding_kind, top = hooks.finish_top(kind.parse(inp.params))
+    if not top:
         return 0
     with sessions() as s:
-        top = finding_store.list_findings(s, audit_id, top=cfg.why_top, kind="label")
-        rows = [f.example_index for f in top]
-    progress(0.99, f"finding why the top {len(rows)} examples are flagged")
-    why = why_for_rows(inp.train, cfg, rows, inp.cache)
+        rows = [f.example_index for f in finding_store.list_findings(s, audit_id, top=top, kind=finding_kind)]
+    progress(0.99, f"finishing the top {len(rows)} findings")
+    added = hooks.finish(inp, rows)
     with sessions() as s, s.begin():
-        for f in finding_store.list_findings(s, audit_id, top=cfg.why_top, kind="label"):
-            if f.example_index in why:
-                f.payload = {**(f.payload or {}), "why": why[f.example_index]}
-    return len(why)
+        for f in finding_store.list_findings(s, audit_id, top=top, kind=finding_kind):
+            if f.example_index in added:
+                f.payload = {**(f.payload or {}), **added[f.example_index]}
+    return len(added)
 
 
 def run_all_shards_here(sessions: sessionmaker[Session], audit_id: int, *, settings: Settings) -> RunOutcome:

@@ -41,11 +41,12 @@ from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, 
 from auditor.analyses.common import fit_model, rows_of
 from auditor.analyses.fix_value import FixValues, Valuation, held_out_evaluation, on_test_set
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
+from auditor.analyses.sharding import ShardHooks
 from auditor.data.base import Examples, check_test_set
 from auditor.errors import AuditorError, DataError, ModelError
 from auditor.influence.rows import Rows
 
-__all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
+__all__ = ["RANK_BY", "SHARD_HOOKS", "LabelCheckConfig", "run", "score_examples"]
 
 MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
 
@@ -406,6 +407,35 @@ def run(inp: AnalysisInput) -> AnalysisResult:
             "why_top": len(why),
         },
     )
+
+
+class LabelCheckShards(ShardHooks):
+    """A label check split over workers (`auditor.shards` calls these): self-influence is
+    independent per example once the model and curvature are fixed, so shard i of k scores the
+    rows j with j % k == i with the one shared fit; the why-lists need the global ranking, so
+    the completing shard finds them for the audit's top `why_top`."""
+
+    def fit_shared(self, inp: AnalysisInput, progress: Progress) -> dict:
+        assert inp.cache is not None, "a sharded label check shares its fit through the artifact store"
+        return fit_shared(inp.train, LabelCheckConfig.from_params(inp.params), inp.cache, progress)
+
+    def score_shard(self, inp: AnalysisInput, index: int, count: int) -> AnalysisResult:
+        return run(dataclasses.replace(inp, params={**inp.params, "shard": [index, count]}))
+
+    def finish_top(self, settings: LabelCheckConfig) -> tuple[str, int]:
+        return "label", settings.why_top
+
+    def finish(self, inp: AnalysisInput, rows: list[int]) -> dict[int, dict]:
+        cfg = LabelCheckConfig.from_params({k: v for k, v in inp.params.items() if k != "shard"})
+        return {i: {"why": why} for i, why in why_for_rows(inp.train, cfg, rows, inp.cache).items()}
+
+    def merge_summary(self, summary: dict, *, n: int, shards: int, finished: int) -> dict:
+        out = {**summary, "n": n, "shards": shards, "why_top": finished}
+        out.pop("train_disagreements", None)  # per-shard figure; not meaningful for the whole
+        return out
+
+
+SHARD_HOOKS = LabelCheckShards()
 
 
 def recall_at_budgets(

@@ -1,5 +1,6 @@
-"""Every audit kind, declared once: its name, whether it needs a test set, whether it can be
-sharded, its settings dataclass (each field with default, help and check) and its run function.
+"""Every audit kind, declared once: its name, whether it needs a test set, its hooks for a
+sharded run (`auditor.analyses.sharding`; none: it cannot be sharded), its settings dataclass
+(each field with default, help and check) and its run function.
 
 The runner, the schedules, the CLI (`audit run|enqueue`, `schedule add`) and the workers all read
 this table; nothing else lists the kinds. The run functions live in the analysis modules, which
@@ -31,6 +32,7 @@ from auditor.analyses.settings import (
     positive_number,
     setting,
 )
+from auditor.analyses.sharding import ShardHooks
 from auditor.errors import AuditorError, DataError, ModelError
 from auditor.factories import BUILTIN_MODELS, registered_factories, resolve_factory
 
@@ -167,6 +169,12 @@ def check_verify(settings: VerifyConfig, local: bool) -> None:
 
 
 # ---- the kinds ----------------------------------------------------------------------------------
+def _imported(path: str) -> Any:
+    """The attribute a "module:attribute" path names, imported now."""
+    module, attribute = path.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 @dataclass(frozen=True)
 class AuditKind:
     name: str
@@ -174,16 +182,28 @@ class AuditKind:
     settings: type
     run_path: str  # "module:function", imported when an audit of this kind runs
     needs_test: bool = False
-    shardable: bool = False
     check: Callable[[Any, bool], None] | None = None  # the kind's own refusals: (settings, local)
+    # "module:attribute" of the kind's `sharding.ShardHooks`, imported when a sharded audit runs;
+    # None: the kind cannot be sharded. A shardable kind's settings declare `shards`.
+    shard_hooks: str | None = None
+
+    @property
+    def shardable(self) -> bool:
+        return self.shard_hooks is not None
 
     def parse(self, params: Mapping[str, Any]) -> Any:
         """This kind's settings from an audit's params, every value checked."""
         return parse_settings(self.settings, params)
 
     def run(self, inp: AnalysisInput) -> AnalysisResult:
-        module, function = self.run_path.split(":")
-        return getattr(importlib.import_module(module), function)(inp)
+        return _imported(self.run_path)(inp)
+
+    def sharding(self) -> ShardHooks:
+        """The kind's hooks for a sharded run (`auditor.analyses.sharding`)."""
+        if self.shard_hooks is None:
+            shardable = ", ".join(k.name for k in KINDS.values() if k.shardable)
+            raise AuditorError(f"{self.name} audits cannot be sharded; only {shardable}")
+        return _imported(self.shard_hooks)
 
     def shard_count(self, params: Mapping[str, Any]) -> int:
         return self.parse(params).shards if self.shardable else 1
@@ -197,7 +217,7 @@ KINDS: dict[str, AuditKind] = {
             "Rank training examples so reviewers check likely-wrong labels first (paper 5.4).",
             LabelCheckConfig,
             "auditor.analyses.label_check:run",
-            shardable=True,
+            shard_hooks="auditor.analyses.label_check:SHARD_HOOKS",
         ),
         AuditKind(
             "explain",
