@@ -2,7 +2,7 @@
 
 An analysis asks its `FitCache` (this module's `ArtifactStore`) for a key that hashes everything
 the thing depends on (model weights, the examples' content, the settings; see
-`auditor.analyses.common`), so a changed model, data set or setting simply misses. Files are
+`auditor.analyses.artifact_keys`), so a changed model, data set or setting simply misses. Files are
 safetensors under `AUDITOR_ARTIFACTS/fitted/` (one mounted volume can serve several worker
 machines); each is written to a temporary name and renamed, then recorded in the database, so a
 crash mid-write leaves nothing a later audit could pick up. A record whose file has gone, or a

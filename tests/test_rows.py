@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from test_user_models import digits28, trained_small_cnn, user_models  # noqa: F401
 
-from auditor.analyses import common
+from auditor.analyses import fitting
 from auditor.analyses.base import AnalysisInput
 from auditor.analyses.label_check import run
 from auditor.data.base import Examples
@@ -33,16 +33,16 @@ def tiled(n: int) -> Examples:
 
 
 def spy_rows(monkeypatch: pytest.MonkeyPatch) -> list[Rows]:
-    """The `Rows` every analysis makes, in order (common.rows_of wrapped)."""
+    """The `Rows` every analysis makes, in order (fitting.rows_of wrapped)."""
     made: list[Rows] = []
-    real_rows_of = common.rows_of
+    real_rows_of = fitting.rows_of
 
     def spy(examples, dtype, device):
         rows, y = real_rows_of(examples, dtype, device)
         made.append(rows)
         return rows, y
 
-    monkeypatch.setattr(common, "rows_of", spy)
+    monkeypatch.setattr(fitting, "rows_of", spy)
     return made
 
 
@@ -62,7 +62,7 @@ def test_scores_stream_the_data_in_batches_and_match_the_in_memory_path(
     # the most converted at once is one batch, not the data set: bytes held do not grow with n
     assert 0 < rows.largest_read <= 4096 < N
 
-    monkeypatch.setattr(common, "rows_of", lambda e, dtype, device: common.as_tensors(e, dtype, device))
+    monkeypatch.setattr(fitting, "rows_of", lambda e, dtype, device: fitting.as_tensors(e, dtype, device))
     with local_models():
         in_memory = run(AnalysisInput(ex, None, params))
     by_index = lambda r: np.array([f.payload["self_influence"] for f in sorted(r.findings, key=lambda f: f.example_index)])  # noqa: E731
@@ -156,8 +156,8 @@ def test_a_model_trained_here_on_a_set_left_on_disk_matches_the_loaded_set(tmp_p
     assert isinstance(on_disk.x, NpyMember)
     params = {"model": {"name": "logreg"}, "solver": {"name": "direct"}, "why_top": 2}
     trained_on: list[type] = []
-    real_train = common.train
-    monkeypatch.setattr(common, "train", lambda module, x, *a, **k: trained_on.append(type(x)) or real_train(module, x, *a, **k))
+    real_train = fitting.train
+    monkeypatch.setattr(fitting, "train", lambda module, x, *a, **k: trained_on.append(type(x)) or real_train(module, x, *a, **k))
     streamed, in_memory = run(AnalysisInput(on_disk, None, params)), run(AnalysisInput(loaded, None, params))
     assert trained_on == [Rows, Rows]  # both train from rows converted a batch at a time
     a, b = streamed.summary["training"], in_memory.summary["training"]

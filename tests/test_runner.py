@@ -13,7 +13,7 @@ from factories import make_records
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor import runner
-from auditor.analyses import common
+from auditor.analyses import fitting
 from auditor.analyses.base import AnalysisInput, AnalysisResult
 from auditor.audits import create_audit
 from auditor.config import get_settings
@@ -155,7 +155,7 @@ def test_a_failed_audit_with_a_cancel_request_is_not_run_again(
 
 def test_a_cancel_stops_a_real_audit_during_training(sessions, audit_id, monkeypatch) -> None:
     """Training is the longest phase; it reports progress, so a cancel need not wait for the fit."""
-    real_train = common.train
+    real_train = fitting.train
     seen: dict[str, bool] = {}
 
     def train_after_cancel(module, x, y, config, progress=None, **kw):
@@ -168,7 +168,7 @@ def test_a_cancel_stops_a_real_audit_during_training(sessions, audit_id, monkeyp
             seen["stopped during training"] = True
             raise
 
-    monkeypatch.setattr(common, "train", train_after_cancel)
+    monkeypatch.setattr(fitting, "train", train_after_cancel)
     assert execute_audit(sessions, audit_id, settings=get_settings()).status == "cancelled"
     assert seen == {"stopped during training": True}
     audit, count = read(sessions, audit_id)

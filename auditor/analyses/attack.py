@@ -70,8 +70,9 @@ from auditor.analyses.base import (
     Progress,
     no_progress,
 )
-from auditor.analyses.common import as_tensors, fit_model, require_test_set
+from auditor.analyses.fitting import as_tensors, fit_model
 from auditor.analyses.registry import OBJECTIVES, SELECT, AttackConfig
+from auditor.analyses.testset import require_test_set
 from auditor.data.base import Examples
 from auditor.errors import DataError, ModelError
 from auditor.influence import FunctionalModel, InfluenceModel, select_parameters

@@ -40,8 +40,9 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
-from auditor.analyses.common import as_tensors, fit_for_test
+from auditor.analyses.fitting import as_tensors
 from auditor.analyses.registry import DomainMismatchConfig
+from auditor.analyses.testset import fit_for_test
 from auditor.data.base import Examples
 from auditor.data.lazy import column_moments
 from auditor.influence import InfluenceModel

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord
-from auditor.analyses.common import fit_for_test
 from auditor.analyses.registry import ExplainConfig
+from auditor.analyses.testset import fit_for_test
 from auditor.data.base import Examples
 from auditor.errors import DataError
 from auditor.progress import scaled

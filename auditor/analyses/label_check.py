@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
-from auditor.analyses.common import fit_model, rows_of
+from auditor.analyses.fitting import fit_model, rows_of
 from auditor.analyses.fix_value import FixValues, Valuation, held_out_evaluation, on_test_set
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.analyses.sharding import ShardHooks

@@ -28,7 +28,8 @@ import torch
 from scipy.stats import spearmanr
 
 from auditor.analyses.base import Progress, no_progress
-from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
+from auditor.analyses.fitting import fit_model
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.analyses.validate import split_holdout
 from auditor.analyses.validate_settings import LDSConfig
 from auditor.data.base import Examples, check_test_set

@@ -19,7 +19,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from auditor.analyses.base import Progress, no_progress
-from auditor.analyses.common import Fitted, fit_model
+from auditor.analyses.fitting import Fitted, fit_model
 from auditor.analyses.validate_settings import ValidationConfig
 from auditor.data.base import Examples, check_test_set
 from auditor.errors import DataError

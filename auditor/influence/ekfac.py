@@ -24,8 +24,7 @@ from torch import Tensor, nn
 
 from auditor.errors import SolverError
 from auditor.influence.model import FunctionalModel
-from auditor.influence.scores import SelfScores
-from auditor.influence.solvers import InverseHVP
+from auditor.influence.solvers import Capabilities, InverseHVP, SelfScores
 from auditor.influence.taps import Watched, jvp_outputs, tap
 from auditor.progress import Progress, no_progress
 
@@ -67,6 +66,13 @@ class EKFACSolver(InverseHVP):
     """Block-diagonal (per layer) EK-FAC inverse with damping lambda (plus the model's weight decay)."""
 
     name = "ekfac"
+    capabilities = Capabilities(
+        options=frozenset({"batch_size", "seed", "fit_rows", "precision"}),
+        storable_factors=True,
+        self_scores_fast_path=True,
+        diagonal_without_solve=True,
+        checks_undamped=True,
+    )
 
     def __init__(
         self,
@@ -75,8 +81,10 @@ class EKFACSolver(InverseHVP):
         seed: int = 0,
         fit_rows: int = FIT_ROWS,
         precision: str = "float32",
+        *,
+        prefer_undamped: bool = False,
     ) -> None:
-        super().__init__(damping)
+        super().__init__(damping, prefer_undamped=prefer_undamped)
         if fit_rows < 1:
             raise SolverError(f"ekfac fit_rows must be >= 1, got {fit_rows}")
         if precision not in PRECISIONS:
@@ -163,8 +171,6 @@ class EKFACSolver(InverseHVP):
         return self
 
     # ---- stored factors --------------------------------------------------------------------
-    storable = True
-
     def _structure(self, fm: FunctionalModel) -> None:
         """Layers, hooks and flat offsets: what `fit` derives from the model before any data."""
         self.layers = self._layers(fm)

@@ -26,11 +26,22 @@ SOLVER_CLASSES: dict[str, type[InverseHVP]] = {
 SOLVERS = tuple(SOLVER_CLASSES)
 
 
-def make_solver(name: str, damping: float = 0.0, **options) -> InverseHVP:
-    """Build a solver by its CLI name; unknown options for that solver are an error."""
+def solver_class(name: str) -> type[InverseHVP]:
+    """The solver class of a CLI name (its `capabilities` say what it can do)."""
     if name not in SOLVER_CLASSES:
         raise SolverError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    return SOLVER_CLASSES[name]
+
+
+def make_solver(name: str, damping: float | None = 0.0, *, prefer_undamped: bool = False, **options) -> InverseHVP:
+    """Build a solver by its CLI name; an option the solver does not declare
+    (`Capabilities.options`) is an error."""
+    cls = solver_class(name)
+    unknown = sorted(set(options) - cls.capabilities.options)
+    if unknown:
+        takes = ", ".join(sorted(cls.capabilities.options)) or "none"
+        raise SolverError(f"bad option for solver {name}: {unknown[0]!r} (it takes {takes})")
     try:
-        return SOLVER_CLASSES[name](damping=damping, **options)
+        return cls(damping=damping, prefer_undamped=prefer_undamped, **options)
     except TypeError as exc:
         raise SolverError(f"bad option for solver {name}: {exc}") from None

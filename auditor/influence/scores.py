@@ -15,29 +15,22 @@ s_test = H^-1 g_test once per test point, then stream training gradients and tak
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from auditor.errors import SolverError
 from auditor.influence.grads import gradients, iter_gradients
 from auditor.influence.model import FunctionalModel
-from auditor.influence.solvers import InverseHVP
+from auditor.influence.solvers import InverseHVP, SelfScores
 from auditor.progress import Progress, no_progress
 
-
-@dataclass
-class SelfScores:
-    """What each training example does to its own fit (see `InfluenceModel.self_scores`)."""
-
-    self_influence: Tensor  # (n,) g_i^T (H + lambda I)^-1 g_i
-    outputs: Tensor  # (n, k) f(x_i; theta)
-    loo_outputs: Tensor  # (n, k) f(x_i; theta_-i), first order
+__all__ = ["InfluenceModel", "SelfScores"]
 
 
 class InfluenceModel:
-    """A trained model's influence: `fit(x, y)` then query scores for many points."""
+    """A trained model's influence: `fit(x, y)` (or `from_factors`) then query scores for many
+    points."""
 
     def __init__(self, fm: FunctionalModel, solver: InverseHVP, batch_size: int = 256) -> None:
         self.fm, self.solver, self.batch_size = fm, solver, batch_size
@@ -48,6 +41,44 @@ class InfluenceModel:
         self.solver.fit(self.fm, x, y)
         self.n = int(x.shape[0])
         return self
+
+    # ---- fitted once, kept: the factors as data -------------------------------------------------
+    def factors(self) -> tuple[dict[str, Tensor], dict]:
+        """The fitted solver's factors (`InverseHVP.factors`) with the number of training rows
+        they were fitted for: all `from_factors` needs to give back this model."""
+        if not self.solver.capabilities.storable_factors:
+            raise SolverError(f"the {self.solver.name} solver has no factors to store")
+        if self.n is None:
+            raise SolverError(f"{self.solver.name} solver has no factors before fit()")
+        tensors, meta = self.solver.factors()
+        return tensors, {**meta, "n": self.n}
+
+    @classmethod
+    def from_factors(
+        cls,
+        fm: FunctionalModel,
+        solver: InverseHVP,
+        tensors: dict[str, Tensor],
+        meta: dict,
+        *,
+        n: int | None = None,
+        batch_size: int = 256,
+    ) -> InfluenceModel:
+        """The model `factors()` came from, for `fm`, without fitting: the one way to build an
+        influence model from stored curvature. `solver` is a new solver of the same kind and
+        settings; `n` (the training rows) is read from `meta`, or given for factors stored
+        without it, and must agree when both say."""
+        if not solver.capabilities.storable_factors:
+            raise SolverError(f"the {solver.name} solver has no factors to load")
+        stored_n = meta.get("n")
+        if stored_n is not None and n is not None and int(stored_n) != int(n):
+            raise SolverError(f"stored factors were fitted on {stored_n} rows, not {n}")
+        rows = stored_n if stored_n is not None else n
+        if rows is None:
+            raise SolverError("stored factors do not say how many training rows they were fitted on")
+        inf = cls(fm, solver.load_factors(fm, tensors, meta), batch_size)
+        inf.n = int(rows)
+        return inf
 
     # ---- building blocks ------------------------------------------------------------------
     def test_factors(self, x_test: Tensor, y_test: Tensor) -> Tensor:
@@ -92,9 +123,8 @@ class InfluenceModel:
 
     def self_influence(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> Tensor:
         """g_i^T (H + lambda I)^-1 g_i for every row: (n,). Diagonal only, never n x n."""
-        fast = getattr(self.solver, "self_scores", None)
-        if fast is not None:  # EK-FAC: from layer inputs and output gradients, no flat gradients
-            return fast(x, y, self.n or x.shape[0], progress, outputs=False).self_influence
+        if self.solver.capabilities.self_scores_fast_path:  # EK-FAC: layer taps, no flat gradients
+            return self.solver.self_scores(x, y, self.n or x.shape[0], progress, outputs=False).self_influence
         out = []
         n = x.shape[0]
         for start, G in iter_gradients(self.fm, x, y, self.batch_size):
@@ -116,9 +146,8 @@ class InfluenceModel:
         g_i^T H^-1 g_i for free.
         """
         assert self.n is not None, "fit() first"
-        fast = getattr(self.solver, "self_scores", None)
-        if fast is not None:  # EK-FAC: from layer inputs and output gradients, no flat gradients
-            return fast(x, y, self.n, progress)
+        if self.solver.capabilities.self_scores_fast_path:  # EK-FAC: layer taps, no flat gradients
+            return self.solver.self_scores(x, y, self.n, progress)
         return self.self_scores_flat(x, y, progress)
 
     def self_scores_flat(self, x: Tensor, y: Tensor, progress: Progress = no_progress) -> SelfScores:

@@ -8,9 +8,15 @@ diagonal without a solve per row (direct, Arnoldi, EK-FAC) override `quadratic`.
 Damping lambda is given, or chosen at fit time (`damping=None`): kronfluence's rule, a tenth of
 the mean eigenvalue of the curvature (from the eigenvalues where the solver has them, otherwise a
 Hutchinson estimate of trace(H) / p), raised where needed so that H + lambda I is positive
-definite. A model trained here to a minimum usually needs none: with `prefer_undamped` the solver
-keeps lambda = 0 when the undamped curvature is positive definite. The value and the reason are in
-`describe()`.
+definite. A model trained here to a minimum usually needs none: built with `prefer_undamped` the
+solver keeps lambda = 0 when the undamped curvature is positive definite. The value and the reason
+are in `describe()`.
+
+What a solver can do is declared, not probed: each class says in `capabilities` (a frozen
+`Capabilities`, as kronfluence's `FactorConfig` says what a strategy needs) which options it takes,
+whether its fitted factors can be stored, whether it has a self-scores fast path, and whether it
+checks the undamped curvature before keeping lambda = 0. Callers read the declaration instead of
+`getattr` or `inspect.signature`; tests/test_influence_engine.py holds each class to it.
 
 Failure is loud: a Hessian that is not positive definite without damping, CG meeting negative
 curvature, LiSSA's recursion growing or producing NaN all raise `SolverError` with a message that
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,6 +37,7 @@ from auditor.errors import SolverError
 from auditor.influence.budget import dense_budget, dense_bytes
 from auditor.influence.hvp import exact_hessian, hvp
 from auditor.influence.model import FunctionalModel
+from auditor.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +59,54 @@ def mean_eigenvalue(
     return float((Z * HZ).sum(1).mean()) / theta.numel()
 
 
+@dataclass
+class SelfScores:
+    """What each training example does to its own fit (see `InfluenceModel.self_scores`)."""
+
+    self_influence: Tensor  # (n,) g_i^T (H + lambda I)^-1 g_i
+    outputs: Tensor  # (n, k) f(x_i; theta)
+    loo_outputs: Tensor  # (n, k) f(x_i; theta_-i), first order
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a solver class can do, declared once (see the module docstring).
+
+    options: the keyword options its constructor takes besides `damping` and `prefer_undamped`
+      (`make_solver` refuses others; `--solver auto` drops the ones the chosen solver does not take).
+    storable_factors: `factors()` / `load_factors()` keep the fit across processes and audits (CG and
+      LiSSA keep nothing worth storing: every solve uses the data).
+    self_scores_fast_path: `self_scores(x, y, n_train, ...)` gives self-influence and leave-one-out
+      outputs without flat per-example gradients (EK-FAC, from its layer taps).
+    diagonal_without_solve: `quadratic(G)` needs no solve per row (a factorised inverse).
+    checks_undamped: with `prefer_undamped`, lambda = 0 is kept only when the solver has seen the
+      undamped curvature's smallest eigenvalue be positive; without it, on the training's word.
+    """
+
+    options: frozenset[str] = frozenset()
+    storable_factors: bool = False
+    self_scores_fast_path: bool = False
+    diagonal_without_solve: bool = False
+    checks_undamped: bool = False
+
+
 class InverseHVP(ABC):
-    """Protocol: `fit(fm, x, y)` once, then `solve(V)` / `quadratic(G)` many times."""
+    """Protocol: `fit(fm, x, y)` once, then `solve(V)` / `quadratic(G)` many times.
+
+    `prefer_undamped`, with automatic damping (`damping=None`): keep lambda = 0 when the undamped
+    curvature is positive definite (a model trained here to a minimum of the regularised objective).
+    """
 
     name: str = "base"
+    capabilities: Capabilities = Capabilities()
 
-    def __init__(self, damping: float | None = 0.0) -> None:
+    def __init__(self, damping: float | None = 0.0, *, prefer_undamped: bool = False) -> None:
         if damping is not None and (damping < 0 or not math.isfinite(damping)):
             raise SolverError(f"damping must be a finite number >= 0, got {damping}")
         self.auto_damping = damping is None
         self.damping = 0.0 if damping is None else float(damping)
         self.damping_reason = "automatic" if damping is None else "given"
-        # with automatic damping: keep lambda = 0 when the undamped curvature is positive definite
-        # (a model trained to a minimum of the regularised objective)
-        self.prefer_undamped = False
+        self.prefer_undamped = prefer_undamped
         self.fm: FunctionalModel | None = None
 
     def choose_damping(self, mean_eig: float, lam_min: float | None = None) -> None:
@@ -113,12 +155,16 @@ class InverseHVP(ABC):
             out.append((Gb * self.solve(Gb)).sum(1))
         return torch.cat(out)
 
+    def self_scores(
+        self, x: Tensor, y: Tensor, n_train: int, progress: Progress = no_progress, outputs: bool = True
+    ) -> SelfScores:
+        """The self-scores fast path, for solvers that declare `self_scores_fast_path`."""
+        raise SolverError(f"the {self.name} solver has no self-scores fast path")
+
     def describe(self) -> dict:
         return {"solver": self.name, "damping": self.damping, "damping_reason": self.damping_reason}
 
     # ---- fitted factors as data: fit once, score many (across processes and audits) ------------
-    storable: bool = False  # CG and LiSSA keep nothing worth storing: every solve uses the data
-
     def factors(self) -> tuple[dict[str, Tensor], dict]:
         """The fitted state as named tensors and JSON metadata, to be saved (safetensors) and
         given back to `load_factors` of a new solver of the same kind and settings."""
@@ -164,9 +210,14 @@ class DirectSolver(InverseHVP):
     """
 
     name = "direct"
+    capabilities = Capabilities(
+        options=frozenset({"max_bytes"}), storable_factors=True, diagonal_without_solve=True, checks_undamped=True
+    )
 
-    def __init__(self, damping: float | None = 0.0, max_bytes: int | None = None) -> None:
-        super().__init__(damping)
+    def __init__(
+        self, damping: float | None = 0.0, max_bytes: int | None = None, *, prefer_undamped: bool = False
+    ) -> None:
+        super().__init__(damping, prefer_undamped=prefer_undamped)
         self.max_bytes = max_bytes
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> DirectSolver:
@@ -194,8 +245,6 @@ class DirectSolver(InverseHVP):
         self.eigenvalue_range = (lam_min, lam_max)
         return self
 
-    storable = True
-
     def _factor_tensors(self) -> dict[str, Tensor]:
         return {"evals": self.evals, "evecs": self.evecs}
 
@@ -220,6 +269,7 @@ class CGSolver(InverseHVP):
     """
 
     name = "cg"
+    capabilities = Capabilities(options=frozenset({"max_iter", "tol", "batch_size", "block"}))
 
     def __init__(
         self,
@@ -228,8 +278,10 @@ class CGSolver(InverseHVP):
         tol: float = 1e-8,
         batch_size: int = 2048,
         block: int = 64,
+        *,
+        prefer_undamped: bool = False,
     ) -> None:
-        super().__init__(damping)
+        super().__init__(damping, prefer_undamped=prefer_undamped)
         self.max_iter, self.tol, self.batch_size, self.block = max_iter, tol, batch_size, block
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> CGSolver:
@@ -316,6 +368,11 @@ class LissaSolver(InverseHVP):
     """
 
     name = "lissa"
+    capabilities = Capabilities(
+        options=frozenset(
+            {"scale", "depth", "repeats", "batch_size", "max_depth", "tol", "seed", "block", "max_residual"}
+        )
+    )
 
     def __init__(
         self,
@@ -329,8 +386,10 @@ class LissaSolver(InverseHVP):
         seed: int = 0,
         block: int = 256,
         max_residual: float = 0.1,
+        *,
+        prefer_undamped: bool = False,
     ) -> None:
-        super().__init__(damping)
+        super().__init__(damping, prefer_undamped=prefer_undamped)
         self.max_residual = max_residual
         self.scale, self.depth, self.repeats = scale, depth, repeats
         self.batch_size, self.max_depth, self.tol, self.seed, self.block = (
@@ -468,6 +527,11 @@ class ArnoldiSolver(InverseHVP):
     """
 
     name = "arnoldi"
+    capabilities = Capabilities(
+        options=frozenset({"rank", "iterations", "batch_size", "seed"}),
+        storable_factors=True,
+        diagonal_without_solve=True,
+    )
 
     def __init__(
         self,
@@ -476,8 +540,10 @@ class ArnoldiSolver(InverseHVP):
         iterations: int | None = None,
         batch_size: int = 2048,
         seed: int = 0,
+        *,
+        prefer_undamped: bool = False,
     ) -> None:
-        super().__init__(damping)
+        super().__init__(damping, prefer_undamped=prefer_undamped)
         self.rank, self.iterations, self.batch_size, self.seed = rank, iterations, batch_size, seed
 
     def fit(self, fm: FunctionalModel, x: Tensor, y: Tensor) -> ArnoldiSolver:
@@ -525,8 +591,6 @@ class ArnoldiSolver(InverseHVP):
         self.evals = evals[keep].to(theta.device)
         self.basis = evecs[:, keep].to(theta.device).T @ Q  # (k, p) orthonormal rows
         return self
-
-    storable = True
 
     def _factor_tensors(self) -> dict[str, Tensor]:
         return {"evals": self.evals, "basis": self.basis}
