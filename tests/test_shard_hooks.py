@@ -14,11 +14,15 @@ from auditor.analyses.registry import KINDS, AuditKind, get_kind
 from auditor.analyses.settings import POSITIVE_INT, Declared, setting
 from auditor.analyses.sharding import ShardHooks
 from auditor.audits import create_audit
+from auditor.config import get_settings
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz
 from auditor.errors import AuditorError
 from auditor.shards import run_all_shards_here
-from auditor.store import open_store, repo
+from auditor.store import audits as audit_store
+from auditor.store import datasets as dataset_store
+from auditor.store import findings as finding_store
+from auditor.store import open_store
 
 
 @dataclass
@@ -73,7 +77,7 @@ def _sessions(tmp_path, url, n):
     path = write_npz(Examples(ex.x[:n], ex.y[:n], ex.keys[:n], is_image=True), tmp_path / "d.npz")
     sessions = open_store(url)
     with sessions() as s, s.begin():
-        repo.create_dataset(s, "d", str(path), "npz", {})
+        dataset_store.create_dataset(s, "d", str(path), "npz", {})
     return sessions
 
 
@@ -90,15 +94,15 @@ def test_a_kind_registered_with_hooks_is_sharded_without_shards_knowing_it(
     )
     monkeypatch.setitem(KINDS, "spy", kind)
     sessions = _sessions(tmp_path, sqlite_url, n=20)
-    audit_id = create_audit(sessions, "spy", "d", {"shards": 3})
-    assert run_all_shards_here(sessions, audit_id).status == "succeeded"
+    audit_id = create_audit(sessions, "spy", "d", {"shards": 3}, settings=get_settings())
+    assert run_all_shards_here(sessions, audit_id, settings=get_settings()).status == "succeeded"
     assert SPY.calls[0] == ("fit_shared", True)
     assert [c for c in SPY.calls if c[0] == "score_shard"] == [
         ("score_shard", i, 3) for i in range(3)
     ]
     with sessions() as s:
-        audit = repo.get_audit(s, audit_id)
-        found = repo.list_findings(s, audit_id)
+        audit = audit_store.get_audit(s, audit_id)
+        found = finding_store.list_findings(s, audit_id)
         summary = audit.summary
     # re-ranked globally by (score desc, example_index), whatever shard each came from
     expected = sorted(range(20), key=lambda i: (-(i % 7), i))
@@ -130,9 +134,13 @@ def test_the_label_check_is_sharded_through_its_own_hooks(tmp_path, sqlite_url, 
         )
     sessions = _sessions(tmp_path, sqlite_url, n=60)
     audit_id = create_audit(
-        sessions, "label-check", "d", {"model": {"name": "logreg"}, "shards": 2, "why_top": 5}
+        sessions,
+        "label-check",
+        "d",
+        {"model": {"name": "logreg"}, "shards": 2, "why_top": 5},
+        settings=get_settings(),
     )
-    assert run_all_shards_here(sessions, audit_id).status == "succeeded"
+    assert run_all_shards_here(sessions, audit_id, settings=get_settings()).status == "succeeded"
     assert called == [
         "fit_shared",
         "score_shard",
@@ -142,7 +150,7 @@ def test_the_label_check_is_sharded_through_its_own_hooks(tmp_path, sqlite_url, 
         "merge_summary",
     ]
     with sessions() as s:
-        summary = repo.get_audit(s, audit_id).summary
-        top = repo.list_findings(s, audit_id, top=6, kind="label")
+        summary = audit_store.get_audit(s, audit_id).summary
+        top = finding_store.list_findings(s, audit_id, top=6, kind="label")
     assert summary["why_top"] == 5 and "train_disagreements" not in summary
     assert [bool(f.payload.get("why")) for f in top] == [True] * 5 + [False]
