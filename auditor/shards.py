@@ -17,6 +17,7 @@ from auditor.analyses.registry import KINDS, get_kind
 from auditor.artifacts import ArtifactStore
 from auditor.config import get_settings
 from auditor.errors import AuditorError, Conflict
+from auditor.label_estimate import estimate_stored
 from auditor.runner import RunOutcome, StoreProgress, guarded, load_inputs, poison_reason
 from auditor.store import audits as audit_store
 from auditor.store import findings as finding_store
@@ -105,8 +106,11 @@ def run_shard(
         # This shard completes the audit: say why for the audit's top examples (the ranking is
         # global only now), with the one stored model and curvature, then finish.
         why_count = explain_top(sessions, audit_id, inp, tracker)
+        estimate = estimate_stored(sessions, audit_id)  # over every row; flags the workload
         with sessions() as s, s.begin():
             summary = {**result.summary, "n": stored, "shards": count, "why_top": why_count}
+            if estimate is not None:
+                summary["estimate"] = estimate
             summary.pop("train_disagreements", None)  # per-shard figure; not meaningful for the whole
             audit_store.set_audit_summary(s, audit_id, summary)
             try:

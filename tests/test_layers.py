@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.lds_jobs",
             "auditor.dampings",
             "auditor.shards",
+            "auditor.label_estimate",
             "auditor.schedules",
             "auditor.findings_view",
             "auditor.audit_diff",

@@ -19,6 +19,11 @@ bench/label_check.py, 3-5 flip seeds per setting):
 So the default `auto` ranks by `margin` unless the trained model agrees with at least
 MEMORISED_AGREEMENT of the given labels, then by `self-influence`; the audit summary says which
 and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, combined.
+
+The same leave-one-out probabilities give the estimate of how many labels are wrong (confident
+learning, `auditor.analyses.label_noise`, in the summary's `estimate`) and the review workload:
+that many findings, in rank order among those whose leave-one-out model prefers another label,
+are `flagged`; the rest are ranked only. Only those have a `suggested_label`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
 from auditor.analyses.common import fit_model
+from auditor.analyses.label_noise import NoiseEstimate, estimate_label_errors, flag_in_rank_order, stored_probs
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
 from auditor.errors import ModelError
@@ -42,6 +48,7 @@ from auditor.influence.rows import Rows
 __all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
 
 MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
+MAX_STORED_PROBS = 100  # a finding's payload keeps the leave-one-out probabilities up to this many classes
 
 
 @dataclass
@@ -57,6 +64,7 @@ class LabelScores:
     prob_label: np.ndarray
     loo_prob_label: np.ndarray
     suggested: np.ndarray  # best other label of the leave-one-out model
+    loo_probs: np.ndarray  # (rows, K) float32: the leave-one-out model's class probabilities
     solver: dict
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
     curvature: dict  # what the curvature covers, which solver and damping, and why
@@ -117,6 +125,7 @@ def score_examples(
         prob_label=logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         loo_prob_label=loo_logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         suggested=suggested.cpu().numpy(),
+        loo_probs=loo_logp.exp().float().cpu().numpy(),
         solver=influence.solver.describe(),
         train_agreement=agreement,
         curvature=fitted.curvature,
@@ -248,12 +257,23 @@ class LabelFindings(Sequence[FindingRecord]):
     (`finding_store.upsert_findings`), so only the score arrays (a few floats per example) are kept.
     """
 
-    def __init__(self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None) -> None:
+    def __init__(
+        self,
+        examples: Examples,
+        scores: LabelScores,
+        rank_by: str,
+        why: dict[int, dict] | None = None,
+        flagged: np.ndarray | None = None,
+    ) -> None:
         self.keys, self.labels, self.why = examples.keys, examples.y, why or {}
         # the score arrays only: not `scores.fitted` (the model and its data), kept while storing
         self.scores = dataclasses.replace(scores, fitted=None, influence=None)
         self.score = ranking_score(scores, rank_by)
         self.order = np.argsort(-self.score, kind="stable")  # flagged_order, from the same scores
+        self.flagged = np.zeros(len(self.order), dtype=bool)  # by position into the score arrays
+        if flagged is not None:
+            self.flagged[flagged] = True
+        self.store_probs = scores.loo_probs.shape[1] <= MAX_STORED_PROBS
 
     def __len__(self) -> int:
         return len(self.order)
@@ -284,18 +304,36 @@ class LabelFindings(Sequence[FindingRecord]):
                 "margin": float(s.margin[j]),
                 "loo_margin": float(s.loo_margin[j]),
                 "predicted": int(s.predicted[j]),
-                "suggested_label": int(s.suggested[j]),
+                # a suggestion only where the model trained without the example prefers another
+                # label; elsewhere the model agrees with the given label and has none to offer
+                "suggested_label": int(s.suggested[j]) if s.loo_margin[j] > 0 else None,
                 "prob_label": float(s.prob_label[j]),
                 "loo_prob_label": float(s.loo_prob_label[j]),
+                # as the estimate reads them, so the shard completing an audit can recompute it
+                **({"loo_probs": stored_probs(s.loo_probs[j]).tolist()} if self.store_probs else {}),
                 **({"why": self.why[i]} if i in self.why else {}),
             },
+            flagged=bool(self.flagged[j]),
         )
 
 
 def to_findings(
-    examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None
+    examples: Examples,
+    scores: LabelScores,
+    rank_by: str,
+    why: dict[int, dict] | None = None,
+    flagged: np.ndarray | None = None,
 ) -> LabelFindings:
-    return LabelFindings(examples, scores, rank_by, why)
+    return LabelFindings(examples, scores, rank_by, why, flagged)
+
+
+def estimate_and_flag(scores: LabelScores, labels: np.ndarray, rank_by: str) -> tuple[NoiseEstimate, np.ndarray]:
+    """The estimated number of wrong labels (`auditor.analyses.label_noise`) and the flagged
+    findings: positions into `scores`' arrays, the estimate's count of them taken in rank order
+    among the rows whose leave-one-out model prefers another label."""
+    estimate = estimate_label_errors(stored_probs(scores.loo_probs), labels[scores.indices])
+    flagged = flag_in_rank_order(flagged_order(scores, rank_by), scores.loo_margin > 0, estimate.count)
+    return estimate, flagged
 
 
 def run(inp: AnalysisInput) -> AnalysisResult:
@@ -307,12 +345,18 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         flagged = [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[: cfg.why_top]]
         inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
         why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
-    findings = to_findings(inp.train, scores, rank_by, why)
+    estimate: dict[str, Any] = {}
+    flagged = None
+    if cfg.shard is None:  # a shard sees its own rows only: the shard completing the audit estimates
+        noise, flagged = estimate_and_flag(scores, np.asarray(inp.train.y), rank_by)
+        estimate = {"estimate": noise.summary(len(flagged))}
+    findings = to_findings(inp.train, scores, rank_by, why, flagged)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())
     return AnalysisResult(
         findings,
         {
+            **estimate,
             "n": int(len(scores.indices)),
             "rank_by": rank_by,
             "rank_by_requested": cfg.rank_by,
