@@ -2,8 +2,8 @@
 
 Each shard sees only its own rows, so none of them can estimate how many labels are wrong (the
 per-class thresholds are means over every row of a class). The shard that completes the audit
-calls `estimate_stored` after the re-ranking: it reads every label finding's stored leave-one-out
-probabilities (`loo_probs`, kept when there are at most 100 classes) in example order, which is
+calls `estimate_stored` after the re-ranking: it reads every label finding's stored trained and leave-one-out
+probabilities (`probs`, `loo_probs`, kept when there are at most 100 classes) in example order, which is
 the order one in-process run computes them in, so both give the same estimate and flag the same
 findings (tests/test_label_estimate.py).
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from auditor.analyses.label_noise import estimate_label_errors, flag_in_rank_order
+from auditor.analyses.label_noise import estimate_from, flag_in_rank_order
 from auditor.store import findings as finding_store
 
 
@@ -29,20 +29,22 @@ def estimate_stored(sessions: sessionmaker[Session], audit_id: int) -> dict[str,
             return None
         keys: list[str] = []
         ranks, labels = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        suggests, probs = np.zeros(n, dtype=bool), None
+        suggests, probs, loo = np.zeros(n, dtype=bool), None, None
         # filled in place: a million rows' probabilities as Python lists would be ten times larger
-        for i, (_, key, rank, label, payload) in enumerate(finding_store.label_estimate_rows(s, audit_id)):
-            row = payload.get("loo_probs")
-            if row is None or label is None or i >= n:
+        for i, (_, key, rank, label, payload) in enumerate(
+            finding_store.label_estimate_rows(s, audit_id)
+        ):
+            row, loo_row = payload.get("probs"), payload.get("loo_probs")
+            if row is None or loo_row is None or label is None or i >= n:
                 return None
-            if probs is None:
-                probs = np.zeros((n, len(row)), dtype=np.float64)
+            if probs is None or loo is None:
+                probs, loo = np.zeros((n, len(row))), np.zeros((n, len(row)))
             keys.append(key)
-            ranks[i], labels[i], probs[i] = rank, label, row
+            ranks[i], labels[i], probs[i], loo[i] = rank, label, row, loo_row
             suggests[i] = payload.get("suggested_label") is not None
-    if probs is None or len(keys) != n:
+    if probs is None or loo is None or len(keys) != n:
         return None
-    estimate = estimate_label_errors(probs, labels)
+    estimate = estimate_from(probs, loo, labels)
     order = np.argsort(ranks, kind="stable")
     flagged = flag_in_rank_order(order, suggests, estimate.count)
     with sessions() as s, s.begin():

@@ -80,7 +80,8 @@ class Audited:
     seconds: float
     summary: dict
     flagged: np.ndarray  # example indices, in rank order
-    loo_probs: np.ndarray  # (n, K) as stored, in example order
+    probs: np.ndarray  # (n, K) the trained model's, as stored, in example order
+    loo_probs: np.ndarray  # (n, K) the leave-one-out model's, as stored, in example order
     labels: np.ndarray
 
 
@@ -106,6 +107,7 @@ def audit_label_check(case: Case, params: dict) -> Audited:
     return Audited(
         audit_id, seconds, summary,
         np.array([f.example_index for f in rows if f.flagged], dtype=np.int64),
+        np.array([f.payload["probs"] for f in by_index]),
         np.array([f.payload["loo_probs"] for f in by_index]),
         np.array([f.label for f in by_index], dtype=np.int64),
     )  # fmt: skip
@@ -168,14 +170,21 @@ def cleanlab_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     from cleanlab.filter import find_label_issues
 
     return np.asarray(
-        find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1), dtype=np.int64
+        find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1),
+        dtype=np.int64,
     )
 
 
 # ---- the estimate and the flagged set -----------------------------------------------------------
-def estimate_section(case: Case, model: str, params: dict, oof: Any, train_seconds: float = 0.0) -> list[dict]:
+def estimate_section(
+    case: Case, model: str, params: dict, oof: Any, train_seconds: float = 0.0
+) -> list[dict]:
     """Rows for one model: ours (the audit), the alternatives, and cleanlab on 5-fold OOF."""
-    from auditor.analyses.label_noise import estimate_label_errors, posterior_expected_errors
+    from auditor.analyses.label_noise import (
+        choose_probabilities,
+        estimate_label_errors,
+        posterior_expected_errors,
+    )
 
     truth = len(case.flipped)
     audited = audit_label_check(case, params)
@@ -186,18 +195,29 @@ def estimate_section(case: Case, model: str, params: dict, oof: Any, train_secon
         "estimate": est["count"], "low": est["low"], "high": est["high"], "truth": truth,
         "estimate_error": est["count"] / truth - 1, **scores(audited.flagged, case.flipped),
         "rank_by": audited.summary["rank_by"], "train_agreement": audited.summary["train_agreement"],
+        "estimate_method": est["method"],
     }]  # fmt: skip
-    posterior = posterior_expected_errors(audited.loo_probs, audited.labels)
-    joint = estimate_label_errors(audited.loo_probs, audited.labels)
+    source, read, _ = choose_probabilities(audited.probs, audited.loo_probs, audited.labels)
+    posterior = posterior_expected_errors(read, audited.labels)
+    joint = estimate_label_errors(read, audited.labels)
     rows.append({
-        "model": model, "method": "alt: posterior sum / confident-joint members", "seconds": None,
-        "estimate": round(posterior), "truth": truth, "estimate_error": posterior / truth - 1,
+        "model": model, "method": f"alt: posterior sum / confident-joint members ({source} probs)",
+        "seconds": None, "estimate": round(posterior), "truth": truth,
+        "estimate_error": posterior / truth - 1,
         **scores(np.flatnonzero(joint.confident_off_diagonal), case.flipped),
     })  # fmt: skip
+    if source != "leave-one-out":  # what the leave-one-out probabilities alone would have said
+        loo = estimate_label_errors(audited.loo_probs, audited.labels)
+        rows.append({
+            "model": model, "method": "alt: leave-one-out probs read anyway (confident-joint members)",
+            "seconds": None, "estimate": loo.count, "low": loo.low, "high": loo.high, "truth": truth,
+            "estimate_error": loo.count / truth - 1,
+            **scores(np.flatnonzero(loo.confident_off_diagonal), case.flipped),
+        })  # fmt: skip
     start = time.perf_counter()
-    on_loo = cleanlab_issues(audited.labels, audited.loo_probs)
+    on_loo = cleanlab_issues(audited.labels, read)
     rows.append({
-        "model": model, "method": "alt: cleanlab's rule on our leave-one-out probs",
+        "model": model, "method": f"alt: cleanlab's rule on our {source} probs",
         "seconds": time.perf_counter() - start, "estimate": len(on_loo), "truth": truth,
         "estimate_error": len(on_loo) / truth - 1, **scores(on_loo, case.flipped),
     })  # fmt: skip
@@ -218,13 +238,22 @@ def estimate_rows(case: Case, epochs: int) -> list[dict]:
     start = time.perf_counter()
     team = team_training(case.x, case.y, epochs, weights)
     team_seconds = time.perf_counter() - start
-    cnn = {"model": {"name": "user_models:bench_cnn", "weights": str(weights), "train": False, "device": "cpu"}}
+    cnn = {
+        "model": {
+            "name": "user_models:bench_cnn",
+            "weights": str(weights),
+            "train": False,
+            "device": "cpu",
+        }
+    }
     logreg = {"model": {"name": "logreg", "device": "cpu"}}
     print("team CNN: audit and 5-fold cleanlab ...", file=sys.stderr, flush=True)
     rows = estimate_section(case, f"team CNN ({epochs} epochs, fits {team['train_agreement']:.0%})", cnn,
                             lambda: oof_probs_cnn(case, epochs), team_seconds)  # fmt: skip
     print("logistic regression: audit and 5-fold cleanlab ...", file=sys.stderr, flush=True)
-    rows += estimate_section(case, "logreg (built-in)", logreg, lambda: oof_probs_builtin(case, logreg))
+    rows += estimate_section(
+        case, "logreg (built-in)", logreg, lambda: oof_probs_builtin(case, logreg)
+    )
     return rows
 
 
@@ -247,7 +276,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--epochs", type=int, default=3, help="the team's Adam epochs (a few)")
-    ap.add_argument("--out", type=Path, default=Path("review_workload.json"), help="JSON of every row")
+    ap.add_argument(
+        "--out", type=Path, default=Path("review_workload.json"), help="JSON of every row"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-review-workload-") as scratch:
         case = make_case(args.n, Path(scratch))
@@ -255,7 +286,9 @@ def main() -> None:
         rows = estimate_rows(case, args.epochs)
     print()
     print(estimate_table(rows))
-    args.out.write_text(json.dumps({"n": args.n, "epochs": args.epochs, "estimate": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"n": args.n, "epochs": args.epochs, "estimate": rows}, indent=1)
+    )
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 

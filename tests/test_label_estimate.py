@@ -71,10 +71,16 @@ def test_the_flagged_findings_are_the_estimate_in_rank_order(tmp_path, sqlite_ur
     flagged = [f for f in findings if f.flagged]
     assert set(estimate) == ESTIMATE_KEYS and estimate["evaluated_rows"] == N
     assert estimate["low"] <= estimate["count"] <= estimate["high"]
-    assert len(flagged) == estimate["flagged"] == min(estimate["count"], sum(f.payload["suggested_label"] is not None for f in findings))
+    assert (
+        len(flagged)
+        == estimate["flagged"]
+        == min(estimate["count"], sum(f.payload["suggested_label"] is not None for f in findings))
+    )
     # in rank order: no finding with a suggestion is skipped between flagged ones
     last = max(f.rank for f in flagged)
-    assert [f.rank for f in flagged] == [f.rank for f in findings if f.rank <= last and f.payload["suggested_label"] is not None]
+    assert [f.rank for f in flagged] == [
+        f.rank for f in findings if f.rank <= last and f.payload["suggested_label"] is not None
+    ]
     # the estimate is about right, and most of the workload are planted flips
     assert abs(estimate["count"] - len(flipped)) <= 0.3 * len(flipped)
     assert len({f.example_index for f in flagged} & set(flipped.tolist())) >= 0.7 * len(flagged)
@@ -83,7 +89,11 @@ def test_the_flagged_findings_are_the_estimate_in_rank_order(tmp_path, sqlite_ur
 def test_a_sharded_run_estimates_and_flags_as_one_run(tmp_path, sessions) -> None:
     path, _ = planted(tmp_path)
     _register(sessions, path)
-    params: dict[str, Any] = {"model": {"name": "logreg"}, "solver": {"name": "direct"}, "why_top": 0}
+    params: dict[str, Any] = {
+        "model": {"name": "logreg"},
+        "solver": {"name": "direct"},
+        "why_top": 0,
+    }
     single = create_audit(sessions, "label-check", "d", params)
     assert execute_audit(sessions, single).status == "succeeded"
     sharded = create_audit(sessions, "label-check", "d", {**params, "shards": 3})
@@ -92,20 +102,27 @@ def test_a_sharded_run_estimates_and_flags_as_one_run(tmp_path, sessions) -> Non
         a = audit_store.get_audit(s, single).summary["estimate"]
         b = audit_store.get_audit(s, sharded).summary["estimate"]
     assert a == b and a["count"] > 0
-    flags = lambda audit_id: [(f.example_key, f.rank) for f in _label_findings(sessions, audit_id) if f.flagged]  # noqa: E731
+
+    def flags(audit_id: int) -> list[tuple[str, int]]:
+        return [(f.example_key, f.rank) for f in _label_findings(sessions, audit_id) if f.flagged]
+
     assert flags(sharded) == flags(single) and len(flags(single)) == a["flagged"]
 
 
 def test_set_flagged_makes_exactly_those_findings_the_workload(tmp_path, sessions) -> None:
     path, _ = planted(tmp_path, n=60)
     _register(sessions, path)
-    audit_id = create_audit(sessions, "label-check", "d", {"model": {"name": "logreg"}, "why_top": 0})
+    audit_id = create_audit(
+        sessions, "label-check", "d", {"model": {"name": "logreg"}, "why_top": 0}
+    )
     assert execute_audit(sessions, audit_id).status == "succeeded"
     keys = [f.example_key for f in _label_findings(sessions, audit_id)]
     with sessions() as s, s.begin():
         assert finding_store.set_flagged(s, audit_id, keys[5:8]) == 3
     with sessions() as s:
-        assert [f.example_key for f in finding_store.list_findings(s, audit_id, flagged=True)] == keys[5:8]
+        assert [
+            f.example_key for f in finding_store.list_findings(s, audit_id, flagged=True)
+        ] == keys[5:8]
         page = finding_store.query_findings(s, audit_id, flagged=True, limit=None)
         assert page.total == 3 and [f.example_key for f, _ in page.rows] == keys[5:8]
         assert finding_store.query_findings(s, audit_id, flagged=False, limit=None).total == 57

@@ -7,7 +7,9 @@ import numpy as np
 
 from auditor.analyses.label_noise import (
     calibrated_joint,
+    choose_probabilities,
     confident_classes,
+    estimate_from,
     estimate_label_errors,
     flag_in_rank_order,
     per_class_thresholds,
@@ -18,7 +20,9 @@ from auditor.analyses.label_noise import (
 K = 4
 
 
-def constructed(n: int = 400, wrong: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def constructed(
+    n: int = 400, wrong: int = 40, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities of `n` rows over K classes where exactly `wrong` rows are confidently a class
     other than their label and every other row is confidently its own: (probs, labels, wrong rows)."""
     rng = np.random.default_rng(seed)
@@ -49,7 +53,9 @@ def test_the_pairs_say_which_given_label_hides_which_class() -> None:
     truth = probs.argmax(1)
     expected: dict[tuple[int, int], int] = {}
     for i in bad:
-        expected[(int(labels[i]), int(truth[i]))] = expected.get((int(labels[i]), int(truth[i])), 0) + 1
+        expected[(int(labels[i]), int(truth[i]))] = (
+            expected.get((int(labels[i]), int(truth[i])), 0) + 1
+        )
     est = estimate_label_errors(probs, labels)
     assert {(p["given"], p["suggested"]): p["count"] for p in est.pairs} == expected
     assert [p["count"] for p in est.pairs] == sorted((p["count"] for p in est.pairs), reverse=True)
@@ -62,12 +68,17 @@ def test_a_clean_set_has_no_wrong_labels_and_a_zero_interval() -> None:
     assert not est.confident_off_diagonal.any()
 
 
-def test_the_interval_is_the_same_under_the_same_seed_and_covers_the_truth_on_noisy_probabilities() -> None:
+def test_the_interval_is_the_same_under_the_same_seed_and_covers_the_truth_on_noisy_probabilities() -> (
+    None
+):
     rng = np.random.default_rng(3)
     probs, labels, _ = constructed(n=2000, wrong=200, seed=1)
     noisy = probs + rng.uniform(0, 0.3, probs.shape)  # less confident, not cleanly separable
     noisy /= noisy.sum(1, keepdims=True)
-    a, b = estimate_label_errors(noisy, labels, seed=7), estimate_label_errors(noisy, labels, seed=7)
+    a, b = (
+        estimate_label_errors(noisy, labels, seed=7),
+        estimate_label_errors(noisy, labels, seed=7),
+    )
     assert (a.count, a.low, a.high) == (b.count, b.low, b.high)
     assert a.low < a.high and a.low <= 200 <= a.high
 
@@ -127,3 +138,23 @@ def test_stored_probabilities_read_back_from_json_give_the_same_numbers() -> Non
     probs = np.random.default_rng(0).dirichlet(np.ones(10), 50).astype(np.float32)
     stored = stored_probs(probs)
     assert np.array_equal(np.asarray(json.loads(json.dumps(stored.tolist()))), stored)
+
+
+def test_an_overshooting_leave_one_out_step_falls_back_to_the_trained_probabilities() -> None:
+    """Removing one example cannot turn most correct labels wrong: where the left-out model
+    disagrees with far more labels than the trained one, the trained model's are read."""
+    trained, labels, _ = constructed()
+    overshoot = np.roll(trained, 1, axis=1)  # the left-out model prefers another class everywhere
+    source, probs, reason = choose_probabilities(trained, overshoot, labels)
+    assert source == "trained" and probs is trained and "97.2%" in reason
+    assert estimate_from(trained, overshoot, labels).count == 40
+
+
+def test_a_plausible_or_memorised_leave_one_out_step_is_read() -> None:
+    trained, labels, _ = constructed()
+    assert choose_probabilities(trained, trained, labels)[0] == "leave-one-out"
+    memorised = np.eye(K)[labels] * 0.97 + 0.01  # fits every given label
+    loo, _, _ = constructed()
+    source, probs, _ = choose_probabilities(memorised, loo, labels)
+    assert source == "leave-one-out" and probs is loo
+    assert "leave-one-out" in estimate_from(memorised, loo, labels).method

@@ -39,7 +39,12 @@ from torch import Tensor
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
 from auditor.analyses.common import fit_model
-from auditor.analyses.label_noise import NoiseEstimate, estimate_label_errors, flag_in_rank_order, stored_probs
+from auditor.analyses.label_noise import (
+    NoiseEstimate,
+    estimate_from,
+    flag_in_rank_order,
+    stored_probs,
+)
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
 from auditor.data.base import Examples
 from auditor.errors import ModelError
@@ -64,6 +69,7 @@ class LabelScores:
     prob_label: np.ndarray
     loo_prob_label: np.ndarray
     suggested: np.ndarray  # best other label of the leave-one-out model
+    probs: np.ndarray  # (rows, K) float32: the trained model's class probabilities
     loo_probs: np.ndarray  # (rows, K) float32: the leave-one-out model's class probabilities
     solver: dict
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
@@ -125,6 +131,7 @@ def score_examples(
         prob_label=logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         loo_prob_label=loo_logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         suggested=suggested.cpu().numpy(),
+        probs=logp.exp().float().cpu().numpy(),
         loo_probs=loo_logp.exp().float().cpu().numpy(),
         solver=influence.solver.describe(),
         train_agreement=agreement,
@@ -310,7 +317,11 @@ class LabelFindings(Sequence[FindingRecord]):
                 "prob_label": float(s.prob_label[j]),
                 "loo_prob_label": float(s.loo_prob_label[j]),
                 # as the estimate reads them, so the shard completing an audit can recompute it
-                **({"loo_probs": stored_probs(s.loo_probs[j]).tolist()} if self.store_probs else {}),
+                **(
+                    {"probs": stored_probs(s.probs[j]).tolist(), "loo_probs": stored_probs(s.loo_probs[j]).tolist()}
+                    if self.store_probs
+                    else {}
+                ),
                 **({"why": self.why[i]} if i in self.why else {}),
             },
             flagged=bool(self.flagged[j]),
@@ -331,7 +342,7 @@ def estimate_and_flag(scores: LabelScores, labels: np.ndarray, rank_by: str) -> 
     """The estimated number of wrong labels (`auditor.analyses.label_noise`) and the flagged
     findings: positions into `scores`' arrays, the estimate's count of them taken in rank order
     among the rows whose leave-one-out model prefers another label."""
-    estimate = estimate_label_errors(stored_probs(scores.loo_probs), labels[scores.indices])
+    estimate = estimate_from(stored_probs(scores.probs), stored_probs(scores.loo_probs), labels[scores.indices])
     flagged = flag_in_rank_order(flagged_order(scores, rank_by), scores.loo_margin > 0, estimate.count)
     return estimate, flagged
 
