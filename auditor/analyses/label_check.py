@@ -20,8 +20,9 @@ So the default `auto` ranks by `margin` unless the trained model agrees with at 
 MEMORISED_AGREEMENT of the given labels, then by `self-influence`; the audit summary says which
 and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, combined.
 
-The same leave-one-out probabilities give the estimate of how many labels are wrong (confident
-learning, `auditor.analyses.label_noise`, in the summary's `estimate`) and the review workload:
+The same leave-one-out probabilities (the trained model's where the first-order step overshoots)
+give the estimate of how many labels are wrong (confident learning,
+`auditor.analyses.label_noise`, in the summary's `estimate`) and the review workload:
 that many findings, in rank order among those whose leave-one-out model prefers another label,
 are `flagged`; the rest are ranked only. Only those have a `suggested_label`.
 """
@@ -53,7 +54,7 @@ from auditor.influence.rows import Rows
 __all__ = ["RANK_BY", "LabelCheckConfig", "run", "score_examples"]
 
 MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
-MAX_STORED_PROBS = 100  # a finding's payload keeps the leave-one-out probabilities up to this many classes
+MAX_STORED_PROBS = 100  # a finding's payload keeps its class probabilities up to this many classes
 
 
 @dataclass
@@ -357,11 +358,11 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
         why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
     estimate: dict[str, Any] = {}
-    flagged = None
+    workload = None
     if cfg.shard is None:  # a shard sees its own rows only: the shard completing the audit estimates
-        noise, flagged = estimate_and_flag(scores, np.asarray(inp.train.y), rank_by)
-        estimate = {"estimate": noise.summary(len(flagged))}
-    findings = to_findings(inp.train, scores, rank_by, why, flagged)
+        noise, workload = estimate_and_flag(scores, np.asarray(inp.train.y), rank_by)
+        estimate = {"estimate": noise.summary(len(workload))}
+    findings = to_findings(inp.train, scores, rank_by, why, workload)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())
     return AnalysisResult(
