@@ -18,10 +18,9 @@ Why not a calibrated posterior (sum of 1 - p(given label | x) over rows)? It nee
 probabilities themselves to be calibrated, and a regularised model's are not: it spreads mass
 over every class, so every clean example adds a little "expected error" and the sum runs high
 (bench/review_workload.py measures both on 5,000 28x28 digits with 500 flips: the posterior sum
-says 1,435 for the team CNN and 2,062 for logistic regression, the confident joint 479 and 624).
-Calibrating first needs held-out labels the label
-check does not assume. Confident learning needs only that the model ranks classes well within
-each class, which is what the ranking already relies on.
+says 1,435 for the team CNN and 2,062 for logistic regression, the confident joint 479 and 624). Calibrating first needs held-out labels the label check does
+not assume. Confident learning needs only that the model ranks classes well within each class,
+which is what the ranking already relies on.
 
 The first-order leave-one-out step is not always sound: for a team's network given as weights
 (not at a minimum, damped EK-FAC curvature) it was measured to overshoot by far, turning most
