@@ -123,6 +123,7 @@ def finding_doc(
         "example_key": f.example_key,
         "label": f.label,
         "score": f.score,
+        "flagged": bool(f.flagged),  # in the audit's review workload (its estimate), else ranked only
         "payload": f.payload,
     }
     if ctx is not None:

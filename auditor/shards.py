@@ -12,9 +12,12 @@ only upserts the same rows again.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from auditor.analyses.registry import AuditKind, get_kind
+from auditor.analyses.sharding import ShardHooks
 from auditor.artifacts import ArtifactStore, root
 from auditor.config import Settings
 from auditor.data.options import DataOptions
@@ -117,8 +120,10 @@ def run_shard(
         # This shard completes the audit: the kind's finish for the audit's top findings (the
         # ranking is global only now), with the one stored fit, then the summary.
         finished = finish_top(sessions, audit_id, kind, inp, tracker)
+        flagged = flag_over_all_rows(sessions, audit_id, hooks)
         with sessions() as s, s.begin():
             summary = hooks.merge_summary(result.summary, n=stored, shards=count, finished=finished)
+            summary.update(flagged)
             audit_store.set_audit_summary(s, audit_id, summary)
             try:
                 audit_store.set_audit_status(s, audit_id, "succeeded", message=f"{stored} findings from {count} shards")
@@ -131,6 +136,24 @@ def run_shard(
             sessions, audit_id, compute, in_worker=in_worker, lease_seconds=settings.lease_seconds,
             part=part, requeue=False,
         )  # fmt: skip
+
+
+def flag_over_all_rows(sessions: sessionmaker[Session], audit_id: int, hooks: ShardHooks) -> dict[str, Any]:
+    """What needs every stored row (`ShardHooks.flag`: the label check's estimate of the wrong
+    labels, which flags the review workload): read in example order, flagged, and the summary's
+    additions returned ({} when the kind flags nothing or its rows cannot say)."""
+    kind = hooks.flagged_kind()
+    if not kind:
+        return {}
+    with sessions() as s:
+        n = finding_store.count_findings(s, audit_id, kind=kind)
+        out = hooks.flag(n, finding_store.rows_in_example_order(s, audit_id, kind)) if n else None
+    if out is None:
+        return {}
+    keys, additions = out
+    with sessions() as s, s.begin():
+        finding_store.set_flagged(s, audit_id, keys, kind)
+    return additions
 
 
 def finish_top(sessions: sessionmaker[Session], audit_id: int, kind: AuditKind, inp, progress) -> int:

@@ -22,14 +22,21 @@ and why. `rank_by` picks any score: loo-margin, self-influence, loss, margin, co
 `value`: the predicted reduction of the test set's mean loss if the example is relabelled to its
 suggestion (`auditor.analyses.fix_value`; held-out training rows without a test set).
 
-The top `why_top` findings also get `fix_value`: what relabelling or removing each is predicted to
-change in the test loss and accuracy (or the held-out rows'), with the total in the summary.
+The same leave-one-out probabilities (the trained model's where the first-order step overshoots)
+give the estimate of how many labels are wrong (confident learning,
+`auditor.analyses.label_noise`, in the summary's `estimate`) and the review workload:
+that many findings, in rank order among those whose leave-one-out model prefers another label,
+are `flagged`; the rest are ranked only. Only those have a `suggested_label`.
+
+The flagged findings (the top `why_top` where nothing is flagged) also get `fix_value`: what
+relabelling or removing each is predicted to change in the test loss and accuracy (or the
+held-out rows'), with the total in the summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -40,8 +47,14 @@ from torch import Tensor
 from auditor.analyses.base import AnalysisInput, AnalysisResult, FindingRecord, FitCache, Progress
 from auditor.analyses.fitting import fit_model, rows_of
 from auditor.analyses.fix_value import FixValues, Valuation, held_out_evaluation, on_test_set
+from auditor.analyses.label_noise import (
+    NoiseEstimate,
+    estimate_from,
+    flag_in_rank_order,
+    stored_probs,
+)
 from auditor.analyses.registry import RANK_BY, LabelCheckConfig
-from auditor.analyses.sharding import ShardHooks
+from auditor.analyses.sharding import ShardHooks, StoredRow
 from auditor.data.base import Examples, check_test_set
 from auditor.errors import AuditorError, DataError, ModelError
 from auditor.influence.rows import Rows
@@ -49,6 +62,7 @@ from auditor.influence.rows import Rows
 __all__ = ["RANK_BY", "SHARD_HOOKS", "LabelCheckConfig", "run", "score_examples"]
 
 MEMORISED_AGREEMENT = 0.995  # `auto`: at or above this training agreement, rank by self-influence
+MAX_STORED_PROBS = 100  # a finding's payload keeps its class probabilities up to this many classes
 
 
 @dataclass
@@ -64,6 +78,8 @@ class LabelScores:
     prob_label: np.ndarray
     loo_prob_label: np.ndarray
     suggested: np.ndarray  # best other label of the leave-one-out model
+    probs: np.ndarray  # (rows, K) float32: the trained model's class probabilities
+    loo_probs: np.ndarray  # (rows, K) float32: the leave-one-out model's class probabilities
     solver: dict
     train_agreement: float  # fraction of *all* training rows whose given label the model predicts
     curvature: dict  # what the curvature covers, which solver and damping, and why
@@ -121,6 +137,8 @@ def score_examples(
         prob_label=logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         loo_prob_label=loo_logp.gather(1, y[:, None])[:, 0].exp().cpu().numpy(),
         suggested=suggested.cpu().numpy(),
+        probs=logp.exp().float().cpu().numpy(),
+        loo_probs=loo_logp.exp().float().cpu().numpy(),
         solver=influence.solver.describe(),
         train_agreement=agreement,
         curvature=fitted.curvature,
@@ -163,9 +181,25 @@ def value_scores(scores: LabelScores, val: Valuation, shard: list[int] | None) -
     return val.loss_change(x, y, new, scores.indices).relabel
 
 
-def fix_value_rows(scores: LabelScores, rank_by: str, count: int) -> list[int]:
-    """The rows (training indices) whose fixes are valued: the top `count` ranked."""
-    return [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[:count]]
+# Each valued row costs two inverse-HVP solves and two passes over the evaluation rows per chunk
+# of rows: the review workload is valued in full up to this many, in rank order.
+MAX_VALUED_ROWS = 2_000
+
+
+def fix_value_rows(
+    scores: LabelScores, rank_by: str, count: int, flagged: np.ndarray | None = None
+) -> list[int]:
+    """The rows (training indices) whose fixes are valued: the flagged ones (the review
+    workload, in rank order, at most MAX_VALUED_ROWS), or the top `count` ranked where the audit
+    flagged none."""
+    order = flagged_order(scores, rank_by)
+    if flagged is not None and len(flagged):
+        member = np.zeros(len(order), dtype=bool)
+        member[flagged] = True
+        order = order[member[order]][:MAX_VALUED_ROWS]
+    else:
+        order = order[:count]
+    return [int(scores.indices[j]) for j in order]
 
 
 def fix_values(scores: LabelScores, val: Valuation, rows: list[int]) -> FixValues:
@@ -302,14 +336,24 @@ class LabelFindings(Sequence[FindingRecord]):
     """
 
     def __init__(
-        self, examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None,
+        self,
+        examples: Examples,
+        scores: LabelScores,
+        rank_by: str,
+        why: dict[int, dict] | None = None,
+        flagged: np.ndarray | None = None,
         fix_value: dict[int, dict] | None = None,
-    ) -> None:  # fmt: skip
-        self.keys, self.labels, self.why, self.fix_value = examples.keys, examples.y, why or {}, fix_value or {}
+    ) -> None:
+        self.keys, self.labels, self.why = examples.keys, examples.y, why or {}
+        self.fix_value = fix_value or {}
         # the score arrays only: not `scores.fitted` (the model and its data), kept while storing
         self.scores = dataclasses.replace(scores, fitted=None, influence=None)
         self.score = ranking_score(scores, rank_by)
         self.order = np.argsort(-self.score, kind="stable")  # flagged_order, from the same scores
+        self.flagged = np.zeros(len(self.order), dtype=bool)  # by position into the score arrays
+        if flagged is not None:
+            self.flagged[flagged] = True
+        self.store_probs = scores.loo_probs.shape[1] <= MAX_STORED_PROBS
 
     def __len__(self) -> int:
         return len(self.order)
@@ -340,20 +384,42 @@ class LabelFindings(Sequence[FindingRecord]):
                 "margin": float(s.margin[j]),
                 "loo_margin": float(s.loo_margin[j]),
                 "predicted": int(s.predicted[j]),
-                "suggested_label": int(s.suggested[j]),
+                # a suggestion only where the model trained without the example prefers another
+                # label; elsewhere the model agrees with the given label and has none to offer
+                "suggested_label": int(s.suggested[j]) if s.loo_margin[j] > 0 else None,
                 "prob_label": float(s.prob_label[j]),
                 "loo_prob_label": float(s.loo_prob_label[j]),
+                # as the estimate reads them, so the shard completing an audit can recompute it
+                **(
+                    {"probs": stored_probs(s.probs[j]).tolist(), "loo_probs": stored_probs(s.loo_probs[j]).tolist()}
+                    if self.store_probs
+                    else {}
+                ),
                 **({"why": self.why[i]} if i in self.why else {}),
                 **({"fix_value": self.fix_value[i]} if i in self.fix_value else {}),
             },
+            flagged=bool(self.flagged[j]),
         )
 
 
 def to_findings(
-    examples: Examples, scores: LabelScores, rank_by: str, why: dict[int, dict] | None = None,
+    examples: Examples,
+    scores: LabelScores,
+    rank_by: str,
+    why: dict[int, dict] | None = None,
+    flagged: np.ndarray | None = None,
     fix_value: dict[int, dict] | None = None,
-) -> LabelFindings:  # fmt: skip
-    return LabelFindings(examples, scores, rank_by, why, fix_value)
+) -> LabelFindings:
+    return LabelFindings(examples, scores, rank_by, why, flagged, fix_value)
+
+
+def estimate_and_flag(scores: LabelScores, labels: np.ndarray, rank_by: str) -> tuple[NoiseEstimate, np.ndarray]:
+    """The estimated number of wrong labels (`auditor.analyses.label_noise`) and the flagged
+    findings: positions into `scores`' arrays, the estimate's count of them taken in rank order
+    among the rows whose leave-one-out model prefers another label."""
+    estimate = estimate_from(stored_probs(scores.probs), stored_probs(scores.loo_probs), labels[scores.indices])
+    flagged = flag_in_rank_order(flagged_order(scores, rank_by), scores.loo_margin > 0, estimate.count)
+    return estimate, flagged
 
 
 def run(inp: AnalysisInput) -> AnalysisResult:
@@ -372,6 +438,11 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         inp.progress(0.95, f"predicting what relabelling each example is worth on {val.ev.described}")
         scores.value = value_scores(scores, val, cfg.shard)
     rank_by, reason = choose_ranking(scores, cfg.rank_by)
+    estimate: dict[str, Any] = {}
+    workload = None
+    if cfg.shard is None:  # a shard sees its own rows only: the shard completing the audit estimates
+        noise, workload = estimate_and_flag(scores, np.asarray(inp.train.y), rank_by)
+        estimate = {"estimate": noise.summary(len(workload))}
     why: dict[int, dict] = {}
     fixes: FixValues | None = None
     if cfg.why_top and cfg.shard is None:
@@ -379,10 +450,11 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
         why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
         if val is not None:
-            inp.progress(0.97, f"predicting what fixing the top {len(flagged)} is worth on {val.ev.described}")
-            fixes = fix_values(scores, val, flagged)
+            valued = fix_value_rows(scores, rank_by, cfg.why_top, workload)
+            inp.progress(0.97, f"predicting what fixing {len(valued)} flagged examples is worth on {val.ev.described}")
+            fixes = fix_values(scores, val, valued)
     fix_payload = {} if fixes is None else {int(i): fixes.payload(j) for j, i in enumerate(fixes.rows)}
-    findings = to_findings(inp.train, scores, rank_by, why, fix_payload)
+    findings = to_findings(inp.train, scores, rank_by, why, workload, fix_payload)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())
     value_summary: dict[str, Any] = {}
@@ -394,6 +466,7 @@ def run(inp: AnalysisInput) -> AnalysisResult:
         findings,
         {
             **value_summary,
+            **estimate,
             "n": int(len(scores.indices)),
             "rank_by": rank_by,
             "rank_by_requested": cfg.rank_by,
@@ -433,6 +506,35 @@ class LabelCheckShards(ShardHooks):
         out = {**summary, "n": n, "shards": shards, "why_top": finished}
         out.pop("train_disagreements", None)  # per-shard figure; not meaningful for the whole
         return out
+
+    def flagged_kind(self) -> str:
+        return "label"
+
+    def flag(self, n: int, rows: Iterable[StoredRow]) -> tuple[list[str], dict[str, Any]] | None:
+        """The estimate over every row of the audit, from the trained and leave-one-out
+        probabilities each shard stored (`probs`, `loo_probs`, kept up to MAX_STORED_PROBS
+        classes), read in example order: the order one in-process run computes them in, so both
+        give the same estimate and flag the same findings (tests/test_label_estimate.py)."""
+        keys: list[str] = []
+        ranks, labels = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        suggests = np.zeros(n, dtype=bool)
+        probs = loo = None
+        # filled in place: a million rows' probabilities as Python lists would be ten times larger
+        for i, (_, key, rank, label, payload) in enumerate(rows):
+            row, loo_row = payload.get("probs"), payload.get("loo_probs")
+            if row is None or loo_row is None or label is None or i >= n:
+                return None
+            if probs is None or loo is None:
+                probs, loo = np.zeros((n, len(row))), np.zeros((n, len(row)))
+            keys.append(key)
+            ranks[i], labels[i], probs[i], loo[i] = rank, label, row, loo_row
+            suggests[i] = payload.get("suggested_label") is not None
+        if probs is None or loo is None or len(keys) != n:
+            return None
+        estimate = estimate_from(probs, loo, labels)
+        flagged = flag_in_rank_order(np.argsort(ranks, kind="stable"), suggests, estimate.count)
+        return [keys[int(j)] for j in flagged], {"estimate": estimate.summary(len(flagged))}
+
 
 
 SHARD_HOOKS = LabelCheckShards()

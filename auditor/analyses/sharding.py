@@ -19,9 +19,13 @@ The order of calls for an audit split into `count` shards:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, Progress
+
+# (example_index, example_key, rank, label, payload) of one stored finding
+StoredRow = tuple[int, str, int, "int | None", dict[str, Any]]
 
 
 class ShardHooks:
@@ -43,6 +47,17 @@ class ShardHooks:
     def finish(self, inp: AnalysisInput, rows: list[int]) -> dict[int, dict[str, Any]]:
         """Payload additions for the global top findings (example indices `rows`, best first)."""
         return {}
+
+    def flagged_kind(self) -> str:
+        """The finding kind whose stored rows `flag` reads; "" for a kind that flags nothing
+        after its shards (each shard's flags are then final)."""
+        return ""
+
+    def flag(self, n: int, rows: Iterable[StoredRow]) -> tuple[list[str], dict[str, Any]] | None:
+        """From the `n` stored findings of `flagged_kind` (in example order), what needs every
+        row: the keys to flag and the summary's additions; None where the stored rows cannot
+        say (nothing is flagged then)."""
+        return None
 
     def merge_summary(
         self, summary: dict[str, Any], *, n: int, shards: int, finished: int

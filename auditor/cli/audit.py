@@ -123,6 +123,10 @@ def _print_ranking(doc: dict[str, Any]) -> None:
     """A label check's summary says which ranking `auto` chose and why, and every audit's which
     curvature and damping it used and why; reviewers should know."""
     summary = doc.get("summary") or {}
+    if summary.get("estimate"):
+        from auditor.analyses.label_noise import estimate_text
+
+        out_console.print(estimate_text(summary["estimate"]), markup=False)
     if summary.get("rank_by_reason"):
         out_console.print(f"ranked by {summary['rank_by']}: {summary['rank_by_reason']}", markup=False)
     curvature = summary.get("curvature")

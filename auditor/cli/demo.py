@@ -37,7 +37,10 @@ def demo_command(
         rows = finding_store.list_findings(s, result.audit_id, top=10)
         ctx = context_for(s, result.audit_id, rows)
         top = [finding_doc(f, ctx) for f in rows]
-        ranked_by = (audit_store.get_audit(s, result.audit_id).summary or {}).get("rank_by", "score")
+        summary = audit_store.get_audit(s, result.audit_id).summary or {}
+        ranked_by = summary.get("rank_by", "score")
+        estimate = summary.get("estimate")
+        flagged_rows = {f.example_index for f in finding_store.list_findings(s, result.audit_id, kind="label", flagged=True)}
     flipped = set(__import__("json").loads(result.truth_path.read_text())["flipped_indices"])
     doc = {
         "audit_id": result.audit_id,
@@ -52,6 +55,9 @@ def demo_command(
         },
         "truth": str(result.truth_path),
         "rank_by": ranked_by,
+        "estimate": estimate,
+        # the flagged set against the planted flips: how good the review workload is
+        "flagged_planted": len(flagged_rows & flipped),
         "top": [{**d, "flipped": d["example_index"] in flipped} for d in top],
     }
     if json_output:
@@ -71,6 +77,14 @@ def demo_command(
             f"30%: {r['30%']:.0%}); by self-influence: {doc['recall_by_self_influence']['10%']:.0%}, "
             f"by training loss: {doc['recall_by_loss']['10%']:.0%} at 10%."
         )
+        if estimate:
+            from auditor.analyses.label_noise import estimate_text
+
+            out_console.print(
+                f"{estimate_text(estimate)} ({doc['flagged_planted']} of them planted flips; "
+                f"{result.flipped} were planted).",
+                markup=False,
+            )
         out_console.print(
             f"next: `auditor review next {result.audit_id}`, "
             f"`auditor report {result.audit_id} --out report.html --truth {result.truth_path}`, "

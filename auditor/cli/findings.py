@@ -32,6 +32,9 @@ def list_findings(
     decision: Annotated[str | None, typer.Option(help="Only: undecided | confirmed | relabelled | dismissed")] = None,
     page: Annotated[int, typer.Option(min=1, help="Page number, N findings per page")] = 1,
     order: Annotated[str, typer.Option(help="rank | -score | score | label")] = "rank",
+    flagged: Annotated[
+        bool, typer.Option("--flagged", help="Only the flagged findings (the audit's estimate of its wrong labels)")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """An audit's findings, best-ranked first, with class names, files and decisions."""
@@ -47,7 +50,7 @@ def list_findings(
             wanted = parse_class(label, audit_store.get_audit(s, audit_id).dataset.class_names)
         result = finding_store.query_findings(
             s, audit_id, kind=kind, label=wanted, decision=decision, order=order,
-            offset=(page - 1) * top, limit=top,
+            offset=(page - 1) * top, limit=top, flagged=True if flagged else None,
         )  # fmt: skip
         ctx = context_for(s, audit_id, [f for f, _ in result.rows])
         docs = [finding_doc(f, ctx, r) for f, r in result.rows]

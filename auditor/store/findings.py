@@ -180,12 +180,19 @@ def _upsert_findings_statements(
 
 
 def list_findings(
-    session: Session, audit_id: int, top: int | None = None, kind: str | None = None
+    session: Session,
+    audit_id: int,
+    top: int | None = None,
+    kind: str | None = None,
+    flagged: bool | None = None,
 ) -> list[Finding]:
-    """An audit's findings by rank (best first), optionally the first `top` and one kind."""
+    """An audit's findings by rank (best first), optionally the first `top`, one kind, and only
+    the flagged (True) or only the ranked-only (False) ones."""
     query = select(Finding).where(Finding.audit_id == audit_id)
     if kind is not None:
         query = query.where(Finding.kind == kind)
+    if flagged is not None:
+        query = query.where(Finding.flagged.is_(flagged))
     query = query.order_by(Finding.rank, Finding.id)
     if top is not None:
         query = query.limit(top)
@@ -216,8 +223,10 @@ def query_findings(
     order: str = "rank",
     offset: int = 0,
     limit: int | None = 50,
+    flagged: bool | None = None,
 ) -> FindingPage:
-    """Findings of an audit filtered by kind, given label (class) and decision, sorted and paged.
+    """Findings of an audit filtered by kind, given label (class), decision and whether they are
+    flagged (the audit's estimate of its wrong labels) or ranked only, sorted and paged.
 
     `decision`: "undecided" or one of DECISIONS, as it stands now (the example's latest decision
     in this dataset, whichever audit prompted it). `order`: rank (the review queue: flagged
@@ -241,6 +250,8 @@ def query_findings(
         base.append(Finding.kind == kind)
     if label is not None:
         base.append(Finding.label == label)
+    if flagged is not None:
+        base.append(Finding.flagged.is_(flagged))
     # Two spellings of the decision filter, each planned well whatever the table statistics say:
     # the count as a (NOT) EXISTS semi-join (a hash join over the reviews), the page as a
     # per-row lookup in the reviews' unique index, which stops after `limit` rows. A plain outer
@@ -408,3 +419,40 @@ def rerank(session: Session, audit_id: int) -> int:
         )
         session.connection().execute(stmt, ranks)
     return len(ranks)
+
+
+def rows_in_example_order(
+    session: Session, audit_id: int, kind: str = "label"
+) -> Iterator[tuple[int, str, int, int | None, dict[str, Any]]]:
+    """(example_index, example_key, rank, label, payload) of an audit's findings of one kind, in
+    example order, read FINDING_CHUNK_ROWS at a time: what an estimate over every row of a
+    sharded label check needs from what its shards stored."""
+    query = (
+        select(Finding.example_index, Finding.example_key, Finding.rank, Finding.label, Finding.payload)
+        .where(Finding.audit_id == audit_id, Finding.kind == kind)
+        .order_by(Finding.example_index, Finding.id)
+        .execution_options(yield_per=FINDING_CHUNK_ROWS)
+    )
+    for index, key, rank, label, payload in session.execute(query):
+        yield int(index), key, int(rank), label, payload or {}
+
+
+def set_flagged(session: Session, audit_id: int, keys: Iterable[str], kind: str = "label") -> int:
+    """Make the findings of `kind` whose example keys are in `keys` the audit's flagged ones and
+    every other finding of that kind ranked only; returns how many are flagged."""
+    session.execute(
+        update(Finding)
+        .where(Finding.audit_id == audit_id, Finding.kind == kind)
+        .values(flagged=False)
+        .execution_options(synchronize_session=False)
+    )
+    flagged = 0
+    for chunk in in_chunks(sorted(set(keys))):
+        result = session.execute(
+            update(Finding)
+            .where(Finding.audit_id == audit_id, Finding.kind == kind, Finding.example_key.in_(chunk))
+            .values(flagged=True)
+            .execution_options(synchronize_session=False)
+        )
+        flagged += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return flagged
