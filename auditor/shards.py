@@ -121,7 +121,7 @@ def run_shard(
 def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -> int:
     """Add the "why" lists (label_check.explain_flagged) to the audit's top `why_top` label
     findings; returns how many got them."""
-    from auditor.analyses.label_check import why_for_rows
+    from auditor.analyses.label_check import why_for_rows, why_payload
 
     cfg = get_kind("label-check").parse({k: v for k, v in inp.params.items() if k != "shard"})
     if not cfg.why_top:
@@ -134,7 +134,7 @@ def explain_top(sessions: sessionmaker[Session], audit_id: int, inp, progress) -
     with sessions() as s, s.begin():
         for f in finding_store.list_findings(s, audit_id, top=cfg.why_top, kind="label"):
             if f.example_index in why:
-                f.payload = {**(f.payload or {}), "why": why[f.example_index]}
+                f.payload = {**(f.payload or {}), **why_payload(why[f.example_index])}
     return len(why)
 
 

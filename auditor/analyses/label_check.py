@@ -139,6 +139,31 @@ def fit_shared(examples: Examples, cfg: LabelCheckConfig, cache: FitCache, progr
 
 
 WHY_PER_LIST = 5  # training examples per list shown for a flagged example
+# Memory one chunk of `explain_flagged` may take for its two (rows x n) and (rows x p) matrices,
+# float32: the why lists of every flagged example are computed this many rows at a time, one
+# gradient pass over the data set per chunk, so the cost is bounded whatever the flagged count.
+WHY_CHUNK_BYTES = 256 * 2**20
+WHY_CHUNK_MAX = 1024
+
+
+def why_chunk_rows(n: int, p: int, budget: int = WHY_CHUNK_BYTES) -> int:
+    """Rows per chunk of `explain_flagged`: its influence matrix (n x rows), test factors
+    (rows x p) and input distances (rows x n) within `budget` bytes, 16 to WHY_CHUNK_MAX."""
+    return int(min(WHY_CHUNK_MAX, max(16, budget // (4 * (2 * n + p)))))
+
+
+def why_rows(scores: LabelScores, rank_by: str, limit: int, flagged: np.ndarray | None = None) -> list[int]:
+    """The rows (example indices) whose "why" lists a label check stores, best-ranked first: its
+    flagged findings (positions into `scores`' arrays, when the estimate has chosen them), else
+    the top of the ranking; at most `limit` either way (0: none)."""
+    if limit <= 0:
+        return []
+    order = flagged_order(scores, rank_by)
+    if flagged is not None:
+        member = np.zeros(len(order), dtype=bool)
+        member[np.asarray(flagged, dtype=int)] = True
+        order = order[member[order]]
+    return [int(scores.indices[j]) for j in order[:limit]]
 
 
 def why_for_rows(
@@ -154,7 +179,13 @@ def why_for_rows(
 
 
 def explain_flagged(
-    examples: Examples, fitted: Any, inf: Any, rows: list[int], top: int = WHY_PER_LIST
+    examples: Examples,
+    fitted: Any,
+    inf: Any,
+    rows: list[int],
+    top: int = WHY_PER_LIST,
+    progress: Progress | None = None,
+    chunk: int | None = None,
 ) -> dict[int, dict[str, list[dict]]]:
     """Why each flagged example (row index) stands out, from the same trained model and curvature.
 
@@ -163,16 +194,46 @@ def explain_flagged(
     (z_j argues against the given label). A wrong label is typically propped up by few helpers
     and opposed by many harmful examples of the class it truly is. The nearest examples in input
     space are listed beside them, with their influence, because the paper's point is that the
-    two differ (section 5.1). The example itself is left out of its own lists.
-    """
-    from auditor.analyses.explain import input_distances
+    two differ (section 5.1). The example itself is left out of its own lists. Each example's
+    lists come with `total_abs_influence`, the sum of |I_up,loss(z_j, z_i)| over every other
+    training example, the scale a reader needs: a listed example's share of it says how much of
+    the pull on this label it carries.
 
+    Rows go `chunk` at a time (default: `why_chunk_rows`), one gradient pass over the data set
+    each, so that every flagged example can be explained in bounded memory.
+    """
     if not rows:
         return {}
+    n = len(examples)
+    size = chunk or why_chunk_rows(n, int(inf.fm.num_params))
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(rows), size):
+        part = rows[start : start + size]
+        if progress is not None:
+            progress(start / len(rows), f"finding why flagged examples are flagged ({start:,}/{len(rows):,} examples)")
+        out.update(_explain_chunk(examples, fitted, inf, part, top))
+    return out
+
+
+WHY_LISTS = ("helpful", "harmful", "nearest")
+
+
+def why_payload(why: dict[str, Any]) -> dict[str, Any]:
+    """A finding's payload fields from one `explain_flagged` entry: `why` (the lists only, so a
+    reader can walk them) and `why_total_abs_influence` (their scale)."""
+    out: dict[str, Any] = {"why": {k: why[k] for k in WHY_LISTS if k in why}}
+    if why.get("total_abs_influence") is not None:
+        out["why_total_abs_influence"] = why["total_abs_influence"]
+    return out
+
+
+def _explain_chunk(examples: Examples, fitted: Any, inf: Any, rows: list[int], top: int) -> dict[int, dict[str, Any]]:
+    from auditor.analyses.explain import input_distances
+
     S = inf.test_factors(fitted.x[rows], fitted.y[rows])
     U = inf.up_loss_from_factors(fitted.x, fitted.y, S)  # (n, k)
     D = input_distances(examples, examples.x[rows])  # (k, n)
-    out: dict[int, dict[str, list[dict]]] = {}
+    out: dict[int, dict[str, Any]] = {}
     for col, i in enumerate(rows):
         u, d = U[:, col].double().clone(), D[col].clone()
 
@@ -191,6 +252,7 @@ def explain_flagged(
             "helpful": [entry(j) for j in helpful],
             "harmful": [entry(j) for j in harmful],
             "nearest": [entry(j) for j in nearest],
+            "total_abs_influence": float(u.abs().sum() - u[i].abs()),
         }
     return out
 
@@ -287,7 +349,7 @@ class LabelFindings(Sequence[FindingRecord]):
                 "suggested_label": int(s.suggested[j]),
                 "prob_label": float(s.prob_label[j]),
                 "loo_prob_label": float(s.loo_prob_label[j]),
-                **({"why": self.why[i]} if i in self.why else {}),
+                **(why_payload(self.why[i]) if i in self.why else {}),
             },
         )
 
@@ -304,9 +366,13 @@ def run(inp: AnalysisInput) -> AnalysisResult:
     rank_by, reason = choose_ranking(scores, cfg.rank_by)
     why: dict[int, dict] = {}
     if cfg.why_top and cfg.shard is None:
-        flagged = [int(scores.indices[j]) for j in flagged_order(scores, rank_by)[: cfg.why_top]]
-        inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
-        why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
+        # every flagged finding, best-ranked first, at most why_top (the top why_top until an
+        # estimate chooses the flagged set)
+        explained = why_rows(scores, rank_by, cfg.why_top)
+        why = explain_flagged(
+            inp.train, scores.fitted, scores.influence, explained,
+            progress=lambda f, m: inp.progress(0.95 + 0.04 * f, m),
+        )  # fmt: skip
     findings = to_findings(inp.train, scores, rank_by, why)
     inp.progress(1.0, "done")
     disagree = int((scores.predicted != inp.train.y[scores.indices]).sum())

@@ -203,12 +203,27 @@ def list_audits(
     if json_output:
         print_json(docs)
         return
-    table = Table("id", "kind", "dataset", "snapshot", "status", "progress", "created (UTC)", "message")
-    for d in docs:
-        table.add_row(
-            str(d["id"]), d["kind"], clean(d["dataset"]), str(d["snapshot_id"]), d["status"], f"{d['progress']:.0%}",
-            (d["created_at"] or "")[:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
-        )
+    from auditor.audit_view import model_name, solver_name
+
+    # one line per audit in 80 columns: the message gives way (cut with an ellipsis), the rest
+    # never wraps; model and solver tell two audits of one data set apart
+    rows = [
+        (
+            str(d["id"]), d["kind"], clean(d["dataset"]), "/".join(p for p in (model_name(d), solver_name(d)) if p),
+            d["status"], f"{d['progress']:.0%}", (d["created_at"] or "")[5:16].replace("T", " "),
+            clean(d["error"] or d["message"] or "", " "),
+        )  # fmt: skip
+        for d in docs
+    ]
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
+    headers = ("id", "kind", "dataset", "model/solver", "status", "done", "created")
+    caps = (6, 12, 12, 14, 9, 4, 11)  # a long name is cut with an ellipsis, never wrapped
+    for i, (name, cap) in enumerate(zip(headers, caps, strict=True)):
+        width = min(cap, max([len(name) if i != 6 else 11] + [len(r[i]) for r in rows]))
+        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
+    table.add_column("message", no_wrap=True, overflow="ellipsis", ratio=1)
+    for r in rows:
+        table.add_row(*r)
     out_console.print(table)
 
 
