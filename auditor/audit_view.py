@@ -20,14 +20,18 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def model_name(doc: dict[str, Any]) -> str | None:
     """The model an audit ran with: the summary's (what ran), else the request's."""
-    model = _dict(_dict(doc.get("summary")).get("model")) or _dict(_dict(doc.get("params")).get("model"))
+    model = _dict(_dict(doc.get("summary")).get("model")) or _dict(
+        _dict(doc.get("params")).get("model")
+    )
     return model.get("name")
 
 
 def solver_name(doc: dict[str, Any]) -> str | None:
     """The solver that ran (the summary's curvature), else the one requested ("auto")."""
     summary = _dict(doc.get("summary"))
-    ran = _dict(summary.get("curvature")).get("solver") or _dict(summary.get("solver")).get("solver")
+    ran = _dict(summary.get("curvature")).get("solver") or _dict(summary.get("solver")).get(
+        "solver"
+    )
     return ran or _dict(_dict(doc.get("params")).get("solver")).get("name")
 
 
@@ -49,11 +53,18 @@ def estimate_line(summary: dict[str, Any] | None) -> str | None:
     return line
 
 
-def estimate_pairs(summary: dict[str, Any] | None, class_name: Any = str, top: int = 8) -> list[str]:
+def estimate_pairs(
+    summary: dict[str, Any] | None, class_name: Any = str, top: int = 8
+) -> list[str]:
     """The estimate's largest (given -> suggested) class pairs, "7 → 1: 12"."""
     pairs = _dict(_dict(summary).get("estimate")).get("pairs") or []
-    shown = sorted((p for p in pairs if isinstance(p, dict)), key=lambda p: -int(p.get("count") or 0))[:top]
-    return [f"{class_name(p.get('given'))} \u2192 {class_name(p.get('suggested'))}: {p.get('count')}" for p in shown]
+    shown = sorted(
+        (p for p in pairs if isinstance(p, dict)), key=lambda p: -int(p.get("count") or 0)
+    )[:top]
+    return [
+        f"{class_name(p.get('given'))} \u2192 {class_name(p.get('suggested'))}: {p.get('count')}"
+        for p in shown
+    ]
 
 
 def _number(value: Any) -> str:
@@ -94,14 +105,24 @@ def summary_facts(doc: dict[str, Any]) -> list[dict[str, str]]:
         if training.get("trained") is False:
             add("training", "none", "the model's own weights were used")
         else:
-            parts = [f"{k.replace('_', ' ')} {_number(training[k])}" for k in ("iterations", "adam_epochs", "loss", "grad_norm") if training.get(k) not in (None, 0)]
-            add("training", ", ".join(parts), "reused from an earlier audit" if training.get("reused") else "")
+            parts = [
+                f"{k.replace('_', ' ')} {_number(training[k])}"
+                for k in ("iterations", "adam_epochs", "loss", "grad_norm")
+                if training.get(k) not in (None, 0)
+            ]
+            add(
+                "training",
+                ", ".join(parts),
+                "reused from an earlier audit" if training.get("reused") else "",
+            )
     curvature = _dict(summary.get("curvature")) or _dict(summary.get("solver"))
     if curvature:
         counted = _dict(curvature.get("parameters"))
         solver_why = curvature.get("solver_reason") or ""
         if counted.get("counted") is not None:
-            solver_why += f"; {counted['counted']:,} of {counted.get('total', '?'):,} parameters counted"
+            solver_why += (
+                f"; {counted['counted']:,} of {counted.get('total', '?'):,} parameters counted"
+            )
         if curvature.get("reused"):
             solver_why += "; reused from an earlier audit"
         add("solver", curvature.get("solver"), solver_why.strip("; "))
@@ -113,17 +134,30 @@ def summary_facts(doc: dict[str, Any]) -> list[dict[str, str]]:
             value += f", chosen by {requested}"
         add("ranking", value, summary.get("rank_by_reason"))
     if summary.get("train_agreement") is not None:
-        add("training agreement", f"{100 * float(summary['train_agreement']):.1f}% of given labels predicted")
+        add(
+            "training agreement",
+            f"{100 * float(summary['train_agreement']):.1f}% of given labels predicted",
+        )
     rerank = summary.get("rerank")
     if isinstance(rerank, dict) and rerank:
         note = rerank.get("note") or rerank.get("reason") or rerank.get("message")
         when = rerank.get("at") or rerank.get("reranked_at")
-        rest = ", ".join(f"{k} {_number(v)}" for k, v in rerank.items() if k not in ("note", "reason", "message", "at", "reranked_at") and not isinstance(v, (dict, list)))
-        add("re-ranking", (f"re-ranked {str(when)[:16].replace('T', ' ')}" if when else "re-ranked") + (f": {rest}" if rest else ""), note)
+        rest = ", ".join(
+            f"{k} {_number(v)}"
+            for k, v in rerank.items()
+            if k not in ("note", "reason", "message", "at", "reranked_at")
+            and not isinstance(v, (dict, list))
+        )
+        add(
+            "re-ranking",
+            (f"re-ranked {str(when)[:16].replace('T', ' ')}" if when else "re-ranked")
+            + (f": {rest}" if rest else ""),
+            note,
+        )
     elif isinstance(rerank, str):
         add("re-ranking", rerank)
     if summary.get("why_top") is not None:
-        add("why lists", f"for {summary['why_top']:,} flagged findings")
+        add("why lists", f"for {summary['why_top']:,} findings, best-ranked first")
     known = {"estimate", "model", "training", "curvature", "solver", "rank_by", "rank_by_requested", "rank_by_reason",
              "train_agreement", "rerank", "why_top", "n", "train_disagreements", "phase"}  # fmt: skip
     for key, value in summary.items():  # other kinds (verify, explain, ...): their plain numbers
@@ -132,6 +166,10 @@ def summary_facts(doc: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(value, (int, float, str, bool)):
             add(key.replace("_", " "), value)
         elif isinstance(value, dict):  # e.g. a verify's before / after: its scalar entries
-            flat = ", ".join(f"{k.replace('_', ' ')} {_number(v)}" for k, v in value.items() if isinstance(v, (int, float, str, bool)))
+            flat = ", ".join(
+                f"{k.replace('_', ' ')} {_number(v)}"
+                for k, v in value.items()
+                if isinstance(v, (int, float, str, bool))
+            )
             add(key.replace("_", " "), flat)
     return facts

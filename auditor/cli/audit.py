@@ -218,10 +218,13 @@ def list_audits(
     table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
     headers = ("id", "kind", "dataset", "model/solver", "status", "done", "created")
     caps = (6, 12, 12, 14, 9, 4, 11)  # a long name is cut with an ellipsis, never wrapped
+    used = 0
     for i, (name, cap) in enumerate(zip(headers, caps, strict=True)):
-        width = min(cap, max([len(name) if i != 6 else 11] + [len(r[i]) for r in rows]))
-        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
-    table.add_column("message", no_wrap=True, overflow="ellipsis", ratio=1)
+        width = min(cap, max([len(name)] + [len(r[i]) for r in rows]))
+        table.add_column(name, no_wrap=True, overflow="ellipsis", width=width)
+        used += width + 1  # and its right padding
+    rest = max(8, out_console.width - used - 1)
+    table.add_column("message", no_wrap=True, overflow="ellipsis", width=rest)
     for r in rows:
         table.add_row(*r)
     out_console.print(table)
