@@ -233,26 +233,28 @@ def _explain_chunk(examples: Examples, fitted: Any, inf: Any, rows: list[int], t
     S = inf.test_factors(fitted.x[rows], fitted.y[rows])
     U = inf.up_loss_from_factors(fitted.x, fitted.y, S)  # (n, k)
     D = input_distances(examples, examples.x[rows])  # (k, n)
+    Un, Dn = U.double().cpu().numpy(), D.double().cpu().numpy()
     out: dict[int, dict[str, Any]] = {}
     for col, i in enumerate(rows):
-        u, d = U[:, col].double().clone(), D[col].clone()
+        u, d = Un[:, col], Dn[col].copy()
 
-        def entry(j: int, u: Tensor = u, d: Tensor = d) -> dict:
+        def entry(j: int, u: np.ndarray = u, d: np.ndarray = d) -> dict:
             return {
                 "index": j, "key": examples.keys[j], "label": int(examples.y[j]),
                 "influence": float(u[j]), "distance": float(d[j]),
             }  # fmt: skip
 
-        order = torch.argsort(u)
-        helpful = [j for j in order.tolist() if j != i and u[j] < 0][:top]
-        harmful = [j for j in order.flip(0).tolist() if j != i and u[j] > 0][:top]
-        d[i] = torch.inf
-        nearest = torch.argsort(d).tolist()[:top]
+        # only the ends of the order are read: the example itself is at most one of them
+        order = np.argsort(u, kind="stable")
+        helpful = [int(j) for j in order[: top + 1] if j != i and u[j] < 0][:top]
+        harmful = [int(j) for j in order[::-1][: top + 1] if j != i and u[j] > 0][:top]
+        d[i] = np.inf
+        nearest = [int(j) for j in np.argsort(d, kind="stable")[:top]]
         out[i] = {
             "helpful": [entry(j) for j in helpful],
             "harmful": [entry(j) for j in harmful],
             "nearest": [entry(j) for j in nearest],
-            "total_abs_influence": float(u.abs().sum() - u[i].abs()),
+            "total_abs_influence": float(np.abs(u).sum() - abs(u[i])),
         }
     return out
 
