@@ -207,12 +207,13 @@ def test_the_audit_page_shows_its_summary_estimate_and_review_counts(store, clie
     assert "0 of 12 findings decided; 4 flagged" in page
     assert "prefers another label by" in page and page.count('class="flag"') == 4
     listing = client.get("/api/audits").json()[0]
-    assert (listing["flagged"], listing["decided"], listing["model"], listing["solver"]) == (
-        4,
-        0,
-        "logreg",
-        "direct",
-    )
+    got = (listing["flagged"], listing["decided"], listing["model"], listing["solver"])
+    assert got == (4, 0, "logreg", "direct")
+    sessions, _, ids = store
+    with sessions() as s, s.begin():
+        reviewing.decide(s, ids[2], "dismissed", reviewer="ana")
+    assert client.get("/api/audits").json()[0]["decided"] == 1
+    assert "1 of 12 findings decided" in client.get(f"/audits/{audit_id}", headers=HTML).text
 
 
 def test_a_page_past_the_end_redirects_to_the_last(store, client) -> None:

@@ -305,13 +305,14 @@ def decided_and_flagged(session: Session, audit_id: int) -> tuple[int, int]:
     """(examples of the audit's findings with a standing decision, flagged findings): the two
     counts an audit list shows beside its findings count."""
     audit = get_audit(session, audit_id)
-    same_example = (Review.dataset_id == audit.dataset_id) & (
-        Review.example_key == Finding.example_key
-    )
+    # from the reviews' side: an audit list polls this for every audit, and the decisions of a
+    # data set are far fewer than its findings; each review is looked up in the findings'
+    # (audit, example_key, kind) unique index
     decided = session.scalar(
-        select(func.count(func.distinct(Finding.example_key))).where(
-            Finding.audit_id == audit_id, exists().where(same_example)
-        )
+        select(func.count(func.distinct(Review.example_key)))
+        .select_from(Review)
+        .join(Finding, (Finding.audit_id == audit_id) & (Finding.example_key == Review.example_key))
+        .where(Review.dataset_id == audit.dataset_id)
     )
     flagged = session.scalar(
         select(func.count())
