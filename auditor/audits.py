@@ -12,6 +12,7 @@ worker is the front door's business (`workers.dispatch`); running it is `auditor
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from auditor.data.base import Examples, check_test_set
 from auditor.data.options import DataOptions
 from auditor.datasets import Snapshotted, snapshotted
 from auditor.errors import DataError
-from auditor.progress import Progress
+from auditor.progress import Progress, eta_from_phase
 from auditor.records import finite_json
 from auditor.runner import RunOutcome
 from auditor.store import audits as audit_store
@@ -249,12 +250,17 @@ def audit_doc(a: Audit, *, summary: bool = True) -> dict[str, Any]:
 
 
 def _timing(a: Audit) -> dict[str, Any]:
-    """Seconds since a running audit started and, once it has made some progress, a rough
-    estimate of the seconds left (elapsed x fraction to do / fraction done); the message says
-    the current step's examples/s."""
+    """Seconds since a running audit started and an estimate of the seconds left at the current
+    phase's own rate (`auditor.progress.eta_from_phase`, from the phase the runner keeps in the
+    running audit's summary); an audit that recorded no phase falls back to elapsed x fraction
+    to do / fraction done. The message says the current step's examples/s."""
     if a.status != "running" or a.started_at is None:
         return {"elapsed_seconds": None, "eta_seconds": None}
     elapsed = max((utcnow() - a.started_at).total_seconds(), 0.0)
     p = a.progress or 0.0
-    eta = elapsed * (1 - p) / p if 0.01 < p < 1 else None
+    phase = (a.summary or {}).get("phase") if isinstance(a.summary, dict) else None
+    if isinstance(phase, dict) and "fraction" in phase and "started_at" in phase:
+        eta = eta_from_phase(p, float(phase["fraction"]), time.time() - float(phase["started_at"]))
+    else:
+        eta = elapsed * (1 - p) / p if 0.01 < p < 1 else None
     return {"elapsed_seconds": round(elapsed, 1), "eta_seconds": None if eta is None else round(eta, 1)}

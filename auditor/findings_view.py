@@ -39,6 +39,9 @@ class AuditContext:
     source: str
     class_names: list[str] | None
     locators: dict[int, str] = field(default_factory=dict)
+    # of the examples looked up, those that are flagged findings of the audit themselves
+    flagged: set[int] = field(default_factory=set)
+    rank_by: str | None = None  # the label check's ranking: what a finding's `score` is
 
     def class_name(self, label: int | None) -> str | None:
         """The class's name, or its index as text when the data set names none."""
@@ -46,6 +49,12 @@ class AuditContext:
             return None
         names = self.class_names
         return names[label] if names and 0 <= label < len(names) else str(label)
+
+    def class_option(self, label: int) -> str:
+        """A class as a menu reads it: "3 · cat" where it has a name, "3" where the name is the
+        index itself."""
+        name = self.class_name(label)
+        return str(label) if name in (None, str(label)) else f"{label} · {name}"
 
     def locator(self, index: int) -> str:
         return self.locators.get(index, f"row {index}")
@@ -58,6 +67,8 @@ def audit_context(session: Session, audit_id: int, indices: Sequence[int] = ()) 
     return AuditContext(
         ds.id, ds.name, ds.source_path, ds.class_names,
         dataset_store.locators(session, audit.snapshot_id, indices),
+        finding_store.flagged_example_indices(session, audit_id, indices) if indices else set(),
+        (audit.summary or {}).get("rank_by") if audit.kind == "label-check" else None,
     )  # fmt: skip
 
 
@@ -69,6 +80,69 @@ def context_for(session: Session, audit_id: int, findings: Sequence[Finding]) ->
         for rows in ((f.payload or {}).get("why") or {}).values():
             indices.update(int(r["index"]) for r in rows if isinstance(r, dict) and "index" in r)
     return audit_context(session, audit_id, sorted(indices))
+
+
+# What each score of a label finding means, for column headers and labels (the JSON keys stay).
+SCORE_LABELS = {
+    "margin": "prefers another label by",
+    "loo_margin": "left out, prefers another label by",
+    "self_influence": "self-influence",
+    "loss": "loss on given label",
+    "prob_label": "prob. of given label",
+    "loo_prob_label": "left-out prob. of given label",
+    "predicted": "model predicts",
+    "suggested_label": "suggested label",
+    "combined": "self-influence and loss, mean percentile",
+}
+SCORE_HELP = {
+    "margin": "log p(best other label) - log p(given label) under the trained model; above 0 it "
+    "prefers another label",
+    "loo_margin": "the same for the model trained without this example (predicted by influence, "
+    "no retraining)",
+    "self_influence": "g^T H^-1 g: how far the model bent to fit this example",
+    "loo_prob_label": "the probability of the given label under the model trained without this "
+    "example (predicted by influence)",
+}
+
+
+def score_label(rank_by: str | None) -> str:
+    """What a finding's `score` is, in words: the label check's ranking ("prefers another label
+    by" for margin), or plain "score" for other kinds."""
+    if rank_by is None:
+        return "score"
+    return SCORE_LABELS.get(rank_by.replace("-", "_"), rank_by)
+
+
+def evidence_rows(
+    why: dict[str, list[dict[str, Any]]], ctx: AuditContext, total_abs: float | None
+) -> dict[str, list[dict[str, Any]]]:
+    """The "why" lists as a person reads them: each training example with its class name, file,
+    whether it is itself flagged, what its influence does (`effect`: it "supports" the given
+    label when up-weighting it lowers this example's loss, I_up,loss < 0, else it "argues
+    against" it) and `share`: |I_up,loss| as a percentage of the example's total absolute
+    influence over the training set (`total_abs`, stored with the lists; for lists stored
+    without it, of the listed examples', and `share_of` says which)."""
+    listed = [abs(float(r.get("influence") or 0.0)) for rows in why.values() for r in rows if isinstance(r, dict)]
+    scale, share_of = (total_abs, "training set") if total_abs else (sum(listed), "listed")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, rows in why.items():
+        shown = []
+        for r in rows:
+            influence = float(r.get("influence") or 0.0)
+            index = int(r["index"])
+            shown.append(
+                dict(
+                    r,
+                    locator=ctx.locator(index),
+                    label_name=ctx.class_name(r.get("label")),
+                    flagged=index in ctx.flagged,
+                    effect="supports" if influence < 0 else "argues against",
+                    share=100.0 * abs(influence) / scale if scale else None,
+                    share_of=share_of,
+                )
+            )
+        out[kind] = shown
+    return out
 
 
 def decision_doc(review: Review | None, ctx: AuditContext | None = None) -> dict[str, Any] | None:
@@ -127,20 +201,18 @@ def finding_doc(
         "payload": f.payload,
     }
     if ctx is not None:
-        suggested = (f.payload or {}).get("suggested_label")
+        payload = f.payload or {}
+        suggested = payload.get("suggested_label")
         doc["dataset"] = ctx.dataset_name
         doc["locator"] = ctx.locator(f.example_index) if f.example_index >= 0 else None
         doc["label_name"] = ctx.class_name(f.label)
         doc["suggested_label_name"] = ctx.class_name(suggested) if suggested is not None else None
-        why = (f.payload or {}).get("why")
+        doc["score_label"] = score_label(ctx.rank_by) if f.kind == "label" else "score"
+        why = payload.get("why")
         if why:
-            doc["why"] = {
-                kind: [
-                    dict(r, locator=ctx.locator(int(r["index"])), label_name=ctx.class_name(r.get("label")))
-                    for r in rows
-                ]
-                for kind, rows in why.items()
-            }
+            # one why per item: the readable lists here, not a second copy in the payload
+            doc["payload"] = {k: v for k, v in payload.items() if k != "why"}
+            doc["why"] = evidence_rows(why, ctx, payload.get("why_total_abs_influence"))
         doc["decision"] = decision_doc(review, ctx)
     return doc
 

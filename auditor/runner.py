@@ -69,6 +69,7 @@ class StoreProgress:
         self.sessions, self.audit_id, self.echo, self.interval = sessions, audit_id, echo, interval
         self._last = 0.0
         self.rates = Rates()
+        self._phase_written: dict[str, float] | None = None
 
     def __call__(self, fraction: float, message: str) -> None:
         message = self.rates.update(fraction, message)
@@ -83,7 +84,10 @@ class StoreProgress:
                 status = audit_store.audit_status(s, self.audit_id)
                 if status in FINISHED_STATUSES:
                     raise Superseded(f"audit {self.audit_id} already {status} in another run")
-                cancel = audit_store.update_progress(s, self.audit_id, fraction, message)
+                phase = self.rates.phase_doc()  # written when it changes: the ETA's base
+                changed = phase if phase != self._phase_written else None
+                cancel = audit_store.update_progress(s, self.audit_id, fraction, message, phase=changed)
+            self._phase_written = phase
         except DATABASE_UNREACHABLE:  # keep computing; the next report (or the end) tries again
             log.warning("audit %s: could not record progress, the database is unreachable", self.audit_id)
             return

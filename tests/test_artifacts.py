@@ -187,8 +187,28 @@ def test_progress_messages_say_examples_per_second_and_time_left() -> None:
     rates.update(0.5, "self-influence (1,000/10,000 examples)")
     now[0] = 104.0
     text = rates.update(0.75, "self-influence (5,000/10,000 examples)")
-    assert text == "self-influence (5,000/10,000 examples), 2,000 examples/s, about 1 s left"
-    assert rates.examples_per_s == 2000 and rates.eta_s == pytest.approx(4 * 0.25 / 0.75)
+    # the time left at this phase's own rate: 0.25 of the whole in its 2 s
+    assert text == "self-influence (5,000/10,000 examples), 2,000 examples/s, about 2 s left"
+    assert rates.examples_per_s == 2000 and rates.eta_s == pytest.approx(2 * 0.25 / 0.25)
+
+
+def test_the_time_left_comes_from_the_current_phase_not_a_slow_one_before_it() -> None:
+    """The trial's case: training took most of the time, scoring then ran fast; the whole run's
+    average said "about 6 min left" at 31% of an audit that ended 6 s later."""
+    from auditor.progress import Rates, eta_from_phase
+
+    now, wall = [0.0], [1000.0]
+    rates = Rates(clock=lambda: now[0], wall=lambda: wall[0])
+    now[0], wall[0] = 300.0, 1300.0
+    rates.update(0.30, "training model, epoch 9/10")  # 300 s of training
+    rates.update(0.30, "self-influence (0/10,000 examples)")
+    now[0], wall[0] = 303.0, 1303.0
+    text = rates.update(0.45, "self-influence (2,143/10,000 examples)")  # 3 s of scoring
+    assert rates.eta_s == pytest.approx(0.55 * 3 / 0.15) and "about 11 s left" in text
+    assert 300 * 0.55 / 0.45 > 300  # the whole run's average would have said over 6 min
+    assert rates.phase_doc() == {"fraction": 0.3, "started_at": 1300.0}
+    # messages of one step with other counts are one phase; too early to tell is no ETA
+    assert eta_from_phase(0.5, 0.5, 10.0) is None and eta_from_phase(0.6, 0.5, 0.5) is None
 
 
 def test_audit_status_json_has_elapsed_and_eta_while_running(data28: Path) -> None:
@@ -205,3 +225,21 @@ def test_audit_status_json_has_elapsed_and_eta_while_running(data28: Path) -> No
     doc = cli("audit", "status", str(audit_id), "--json")
     assert 29 <= doc["elapsed_seconds"] <= 60 and doc["eta_seconds"] == pytest.approx(3 * doc["elapsed_seconds"], rel=0.01)
     assert "examples/s" in doc["message"]
+
+
+def test_audit_status_eta_uses_the_phase_the_runner_recorded(data28: Path) -> None:
+    import time
+    from datetime import timedelta
+
+    from auditor.store.models import utcnow
+
+    with open_store()() as s, s.begin():
+        audit = audit_store.create_audit(s, "label-check", dataset_store.get_dataset(s, "d28"))
+        audit_store.set_audit_status(s, audit.id, "running")
+        audit.started_at = utcnow() - timedelta(seconds=600)  # ten slow minutes before this phase
+        phase = {"fraction": 0.30, "started_at": time.time() - 10}
+        audit_store.update_progress(s, audit.id, 0.40, "self-influence (100/600 examples)", phase=phase)
+        audit_id = audit.id
+    doc = cli("audit", "status", str(audit_id), "--json")
+    # 0.10 of the whole in this phase's 10 s: 0.60 left is about 60 s, not 600 x 0.6 / 0.4 = 900 s
+    assert doc["eta_seconds"] == pytest.approx(60, abs=8)

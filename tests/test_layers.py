@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "auditor.shards",
             "auditor.schedules",
             "auditor.findings_view",
+            "auditor.audit_view",
             "auditor.reviewing",
             "auditor.audit_diff",
             "auditor.report",

@@ -43,7 +43,7 @@ def test_sharded_label_check_matches_a_single_worker(tmp_path, sqlite_url):
 
 def test_shards_load_the_one_fit_instead_of_fitting_their_own(tmp_path, sqlite_url):
     sessions = _setup(tmp_path, sqlite_url)
-    params = {"model": {"name": "logreg"}, "solver": {"name": "ekfac"}, "shards": 3}
+    params = {"model": {"name": "logreg"}, "solver": {"name": "ekfac"}, "shards": 3, "why_top": 50}
     sharded = create_audit(sessions, "label-check", "d", params, settings=get_settings())
     assert run_all_shards_here(sessions, sharded, settings=get_settings()).status == "succeeded"
     with sessions() as s:

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from helpers import wait_for
 from review_data import Template, build_template, drop
 
 from auditor import auth
+from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store
 from auditor.store import open_store
@@ -58,7 +60,7 @@ def server(template: Template, tmp_path: Path) -> Iterator[tuple[str, object]]:
         auth.add_user(s, "ana", "reviewer", PASSWORD)
         auth.add_user(s, "vic", "viewer", PASSWORD)
     port = free_port()
-    env = {**os.environ, "AUDITOR_DATABASE_URL": url, "AUDITOR_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "AUDITOR_DATABASE_URL": url, "AUDITOR_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("auditor")), "serve", "--port", str(port)],
@@ -139,9 +141,8 @@ def test_a_reviewer_triages_by_keyboard_undoes_bulk_accepts_and_filters(server, 
         expect(cards.nth(i).locator("[data-testid=decision]")).to_contain_text("confirmed · ana")
     expect(cards.nth(12).locator("[data-testid=decision]")).to_have_text("")
 
-    # filter by class: every card shown is given that class
+    # filter by class: it applies on change (no button); every card shown is given that class
     page.select_option("[data-testid=filter-class]", "seven")
-    page.click("[data-testid=filters] button[type=submit]")
     page.wait_for_url("**label=seven**")
     shown = cards.locator(".given").all_inner_texts()
     assert shown and set(shown) == {"seven"}
@@ -166,6 +167,109 @@ def test_a_reviewer_triages_by_keyboard_undoes_bulk_accepts_and_filters(server, 
     assert got == want
     assert {(e.reviewer, e.user_id) for e in events} == {("ana", ana.id)}
     assert events[10].undoes_id == events[9].id
+
+
+def test_the_audit_page_shows_estimate_progress_summary_and_a_flagged_findings_worth_and_evidence(
+    server, template, browser, tmp_path: Path
+) -> None:
+    """What a team lead and a reviewer read: the estimate, the review so far and the audit's
+    summary on the audit page; on a flagged finding's page what fixing it is worth and its
+    helpful and harmful examples as shares, in words. The serve process logs each request."""
+    from playwright.sync_api import expect
+
+    base, sessions = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sessions() as s, s.begin():
+        audit = audit_store.get_audit(s, template.audit_id)
+        summary = dict(audit.summary)
+        summary["estimate"] = {
+            "count": 21, "low": 15, "high": 27, "interval": 0.95, "method": "confident learning",
+            "flagged": 3, "pairs": [{"given": 1, "suggested": 7, "count": 4}], "evaluated_rows": 200,
+        }  # fmt: skip
+        audit_store.set_audit_summary(s, template.audit_id, summary)
+        top = finding_store.list_findings(s, template.audit_id, top=3, kind="label")
+        for f in top:
+            f.flagged = True
+        top[0].payload = {
+            **top[0].payload,
+            "fix_value": {
+                "relabel": {"test_loss": -0.0042, "test_accuracy": 0.005},
+                "remove": {"test_loss": -0.0017, "test_accuracy": 0.0},
+                "evaluated_on": "held-out rows (40)",
+            },
+        }
+        first = top[0].id
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    sign_in(page, base, "ana", f"/audits/{template.audit_id}")
+    expect(page.locator("[data-testid=estimate]")).to_have_text("estimated 21 (15–27) wrong labels; 3 flagged")
+    expect(page.locator("[data-testid=review-progress]")).to_contain_text("0 of 3 flagged reviewed, 3 left")
+    facts = page.locator("[data-testid=summary]")
+    for text in ("model", "logreg", "solver", "damping", "ranking", "prefers another label by"):
+        expect(facts).to_contain_text(text)
+    assert page.locator(".card .flag").count() == 3
+    page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=False)
+
+    page.goto(f"{base}/findings/{first}")
+    worth = page.locator("[data-testid=worth]")
+    expect(worth).to_contain_text("What fixing it is worth")
+    expect(worth).to_contain_text("-0.0042")
+    expect(worth).to_contain_text("+0.50 points")
+    helpful, harmful = page.locator("[data-testid=helpful] .num"), page.locator("[data-testid=harmful] .num")
+    expect(helpful.first).to_contain_text("supports the given label")
+    expect(harmful.first).to_contain_text("argues against it")
+    shares = [float(t.rsplit(" ", 1)[1].rstrip("%")) for t in harmful.all_inner_texts() + helpful.all_inner_texts()]
+    assert shares and all(0 < x < 100 for x in shares) and sum(shares) <= 100
+    expect(page.locator("[data-testid=flagged]")).to_contain_text("flagged")
+    page.screenshot(path=str(ARTIFACTS / "evidence.png"), full_page=True)
+    # confirm, then confirm again: the second records nothing and the page's script is fine
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    for _ in range(2):
+        with page.expect_navigation():
+            page.keyboard.press("c")
+        expect(page.locator("[data-testid=current-decision]")).to_contain_text("confirmed by ana (version 1)")
+    with sessions() as s:
+        assert [e.decision for e in review_store.list_review_events(s)] == ["confirmed"]
+    assert errors == []
+    # `auditor serve` logged each request, one line apiece (uvicorn's access log)
+    logged = (tmp_path / "serve.log").read_text()
+    assert f'"GET /findings/{first} HTTP/1.1" 200' in logged
+    assert f'"GET /api/audits/{template.audit_id}/examples/' in logged
+
+
+def test_a_running_audit_appears_and_moves_without_a_reload(server, template, browser) -> None:
+    """An audit started while the list is open appears in it; its page follows its progress bar,
+    message and time left from the store, bulk actions wait, and it shows the queue when done."""
+    from playwright.sync_api import expect
+
+    base, sessions = server
+    page = browser.new_page()
+    sign_in(page, base, "ana", "/")
+    with sessions() as s, s.begin():
+        audit = audit_store.create_audit(s, "label-check", dataset_store.get_dataset(s, template.dataset))
+        audit_store.set_audit_status(s, audit.id, "running")
+        audit_store.update_progress(s, audit.id, 0.1, "training model")
+        running = audit.id
+    row = page.locator(f"tr[data-audit='{running}']")
+    expect(row).to_be_visible(timeout=10_000)  # no reload: the list polls the API
+    expect(row.locator(".status")).to_have_text("running")
+    expect(row.locator(".msg")).to_have_text("training model")
+
+    page.goto(f"{base}/audits/{running}")
+    banner = page.locator("[data-testid=running]")
+    expect(banner.locator(".pct")).to_have_text("10%")
+    assert page.locator("[data-testid=accept-top]").is_disabled()
+    with sessions() as s, s.begin():
+        phase = {"fraction": 0.3, "started_at": time.time() - 20}
+        audit_store.update_progress(s, running, 0.6, "self-influence (600/1,000 examples)", phase=phase)
+    expect(banner.locator(".pct")).to_have_text("60%", timeout=10_000)
+    expect(banner.locator(".msg")).to_have_text("self-influence (600/1,000 examples)")
+    expect(banner.locator(".eta")).to_contain_text("left")  # 0.3 in 20 s: about 27 s
+    with sessions() as s, s.begin():
+        audit_store.set_audit_status(s, running, "succeeded", message="done")
+    expect(page.locator("[data-testid=status]")).to_have_text("succeeded", timeout=10_000)
+    expect(banner).to_be_hidden()
+    assert not page.locator("[data-testid=accept-top]").is_disabled()
 
 
 def test_a_viewer_sees_the_queue_but_cannot_decide(server, template, browser) -> None:

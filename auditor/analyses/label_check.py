@@ -186,22 +186,6 @@ def value_scores(scores: LabelScores, val: Valuation, shard: list[int] | None) -
 MAX_VALUED_ROWS = 2_000
 
 
-def fix_value_rows(
-    scores: LabelScores, rank_by: str, count: int, flagged: np.ndarray | None = None
-) -> list[int]:
-    """The rows (training indices) whose fixes are valued: the flagged ones (the review
-    workload, in rank order, at most MAX_VALUED_ROWS), or the top `count` ranked where the audit
-    flagged none."""
-    order = flagged_order(scores, rank_by)
-    if flagged is not None and len(flagged):
-        member = np.zeros(len(order), dtype=bool)
-        member[flagged] = True
-        order = order[member[order]][:MAX_VALUED_ROWS]
-    else:
-        order = order[:count]
-    return [int(scores.indices[j]) for j in order]
-
-
 def fix_values(scores: LabelScores, val: Valuation, rows: list[int]) -> FixValues:
     """`Valuation.fix_values` for the given training rows of an unsharded run."""
     fitted, idx = scores.fitted, np.asarray(rows, dtype=np.int64)
@@ -222,6 +206,31 @@ def fit_shared(examples: Examples, cfg: LabelCheckConfig, cache: FitCache, progr
 
 
 WHY_PER_LIST = 5  # training examples per list shown for a flagged example
+# Memory one chunk of `explain_flagged` may take for its two (rows x n) and (rows x p) matrices,
+# float32: the why lists of every flagged example are computed this many rows at a time, one
+# gradient pass over the data set per chunk, so the cost is bounded whatever the flagged count.
+WHY_CHUNK_BYTES = 256 * 2**20
+WHY_CHUNK_MAX = 1024
+
+
+def why_chunk_rows(n: int, p: int, budget: int = WHY_CHUNK_BYTES) -> int:
+    """Rows per chunk of `explain_flagged`: its influence matrix (n x rows), test factors
+    (rows x p) and input distances (rows x n) within `budget` bytes, 16 to WHY_CHUNK_MAX."""
+    return int(min(WHY_CHUNK_MAX, max(16, budget // (4 * (2 * n + p)))))
+
+
+def why_rows(scores: LabelScores, rank_by: str, limit: int, flagged: np.ndarray | None = None) -> list[int]:
+    """The rows (example indices) whose "why" lists a label check stores, best-ranked first: its
+    flagged findings (positions into `scores`' arrays, when the estimate has chosen them), else
+    the top of the ranking; at most `limit` either way (0: none)."""
+    if limit <= 0:
+        return []
+    order = flagged_order(scores, rank_by)
+    if flagged is not None and len(flagged):
+        member = np.zeros(len(order), dtype=bool)
+        member[np.asarray(flagged, dtype=int)] = True
+        order = order[member[order]]
+    return [int(scores.indices[j]) for j in order[:limit]]
 
 
 def why_for_rows(
@@ -237,7 +246,13 @@ def why_for_rows(
 
 
 def explain_flagged(
-    examples: Examples, fitted: Any, inf: Any, rows: list[int], top: int = WHY_PER_LIST
+    examples: Examples,
+    fitted: Any,
+    inf: Any,
+    rows: list[int],
+    top: int = WHY_PER_LIST,
+    progress: Progress | None = None,
+    chunk: int | None = None,
 ) -> dict[int, dict[str, list[dict]]]:
     """Why each flagged example (row index) stands out, from the same trained model and curvature.
 
@@ -246,34 +261,67 @@ def explain_flagged(
     (z_j argues against the given label). A wrong label is typically propped up by few helpers
     and opposed by many harmful examples of the class it truly is. The nearest examples in input
     space are listed beside them, with their influence, because the paper's point is that the
-    two differ (section 5.1). The example itself is left out of its own lists.
-    """
-    from auditor.analyses.explain import input_distances
+    two differ (section 5.1). The example itself is left out of its own lists. Each example's
+    lists come with `total_abs_influence`, the sum of |I_up,loss(z_j, z_i)| over every other
+    training example, the scale a reader needs: a listed example's share of it says how much of
+    the pull on this label it carries.
 
+    Rows go `chunk` at a time (default: `why_chunk_rows`), one gradient pass over the data set
+    each, so that every flagged example can be explained in bounded memory.
+    """
     if not rows:
         return {}
+    n = len(examples)
+    size = chunk or why_chunk_rows(n, int(inf.fm.num_params))
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(rows), size):
+        part = rows[start : start + size]
+        if progress is not None:
+            progress(start / len(rows), f"finding why flagged examples are flagged ({start:,}/{len(rows):,} examples)")
+        out.update(_explain_chunk(examples, fitted, inf, part, top))
+    return out
+
+
+WHY_LISTS = ("helpful", "harmful", "nearest")
+
+
+def why_payload(why: dict[str, Any]) -> dict[str, Any]:
+    """A finding's payload fields from one `explain_flagged` entry: `why` (the lists only, so a
+    reader can walk them) and `why_total_abs_influence` (their scale)."""
+    out: dict[str, Any] = {"why": {k: why[k] for k in WHY_LISTS if k in why}}
+    if why.get("total_abs_influence") is not None:
+        out["why_total_abs_influence"] = why["total_abs_influence"]
+    return out
+
+
+def _explain_chunk(examples: Examples, fitted: Any, inf: Any, rows: list[int], top: int) -> dict[int, dict[str, Any]]:
+    from auditor.analyses.explain import input_distances
+
     S = inf.test_factors(fitted.x[rows], fitted.y[rows])
     U = inf.up_loss_from_factors(fitted.x, fitted.y, S)  # (n, k)
     D = input_distances(examples, examples.x[rows])  # (k, n)
-    out: dict[int, dict[str, list[dict]]] = {}
+    Un, Dn = U.double().cpu().numpy(), D.double().cpu().numpy()
+    out: dict[int, dict[str, Any]] = {}
     for col, i in enumerate(rows):
-        u, d = U[:, col].double().clone(), D[col].clone()
+        u, d = Un[:, col], Dn[col].copy()
 
-        def entry(j: int, u: Tensor = u, d: Tensor = d) -> dict:
+        def entry(j: int, u: np.ndarray = u, d: np.ndarray = d) -> dict:
             return {
                 "index": j, "key": examples.keys[j], "label": int(examples.y[j]),
                 "influence": float(u[j]), "distance": float(d[j]),
             }  # fmt: skip
 
-        order = torch.argsort(u)
-        helpful = [j for j in order.tolist() if j != i and u[j] < 0][:top]
-        harmful = [j for j in order.flip(0).tolist() if j != i and u[j] > 0][:top]
-        d[i] = torch.inf
-        nearest = torch.argsort(d).tolist()[:top]
+        # only the ends of the order are read: the example itself is at most one of them
+        order = np.argsort(u, kind="stable")
+        helpful = [int(j) for j in order[: top + 1] if j != i and u[j] < 0][:top]
+        harmful = [int(j) for j in order[::-1][: top + 1] if j != i and u[j] > 0][:top]
+        d[i] = np.inf
+        nearest = [int(j) for j in np.argsort(d, kind="stable")[:top]]
         out[i] = {
             "helpful": [entry(j) for j in helpful],
             "harmful": [entry(j) for j in harmful],
             "nearest": [entry(j) for j in nearest],
+            "total_abs_influence": float(np.abs(u).sum() - abs(u[i])),
         }
     return out
 
@@ -395,7 +443,7 @@ class LabelFindings(Sequence[FindingRecord]):
                     if self.store_probs
                     else {}
                 ),
-                **({"why": self.why[i]} if i in self.why else {}),
+                **(why_payload(self.why[i]) if i in self.why else {}),
                 **({"fix_value": self.fix_value[i]} if i in self.fix_value else {}),
             },
             flagged=bool(self.flagged[j]),
@@ -446,12 +494,16 @@ def run(inp: AnalysisInput) -> AnalysisResult:
     why: dict[int, dict] = {}
     fixes: FixValues | None = None
     if cfg.why_top and cfg.shard is None:
-        flagged = fix_value_rows(scores, rank_by, cfg.why_top)
-        inp.progress(0.95, f"finding why the top {len(flagged)} examples are flagged")
-        why = explain_flagged(inp.train, scores.fitted, scores.influence, flagged)
+        # every flagged finding, best-ranked first, at most why_top (the top why_top where the
+        # estimate flagged none)
+        explained = why_rows(scores, rank_by, cfg.why_top, workload)
+        why = explain_flagged(
+            inp.train, scores.fitted, scores.influence, explained,
+            progress=lambda f, m: inp.progress(0.95 + 0.03 * f, m),
+        )  # fmt: skip
         if val is not None:
-            valued = fix_value_rows(scores, rank_by, cfg.why_top, workload)
-            inp.progress(0.97, f"predicting what fixing {len(valued)} flagged examples is worth on {val.ev.described}")
+            valued = explained[:MAX_VALUED_ROWS]
+            inp.progress(0.98, f"predicting what fixing {len(valued)} flagged examples is worth on {val.ev.described}")
             fixes = fix_values(scores, val, valued)
     fix_payload = {} if fixes is None else {int(i): fixes.payload(j) for j, i in enumerate(fixes.rows)}
     findings = to_findings(inp.train, scores, rank_by, why, workload, fix_payload)
@@ -500,7 +552,7 @@ class LabelCheckShards(ShardHooks):
 
     def finish(self, inp: AnalysisInput, rows: list[int]) -> dict[int, dict]:
         cfg = LabelCheckConfig.from_params({k: v for k, v in inp.params.items() if k != "shard"})
-        return {i: {"why": why} for i, why in why_for_rows(inp.train, cfg, rows, inp.cache).items()}
+        return {i: why_payload(why) for i, why in why_for_rows(inp.train, cfg, rows, inp.cache).items()}
 
     def merge_summary(self, summary: dict, *, n: int, shards: int, finished: int) -> dict:
         out = {**summary, "n": n, "shards": shards, "why_top": finished}

@@ -56,9 +56,9 @@ class LabelCheckConfig(Declared):
     )
     shards: int = setting(1, "Split the scoring over N workers (same result)", check=POSITIVE_INT)
     why_top: int = setting(
-        50,
-        "Say why for the top N flagged examples: their most helpful and most harmful training "
-        "examples by influence, and their nearest in input space (0: none)",
+        1000,
+        "Say why for every flagged example, at most N (best-ranked first): its most helpful and "
+        "most harmful training examples by influence, and its nearest in input space (0: none)",
         check=NON_NEGATIVE_INT,
     )
     # (index, count): score only rows i with i % count == index; set by the shard runner

@@ -6,7 +6,6 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.table import Table
 
 from auditor.cli.audit_options import KIND_HELP, KINDS_DOC, audit_params, with_audit_options
@@ -215,15 +214,38 @@ def list_audits(
     if json_output:
         print_json(docs)
         return
-    # 80 columns: no borders between columns, the snapshot and the year are in --json
-    table = Table("id", "kind", "dataset", "status", "done", "reviewed", "created UTC", "message", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    for d in docs:
-        r = d["review"]
-        table.add_row(
-            str(d["id"]), d["kind"], clean(d["dataset"]), d["status"], f"{d['progress']:.0%}",
-            f"{r['reviewed']}/{r['flagged']}" if r else "-",
-            (d["created_at"] or "")[5:16].replace("T", " "), clean(d["error"] or d["message"] or "", " ")[:60],
-        )
+    from auditor.audit_view import model_name, solver_name
+
+    # one line per audit in 80 columns: the message gives way (cut with an ellipsis), the rest
+    # never wraps; model and solver tell two audits of one data set apart, `reviewed` is the
+    # review workload's progress (reviewed/flagged)
+    def status(d: dict) -> str:
+        return f"{d['status']} {d['progress']:.0%}" if d["status"] == "running" else d["status"]
+
+    def reviewed(d: dict) -> str:
+        r = d.get("review")
+        return f"{r['reviewed']}/{r['flagged']}" if r else "-"
+
+    rows = [
+        (
+            str(d["id"]), d["kind"], clean(d["dataset"]), "/".join(p for p in (model_name(d), solver_name(d)) if p),
+            status(d), reviewed(d), (d["created_at"] or "")[5:16].replace("T", " "),
+            clean(d["error"] or d["message"] or "", " "),
+        )  # fmt: skip
+        for d in docs
+    ]
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
+    headers = ("id", "kind", "dataset", "model/solver", "status", "reviewed", "created")
+    caps = (6, 11, 10, 14, 11, 9, 11)  # a long name is cut with an ellipsis, never wrapped
+    used = 0
+    for i, (name, cap) in enumerate(zip(headers, caps, strict=True)):
+        width = min(cap, max([len(name)] + [len(r[i]) for r in rows]))
+        table.add_column(name, no_wrap=True, overflow="ellipsis", width=width)
+        used += width + 1  # and its right padding
+    rest = max(8, out_console.width - used - 1)
+    table.add_column("message", no_wrap=True, overflow="ellipsis", width=rest)
+    for r in rows:
+        table.add_row(*r)
     out_console.print(table)
 
 

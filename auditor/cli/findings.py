@@ -61,7 +61,8 @@ def list_findings(
     table = Table("id", "rank", *(["kind"] if len(kinds) > 1 else []))
     # a file path is what a reviewer copies: never wrapped, the other columns give way
     table.add_column("file", no_wrap=True, min_width=max([len(d["locator"] or "") for d in docs] + [4]))
-    for name in ("label", "suggested", "score", "decision"):
+    score_name = docs[0]["score_label"] if docs else "score"
+    for name in ("label", "suggested", score_name, "decision"):
         table.add_column(name)
     for d in docs:
         dec = d["decision"]
@@ -89,7 +90,7 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
     from auditor import reviewing
     from auditor.cli.render import image_to_text
     from auditor.errors import DataError
-    from auditor.findings_view import dataset_examples, label_text, load_example
+    from auditor.findings_view import SCORE_LABELS, dataset_examples, label_text, load_example
     from auditor.store import findings as finding_store
     from auditor.store import open_store
 
@@ -101,7 +102,7 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
         doc, ctx = detail.doc, detail.ctx
         # The example itself is only drawn for people, and only if its file is still there:
         # the finding and its decision live in the database and never need the dataset.
-        if not json_output and f.example_index >= 0:
+        if not json_output and f.example_index >= 0 and out_console.is_terminal:
             try:
                 examples, _ = dataset_examples(s, f.audit_id, data=data_options())
                 found, is_image = load_example(examples, f), examples.is_image
@@ -117,16 +118,26 @@ def show(finding_id: int, json_output: JsonOption = False) -> None:
     out_console.print(f"  file: {doc['locator']}   (data set {doc['dataset']})")
     out_console.print(f"  label: {label_text(doc['label'], ctx)}")
     if "suggested_label" in p:
-        out_console.print(f"  suggested: {label_text(p['suggested_label'], ctx)}")
-    out_console.print(f"  score: {doc['score']:.4g}")
+        out_console.print(f"  suggested label: {label_text(p['suggested_label'], ctx)}")
+    out_console.print(f"  {doc['score_label']} (the ranking's score): {doc['score']:.4g}")
+    if doc["kind"] == "label":
+        out_console.print("  flagged: " + ("yes, one of the estimated wrong labels" if doc["flagged"] else "no, ranked only"))
     if p.get("fix_value"):
         out_console.print(f"  {fix_value_text(p['fix_value'])}")
     for k, v in p.items():
-        if k not in ("why", "suggested_label", "fix_value"):
-            out_console.print(f"  {k}: {v}")
+        if k not in ("why", "suggested_label", "why_total_abs_influence", "probs", "loo_probs", "fix_value"):
+            shown = f"{v:.4g}" if isinstance(v, float) else v
+            out_console.print(f"  {SCORE_LABELS.get(k, k.replace('_', ' '))} ({k}): {shown}")
+    words = {"helpful": "supports the given label", "harmful": "argues against it", "nearest": "nearest in input"}
     for kind, rows in (doc.get("why") or {}).items():
-        listed = ", ".join(f"{r['locator']} ({r['label_name']}, {r['influence']:+.3g})" for r in rows[:5])
-        out_console.print(f"  {kind}: {listed}")
+        listed = ", ".join(
+            f"{r['locator']} ({r['label_name']}{', flagged' if r['flagged'] else ''}, "
+            + (f"{r['share']:.1f}%" if r["share"] is not None else f"{r['influence']:+.3g}") + ")"
+            for r in rows[:5]
+        )
+        out_console.print(f"  {kind} ({words.get(kind, kind)}): {listed}")
+    if doc.get("kind") == "label" and not doc.get("why"):
+        out_console.print("  why: not computed for this finding (the label check explains its flagged findings, at most --why-top)")
     dec = doc["decision"]
     out_console.print(
         "  decision: none" if dec is None else

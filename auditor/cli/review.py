@@ -157,6 +157,12 @@ def next_finding(
     sessions = open_store()
     examples = None
     skipped: set[int] = set()
+    draw = out_console.is_terminal  # half-block pictures mean nothing in a pipe or a file
+    if not json_output and not draw:
+        err_console.print(
+            "stdout is not a terminal: examples are not drawn (open them in `auditor serve`; "
+            "scripts use `auditor review next --json` and `review decide`)"
+        )
     while True:
         with sessions() as s:
             # skip = later, within this session only
@@ -176,13 +182,14 @@ def next_finding(
                 examples = _readable_examples(s, f.audit_id, "show examples") or False
             found = load_example(examples, f) if examples else None
         out_console.rule(f"finding {f.id}  rank {f.rank}  {doc['locator']}")
-        if found is not None and examples and examples.is_image:
+        if draw and found is not None and examples and examples.is_image:
             out_console.print(image_to_text(found[0]))
         p = doc["payload"]
         out_console.print(
             styled(
                 "label ", (label_text(f.label, ctx), "bold"), "   suggested ", (label_text(p.get("suggested_label"), ctx), "bold"),
-                f"   score {f.score:.4g}   p(label) {p.get('prob_label', float('nan')):.3f}",
+                f"   {doc.get('score_label', 'score')} {f.score:.4g}"
+                f"   left-out prob. of given label {p.get('loo_prob_label', float('nan')):.3f}",
             )
         )
         answer = typer.prompt("[c]onfirm suggested / [r]elabel / [d]ismiss / [s]kip / [q]uit", default="s")

@@ -31,4 +31,5 @@ def serve_command(
                 "auditor user add alice --role admin", "yellow",
             )))  # fmt: skip
     err_console.print(f"review app on http://{host}:{port}/ (Ctrl+C stops it)")
-    uvicorn.run(create_app(sessions, settings=settings), host=host, port=port, log_level="warning")
+    # one access-log line per request (method, path, status), as an operator expects to see
+    uvicorn.run(create_app(sessions, settings=settings), host=host, port=port, log_level="info", access_log=True)

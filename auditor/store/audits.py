@@ -141,12 +141,18 @@ def set_audit_status(
 
 
 def update_progress(
-    session: Session, audit_id: int, fraction: float, message: str | None = None
+    session: Session,
+    audit_id: int,
+    fraction: float,
+    message: str | None = None,
+    phase: dict[str, float] | None = None,
 ) -> bool:
     """Record progress and a heartbeat; return whether a cancel was requested.
 
     One UPDATE ... RETURNING, so a progress callback can check for cancellation at no extra cost
-    and raise `auditor.errors.Cancelled` itself.
+    and raise `auditor.errors.Cancelled` itself. `phase` (where the current step began: its
+    `fraction` and `started_at`, epoch seconds) is kept as the running audit's summary, the only
+    thing it holds until the analysis's own summary replaces it: the ETA is computed from it.
     """
     values: dict[str, Any] = {
         "progress": min(max(float(fraction), 0.0), 1.0),
@@ -154,6 +160,8 @@ def update_progress(
     }
     if message is not None:
         values["message"] = message
+    if phase is not None:
+        values["summary"] = {"phase": dict(phase)}
     cancel = session.scalar(
         update(Audit)
         .where(Audit.id == audit_id)

@@ -346,6 +346,45 @@ def findings_for_example(session: Session, audit_id: int, example_index: int) ->
     return sorted(rows, key=lambda f: (f.kind != "label", f.kind, f.rank))
 
 
+def decided_and_flagged(session: Session, audit_id: int) -> tuple[int, int]:
+    """(examples of the audit's findings with a standing decision, flagged findings): the two
+    counts an audit list shows beside its findings count."""
+    audit = get_audit(session, audit_id)
+    # from the reviews' side: an audit list polls this for every audit, and the decisions of a
+    # data set are far fewer than its findings; each review is looked up in the findings'
+    # (audit, example_key, kind) unique index
+    decided = session.scalar(
+        select(func.count(func.distinct(Review.example_key)))
+        .select_from(Review)
+        .join(Finding, (Finding.audit_id == audit_id) & (Finding.example_key == Review.example_key))
+        .where(Review.dataset_id == audit.dataset_id)
+    )
+    flagged = session.scalar(
+        select(func.count())
+        .select_from(Finding)
+        .where(Finding.audit_id == audit_id, Finding.flagged.is_(True))
+    )
+    return int(decided or 0), int(flagged or 0)
+
+
+def flagged_example_indices(session: Session, audit_id: int, indices: Iterable[int]) -> set[int]:
+    """Which of the examples at `indices` are flagged (a finding of the audit in its review
+    workload): what marks a helpful or harmful example that is itself suspect. One query per
+    chunk of indices (a page lists a few dozen)."""
+    found: set[int] = set()
+    for chunk in in_chunks(sorted({int(i) for i in indices})):
+        found.update(
+            session.scalars(
+                select(Finding.example_index).where(
+                    Finding.audit_id == audit_id,
+                    Finding.flagged.is_(True),
+                    Finding.example_index.in_(chunk),
+                )
+            )
+        )
+    return found
+
+
 def neighbour_findings(
     session: Session, audit_id: int, kind: str, rank: int
 ) -> tuple[int | None, int | None]:

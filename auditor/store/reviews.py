@@ -16,6 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from auditor.errors import AuditorError, Conflict
 from auditor.store._sql import in_chunks
+from auditor.store.datasets import locators
 from auditor.store.findings import get_finding
 from auditor.store.models import (
     DECISIONS,
@@ -44,6 +45,17 @@ def list_reviews(session: Session, dataset_id: int) -> list[Review]:
     return list(
         session.scalars(select(Review).where(Review.dataset_id == dataset_id).order_by(Review.id))
     )
+
+
+def _example_name(session: Session, finding: Finding) -> str:
+    """How a conflict names what it is about, as a reviewer knows it: "finding 12 (example
+    cats/img00042.png)", the file or row, not the content hash."""
+    where = None
+    if finding.example_index >= 0:
+        snapshot_id = session.scalar(select(Audit.snapshot_id).where(Audit.id == finding.audit_id))
+        if snapshot_id is not None:
+            where = locators(session, snapshot_id, [finding.example_index]).get(finding.example_index)
+    return f"finding {finding.id} (example {where or finding.example_key})"
 
 
 def _check_decision(decision: str, new_label: int | None) -> None:
@@ -77,6 +89,7 @@ def decide(
     dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
     assert dataset_id is not None
     review = get_review(session, dataset_id, finding.example_key)
+    name = _example_name(session, finding)  # read before a lost race can spoil the session
     event = ReviewEvent(
         dataset_id=dataset_id, example_key=finding.example_key, decision=decision,
         new_label=new_label, reviewer=reviewer, user_id=user_id, note=note,
@@ -85,7 +98,7 @@ def decide(
     if review is None:
         if expected_version is not None:
             raise Conflict(
-                f"example {finding.example_key} has no decision yet, "
+                f"{name} has no decision yet, "
                 f"but version {expected_version} was expected"
             )
         review = Review(
@@ -104,13 +117,13 @@ def decide(
                 session.add(event)
         except IntegrityError:
             raise Conflict(
-                f"example {finding.example_key} was decided by another reviewer just now"
+                f"{name} was decided by another reviewer just now"
             ) from None
         return review
 
     if expected_version is None or review.version != expected_version:
         raise Conflict(
-            f"example {finding.example_key} was already decided: {review.decision} by "
+            f"{name} was already decided: {review.decision} by "
             f"{review.reviewer or 'someone'} at {review.decided_at:%Y-%m-%d %H:%M} UTC "
             f"(version {review.version})"
         )
@@ -126,7 +139,7 @@ def decide(
             session.add(event)
     except StaleDataError:
         raise Conflict(
-            f"example {finding.example_key} was changed by another reviewer just now"
+            f"{name} was changed by another reviewer just now"
         ) from None
     return review
 
@@ -182,11 +195,12 @@ def undo(
     dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
     assert dataset_id is not None
     review = get_review(session, dataset_id, finding.example_key)
+    name = _example_name(session, finding)
     if review is None:
-        raise Conflict(f"example {finding.example_key} has no decision to undo")
+        raise Conflict(f"{name} has no decision to undo")
     if expected_version is not None and review.version != expected_version:
         raise Conflict(
-            f"example {finding.example_key} was changed by {review.reviewer or 'someone'} "
+            f"{name} was changed by {review.reviewer or 'someone'} "
             f"since (now version {review.version}); reload before undoing"
         )
     history = review_history(session, dataset_id, finding.example_key)
@@ -212,7 +226,7 @@ def undo(
             session.add(event)
     except StaleDataError:
         raise Conflict(
-            f"example {finding.example_key} was changed by another reviewer just now"
+            f"{name} was changed by another reviewer just now"
         ) from None
     return None if before is None else review
 

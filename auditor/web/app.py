@@ -14,7 +14,9 @@ from pathlib import Path as FsPath
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -111,6 +113,61 @@ async def domain_error(request: Request, exc: AuditorError) -> Response:
     return _error(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+# ---- API documentation, offline -------------------------------------------------------------
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from POST /api/token: `Authorization: Bearer <access_token>`.",
+    },
+    "cookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "auditor_session",
+        "description": "The browser session from POST /login; requests that change something "
+        "also send its CSRF token as X-CSRF-Token.",
+    },
+}
+PUBLIC_PATHS = {"/api/token"}  # the way in needs no credentials
+
+
+def openapi_with_security(app: FastAPI) -> dict:
+    """The app's OpenAPI schema, saying how to authenticate: a bearer token or the session
+    cookie on every operation except getting a token."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    schema["security"] = [{"bearer": []}, {"cookie": []}]
+    for path in PUBLIC_PATHS:
+        for operation in schema.get("paths", {}).get(path, {}).values():
+            operation["security"] = []
+    app.openapi_schema = schema
+    return schema
+
+
+def swagger_assets() -> FsPath | None:
+    """Swagger UI's files as the `swagger-ui-bundle` package ships them (None where it is not
+    installed: /docs is then absent, /openapi.json still there)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return FsPath(swagger_ui_path)
+
+
+def api_docs() -> HTMLResponse:
+    """Swagger UI over /openapi.json, its script and style served from the package: it works
+    without internet (FastAPI's default loads them from a CDN)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="auditor review API",
+        swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+        swagger_css_url="/static/swagger/swagger-ui.css",
+        swagger_favicon_url="/static/favicon.svg",
+    )
+
+
 # ---- app --------------------------------------------------------------------------------------
 def create_app(
     sessions: sessionmaker[Session] | None = None, home: FsPath | None = None, *, settings: Settings | None = None
@@ -127,7 +184,10 @@ def create_app(
         title="auditor review",
         description="Triage influence-function findings: queues, examples, decisions, history.",
         version="1",
+        docs_url=None,  # served below from the package's own copy of Swagger UI, not a CDN
+        redoc_url=None,
     )
+    app.openapi = lambda: openapi_with_security(app)  # type: ignore[method-assign]
     app.state.sessions, app.state.settings = sessions, settings
     app.state.examples = ExampleStore(DataOptions.from_settings(settings))
     app.add_middleware(
@@ -139,6 +199,10 @@ def create_app(
         max_age=12 * 3600,
     )
     app.add_middleware(BodyLimit)
+    swagger = swagger_assets()
+    if swagger is not None:
+        app.mount("/static/swagger", StaticFiles(directory=swagger), name="swagger")
+        app.add_api_route("/docs", api_docs, include_in_schema=False, response_class=HTMLResponse)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)

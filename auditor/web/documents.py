@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from auditor import reviewing
+from auditor.audit_view import audit_label, estimate_line, model_name, solver_name, summary_facts
 from auditor.audits import audit_doc
 from auditor.findings_view import AuditContext
 from auditor.records import finite_json
@@ -17,16 +18,28 @@ from auditor.workload import audit_review
 
 
 def audit_listing(s: Session, a: Audit, full: bool = False) -> dict[str, Any]:
-    """The CLI's audit document (`auditor.audits.audit_doc`) with its findings count and its
-    review (`auditor.workload`: counts in a list, the whole progress with `full`); `full` adds
-    the summary, params and class names."""
-    doc = {**audit_doc(a, summary=full), "findings": finding_store.count_findings(s, a.id)}
+    """The CLI's audit document (`auditor.audits.audit_doc`) with its findings count, how many of
+    their examples have a standing decision (`decided`) and how many are flagged, its review
+    (`auditor.workload`: counts in a list, the whole progress with `full`), and what tells it
+    from another audit of its data set (`model`, `solver`, `label`); `full` adds the summary,
+    params, class names and the summary in words (`facts`, `estimate_line`)."""
+    doc = {**audit_doc(a, summary=True), "findings": finding_store.count_findings(s, a.id)}
+    doc["decided"], doc["flagged"] = finding_store.decided_and_flagged(s, a.id)
+    doc.update(model=model_name(doc), solver=solver_name(doc), label=audit_label(doc))
     doc["review"] = finite_json(audit_review(s, a, full=full))
     if full:
         doc["class_names"] = dataset_store.get_dataset_by_id(s, a.dataset_id).class_names
+        doc["facts"] = summary_facts(doc)
+        doc["estimate_line"] = estimate_line(doc.get("summary"))
+    else:
+        doc.pop("summary"), doc.pop("params")
     return doc
 
 
 def class_options(s: Session, a: Audit, ctx: AuditContext) -> list[dict[str, Any]]:
-    """The data set's classes for a relabel menu: index and name."""
-    return [{"index": i, "name": ctx.class_name(i)} for i in range(reviewing.class_count(s, a))]
+    """The data set's classes for a relabel menu: index, name and how the menu reads it ("3 ·
+    cat", or "3" where the name is the index)."""
+    return [
+        {"index": i, "name": ctx.class_name(i), "text": ctx.class_option(i)}
+        for i in range(reviewing.class_count(s, a))
+    ]

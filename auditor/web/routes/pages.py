@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from auditor.findings_view import context_for, finding_doc, resolve_class
+from auditor.findings_view import SCORE_HELP, context_for, finding_doc, resolve_class
 from auditor.records import finite_json
 from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
@@ -17,7 +17,7 @@ from auditor.store import findings as finding_store
 from auditor.web.deps import DB, AuditId, ExampleIndex, FindingId, page_user
 from auditor.web.documents import audit_listing, class_options
 from auditor.web.routes.findings import finding_page_doc
-from auditor.web.templating import render
+from auditor.web.templating import HERE, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,7 +40,7 @@ def queue_page(
     page: Annotated[int, Query(ge=1, le=10**6)] = 1,
     size: Annotated[int, Query(ge=1, le=500)] = 48,
     kind: Annotated[str, Query(max_length=64)] = "",
-) -> HTMLResponse:
+) -> Response:
     user = page_user(request, s)
     a = audit_store.get_audit(s, audit_id)
     wanted = (
@@ -52,13 +52,16 @@ def queue_page(
         s, audit_id, kind=chosen_kind, label=wanted, decision=decision or None, order=order,
         offset=(page - 1) * size, limit=size,
     )  # fmt: skip
+    pages = max(1, -(-result.total // size))
+    if page > pages:  # past the end (the queue shrank, or a typed URL): the last page
+        return RedirectResponse(str(request.url.include_query_params(page=pages)), 303)
     ctx = context_for(s, audit_id, [f for f, _ in result.rows])
     docs = [finding_doc(f, ctx, r) for f, r in result.rows]
     return render(
-        request, "queue.html", user, audit=audit_listing(s, a), items=docs, total=result.total, ctx=ctx,
+        request, "queue.html", user, audit=audit_listing(s, a, full=True), items=docs, total=result.total, ctx=ctx,
         classes=class_options(s, a, ctx),
         filters={"label": label, "decision": decision, "order": order, "kind": chosen_kind or ""},
-        kinds=kinds, page=page, size=size, pages=max(1, -(-result.total // size)),
+        kinds=kinds, page=page, size=size, pages=pages,
         items_data=finite_json(docs),
         prev_url=str(request.url.include_query_params(page=page - 1)) if page > 1 else None,
         next_url=str(request.url.include_query_params(page=page + 1)) if page * size < result.total else None,
@@ -71,11 +74,22 @@ def finding_page(request: Request, finding_id: FindingId, s: DB) -> HTMLResponse
     detail = finding_page_doc(s, finding_id)
     doc, ctx, a = detail.doc, detail.ctx, detail.audit
     neighbours = finding_store.neighbour_findings(s, a.id, doc["kind"], doc["rank"])
+    payload = doc["payload"] or {}
+    # "Relabel to" starts at what the finding suggests, else what the model predicts
+    default = payload.get("suggested_label")
+    if default is None:
+        default = payload.get("predicted")
     return render(
         request, "finding.html", user, f=doc, ctx=ctx, audit=audit_listing(s, a),
         classes=class_options(s, a, ctx), doc_data=finite_json(doc),
-        prev_id=neighbours[0], next_id=neighbours[1],
+        prev_id=neighbours[0], next_id=neighbours[1], relabel_default=default, score_help=SCORE_HELP,
     )  # fmt: skip
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico before they read the page's icon link."""
+    return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml")
 
 
 @router.get("/audits/{audit_id}/examples/{index}")

@@ -28,10 +28,13 @@
     const f = byId.get(card.dataset.id);
     const body = { decision, expected_version: f.decision ? f.decision.version : null };
     if (decision === "relabelled") body.new_label = newLabel;
+    const before = f.decision ? f.decision.version : null;
     try {
       const doc = await api("POST", `/api/findings/${f.id}/decision`, body);
       show(card, doc.decision);
-      undoStack.push(f.id);
+      // a confirm of what is already confirmed records nothing: nothing of ours to undo
+      if (doc.decision && doc.decision.version === before) toast("already confirmed; nothing new recorded");
+      else undoStack.push(f.id);
       focus(cards.indexOf(card) + 1);
     } catch (err) {
       toast(err.message, true);
@@ -54,6 +57,7 @@
   }
 
   async function acceptSuggested(body) {
+    if (window.AUDIT_STATUS !== "succeeded") { toast("wait until the audit has finished", true); return; }
     try {
       const doc = await api("POST", `/api/audits/${window.AUDIT_ID}/accept-suggested`, body);
       for (const [id, decision] of Object.entries(doc.decisions)) {
@@ -114,5 +118,8 @@
     if (window.FILTER_LABEL) body.label = window.FILTER_LABEL;
     acceptSuggested(body);
   });
+  // filters apply on change: no button to press
+  document.querySelectorAll("[data-testid=filters] select").forEach((select) =>
+    select.addEventListener("change", () => select.form.submit()));
   focus(0);
 })();

@@ -54,3 +54,14 @@ function typing(event) {
   const t = event.target;
   return t && (t.tagName === "INPUT" || t.tagName === "SELECT" || t.tagName === "TEXTAREA") && t.type !== "checkbox";
 }
+
+// "12 s", "4 min", "1.5 h": as the progress messages say it.
+function duration(seconds) {
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function etaText(a) {
+  return a.status === "running" && a.eta_seconds !== null && a.eta_seconds !== undefined ? `about ${duration(a.eta_seconds)} left` : "";
+}
