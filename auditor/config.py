@@ -14,7 +14,7 @@ naming the variable. README's table lists every entry of `ENV` (tests/test_confi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -29,6 +29,7 @@ ENV_VISIBILITY_TIMEOUT = "AUDITOR_VISIBILITY_TIMEOUT"
 ENV_BEAT_INTERVAL = "AUDITOR_BEAT_INTERVAL"
 ENV_WORKER_GPUS = "AUDITOR_WORKER_GPUS"
 ENV_REVIEWER = "AUDITOR_REVIEWER"
+ENV_REVIEWER_PASSWORD = "AUDITOR_REVIEWER_PASSWORD"
 ENV_ALEMBIC_INI = "AUDITOR_ALEMBIC_INI"
 ENV_MODEL_FACTORIES = "AUDITOR_MODEL_FACTORIES"
 ENV_LEASE = "AUDITOR_LEASE_SECONDS"
@@ -54,6 +55,8 @@ ENV: dict[str, str] = {
     ENV_BEAT_INTERVAL: f"Seconds between `auditor beat` reads of the schedules table (default {DEFAULT_BEAT_INTERVAL:g})",
     ENV_WORKER_GPUS: "GPUs `auditor worker` starts workers for (default: what torch sees; 0 = CPU)",
     ENV_REVIEWER: "Reviewer name recorded with CLI decisions (default: the login name)",
+    ENV_REVIEWER_PASSWORD: "Password of that reviewer, for CLI decisions in scripts once users exist (else "
+    "--password-file FILE, or asked on a terminal)",
     ENV_ALEMBIC_INI: "alembic.ini of the migrations (default: the one in the checkout)",
     ENV_MODEL_FACTORIES: "Model factories workers may build, comma-separated MODULE:FACTORY or NAME=MODULE:FACTORY "
     "(besides entry points in the group auditor.models)",
@@ -86,6 +89,7 @@ class Settings:
     beat_interval: float = DEFAULT_BEAT_INTERVAL
     worker_gpus: int | None = None  # None: count what torch sees
     reviewer: str | None = None
+    reviewer_password: str | None = field(default=None, repr=False)  # never in a log or traceback
     alembic_ini: Path | None = None
     model_factories: tuple[str, ...] = ()
     lease_seconds: int = DEFAULT_LEASE
@@ -169,6 +173,7 @@ def get_settings() -> Settings:
         beat_interval=_seconds(ENV_BEAT_INTERVAL, DEFAULT_BEAT_INTERVAL),
         worker_gpus=_count(ENV_WORKER_GPUS),
         reviewer=_env(ENV_REVIEWER),
+        reviewer_password=os.environ.get(ENV_REVIEWER_PASSWORD) or None,  # not stripped: spaces count
         alembic_ini=Path(ini) if ini else None,
         model_factories=tuple(f.strip() for f in (_env(ENV_MODEL_FACTORIES) or "").split(",") if f.strip()),
         lease_seconds=_whole_seconds(ENV_LEASE, DEFAULT_LEASE),

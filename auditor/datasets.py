@@ -79,17 +79,49 @@ def snapshotted(
 # starting with a letter or digit, at most NAME_MAX characters. No markup, paths, spaces or
 # control characters, so a name can never break a table, a terminal or a file name.
 NAME_MAX = 64
-_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
+# C0 controls, DEL and C1 controls: never in a name someone types to sign in or to look up
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def check_name(name: str, what: str) -> None:
-    """Refuse a name outside the documented character set, before anything is read or stored."""
-    if not _NAME.match(name or ""):
-        shown = repr(name if len(name) <= 40 else name[:40] + "...")
+    """Refuse a name outside the documented character set, before anything is read or stored.
+    (`fullmatch`: `$` would let a trailing newline through.)"""
+    if not _NAME.fullmatch(name or ""):
         raise DataError(
-            f"{what} name {shown} is not allowed: use 1-{NAME_MAX} letters, digits, '.', '-' or '_', "
+            f"{what} name {_shown(name)} is not allowed: use 1-{NAME_MAX} letters, digits, '.', '-' or '_', "
             "starting with a letter or digit"
         )
+
+
+def check_lookup_name(name: str, what: str) -> None:
+    """Refuse a name to look up (sign-in, `--reviewer`) that holds a control character or is not
+    text: no name is stored with one, and PostgreSQL refuses a NUL outright (a 503 where a 400
+    is right). Only those: a name stored before today's character set still signs in."""
+    if _CONTROL.search(name) or not _encodable(name):
+        raise DataError(f"{what} name {_shown(name)} holds a control character or is not text")
+
+
+def check_free_text(text: str, what: str) -> None:
+    """Refuse free text (a note) that no database can store: a NUL (PostgreSQL refuses it) or
+    a lone surrogate (not encodable as UTF-8). Newlines and tabs are fine in a note."""
+    if "\x00" in text:
+        raise DataError(f"{what} holds a NUL character, which cannot be stored")
+    if not _encodable(text):
+        raise DataError(f"{what} holds an unpaired surrogate (\\ud800-\\udfff), which is not text")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A name as an error message shows it: quoted, escaped, cut at 40 characters."""
+    return repr(name if len(name) <= 40 else name[:40] + "...")
 
 
 def _get(session: Session, dataset: str | int) -> Dataset:

@@ -405,8 +405,22 @@ def write_corrected_tree(session: Session, audit_id: int, rows: list[dict[str, A
     return moved
 
 
+# A spreadsheet evaluates a cell that starts with one of these as a formula (`=HYPERLINK(...)`
+# in a reviewer's note would be a link that sends data out when clicked).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that no spreadsheet evaluates: text starting like a formula gets a leading
+    single quote (OWASP's rule for CSV injection); numbers stay numbers. JSON keeps raw text."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_export(rows: list[dict[str, Any]], out: Path, columns: list[str] | None = None) -> Path:
-    """Write rows to .csv or .json (by suffix); written to a temp file first, then renamed."""
+    """Write rows to .csv or .json (by suffix); written to a temp file first, then renamed.
+    CSV cells are made spreadsheet-safe (`spreadsheet_safe`); JSON holds the text as stored."""
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise AuditorError(f"--out must end in .csv or .json, not {out.suffix or '(none)'}")
@@ -419,7 +433,7 @@ def write_export(rows: list[dict[str, Any]], out: Path, columns: list[str] | Non
             with tmp.open("w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=columns or EXPORT_COLUMNS)
                 w.writeheader()
-                w.writerows(rows)
+                w.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         tmp.replace(out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -66,6 +66,7 @@ def store(
         ids = [f.id for f in finding_store.list_findings(s, audit.id)]
         auth.add_user(s, "ana", "reviewer", PASSWORD)
     monkeypatch.setenv("AUDITOR_DATABASE_URL", db_url)
+    monkeypatch.setenv("AUDITOR_REVIEWER_PASSWORD", PASSWORD)  # CLI decisions prove who decides
     return sessions, audit.id, ids
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import getpass
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,18 +23,60 @@ app = typer.Typer(no_args_is_help=True, help="Review findings: next, decide, und
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _reviewer(name: str | None) -> str:
+PasswordFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--password-file",
+        help="Once users exist: a file whose first line is the reviewer's password (for scripts; "
+        "or $AUDITOR_REVIEWER_PASSWORD; on a terminal it is asked)",
+    ),
+]
+
+
+def _identity(sessions, name: str | None, password_file: Path | None) -> tuple[str, int | None]:
+    """(reviewer name, user id) a CLI decision is recorded under. With no users registered (a
+    single-user install), the name as given, else $AUDITOR_REVIEWER, else the login name. Once
+    users exist, the reviewer must be one who may decide and must prove it with their password
+    (`--password-file`, $AUDITOR_REVIEWER_PASSWORD, or asked on a terminal): a name alone would
+    let anyone with the CLI decide as anyone. Nothing is decided before this returns."""
+    from auditor import auth
     from auditor.config import get_settings
+    from auditor.datasets import check_lookup_name
 
-    return name or get_settings().reviewer or getpass.getuser()
+    settings = get_settings()
+    who = name or settings.reviewer or getpass.getuser()
+    check_lookup_name(who, "reviewer")
+    with sessions() as s:
+        if not auth.has_users(s):
+            return who, None
+        recorded = auth.cli_reviewer(s, who)
+    password = _password(who, password_file, settings.reviewer_password)  # no session held while asking
+    with sessions() as s:
+        if auth.authenticate(s, who, password) is None:
+            raise AuditorError(f"wrong password for reviewer {who!r}; nothing was decided")
+    return recorded
 
 
-def _recorded_as(s, name: str | None) -> tuple[str, int | None]:
-    """(reviewer name, user id) a decision is recorded under: once users are registered
-    (`auditor user add`), the reviewer must be one who may decide."""
-    from auditor.auth import cli_reviewer
-
-    return cli_reviewer(s, _reviewer(name))
+def _password(who: str, password_file: Path | None, from_env: str | None) -> str:
+    """The reviewer's password: the first line of `password_file`, else the environment's, else
+    asked on a terminal; a one-line error when there is none (a script without a terminal)."""
+    if password_file is not None:
+        try:
+            lines = password_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise AuditorError(f"cannot read --password-file {password_file}: {reason}") from None
+        if not lines or not lines[0]:
+            raise AuditorError(f"--password-file {password_file} is empty")
+        return lines[0]
+    if from_env is not None:
+        return from_env
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for reviewer {who}: ")
+    raise AuditorError(
+        f"reviewer {who!r} must give their password once users exist: pass --password-file FILE "
+        "or set AUDITOR_REVIEWER_PASSWORD (on a terminal it is asked)"
+    )
 
 
 def _decision(confirm: bool, relabel: str | None, dismiss: bool) -> str:
@@ -65,16 +109,21 @@ def decide(
     note: Annotated[str | None, typer.Option(help="Free-text note")] = None,
     reviewer: Annotated[str | None, typer.Option(help="Reviewer name (default: $AUDITOR_REVIEWER or user)")] = None,
     version: Annotated[int | None, typer.Option(help="Change an existing decision of this version")] = None,
+    password_file: PasswordFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Record a decision about the example behind a finding (for scripts)."""
     from auditor import reviewing
+    from auditor.datasets import check_free_text
     from auditor.errors import Conflict
     from auditor.store import findings as finding_store
     from auditor.store import open_store
 
     decision = _decision(confirm, relabel, dismiss)
+    if note is not None:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        check_free_text(note, "the note")
     sessions = open_store()
+    who, user_id = _identity(sessions, reviewer, password_file)
     examples = None
     if relabel is not None:  # read before the transaction: reading a data set may take seconds
         with sessions() as s:
@@ -82,7 +131,6 @@ def decide(
             examples = _readable_examples(s, audit_id, "check the label against the data set")
     try:
         with sessions() as s, s.begin():
-            who, user_id = _recorded_as(s, reviewer)
             r = reviewing.decide(
                 s, finding_id, decision, relabel, reviewer=who, user_id=user_id, note=note,
                 expected_version=version, examples=examples,
@@ -106,6 +154,7 @@ def undo(
     finding_id: int,
     reviewer: Annotated[str | None, typer.Option(help="Reviewer name (default: $AUDITOR_REVIEWER or user)")] = None,
     version: Annotated[int | None, typer.Option(help="Only if the standing decision is still this version")] = None,
+    password_file: PasswordFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Withdraw the decision standing on the finding's example; the one before it (if any)
@@ -114,8 +163,8 @@ def undo(
     from auditor.store import open_store
 
     sessions = open_store()
+    who, user_id = _identity(sessions, reviewer, password_file)
     with sessions() as s, s.begin():
-        who, user_id = _recorded_as(s, reviewer)
         r = reviewing.undo(s, finding_id, reviewer=who, user_id=user_id, expected_version=version)
         doc = {"finding_id": finding_id, "decision": None if r is None else r.decision,
                "new_label": None if r is None else r.new_label, "version": None if r is None else r.version}  # fmt: skip
@@ -142,6 +191,7 @@ def _version_hint(sessions, finding_id: int) -> str:
 def next_finding(
     audit_id: Annotated[int | None, typer.Argument(help="Audit to review (default: newest succeeded)")] = None,
     reviewer: Annotated[str | None, typer.Option(help="Reviewer name")] = None,
+    password_file: PasswordFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Show the top unsettled finding and take a decision; repeat until you quit.
@@ -156,6 +206,7 @@ def next_finding(
 
     sessions = open_store()
     examples = None
+    identity: tuple[str, int | None] | None = None  # proved at the first decision, once
     skipped: set[int] = set()
     draw = out_console.is_terminal  # half-block pictures mean nothing in a pipe or a file
     if not json_output and not draw:
@@ -210,8 +261,9 @@ def next_finding(
             else:
                 err_console.print("type c, r, d, s or q")
                 continue
+            identity = identity or _identity(sessions, reviewer, password_file)
+            who, user_id = identity
             with sessions() as s, s.begin():
-                who, user_id = _recorded_as(s, reviewer)
                 reviewing.decide(
                     s, f.id, decision, new_label, reviewer=who, user_id=user_id, examples=examples or None
                 )  # fmt: skip

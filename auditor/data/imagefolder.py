@@ -18,7 +18,7 @@ import numpy as np
 
 from auditor.data.base import Examples
 from auditor.data.keys import example_keys
-from auditor.data.lazy import as_stored, decode
+from auditor.data.lazy import RootGuard, as_stored, decode
 from auditor.data.options import DEFAULT_OPTIONS, DataOptions
 from auditor.errors import DataError
 
@@ -37,6 +37,8 @@ def parse_resize(text: str) -> tuple[int, int]:
 
 
 def _image_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class names and (file, label) of every image, in sorted order; a file that links
+    outside `root` is refused here, before any path (whole load, scan) opens it."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>.png)")
@@ -48,6 +50,9 @@ def _image_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     ]
     if not files:
         raise DataError(f"{root}: no images in the class folders ({', '.join(classes)})")
+    guard = RootGuard(root)
+    for path, _ in files:
+        guard.check(path)
     return classes, files
 
 

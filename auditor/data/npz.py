@@ -87,6 +87,16 @@ def _lazy_x(path: Path, where: str, lazy: bool | None, stream_bytes: int):
     return member, images
 
 
+def _array(archive: np.lib.npyio.NpzFile, name: str, where: str) -> np.ndarray:
+    """The member `name` as an array. numpy hands back the raw bytes of a member that is not
+    a .npy file (no `.npy` suffix, or no .npy header), which every later step would trip
+    over with a traceback; refuse it here, naming the member."""
+    value = archive[name]
+    if not isinstance(value, np.ndarray):
+        raise DataError(f"{where}: member {name!r} is not a .npy array (write the file with numpy.savez)")
+    return value
+
+
 def load_npz(
     path: str | Path, lazy: bool | None = None, options: DataOptions = DEFAULT_OPTIONS
 ) -> Examples:
@@ -114,10 +124,10 @@ def load_npz(
             raise DataError(f"{where}: missing array {' and '.join(missing)} (file has {have})")
         try:
             in_place = _lazy_x(path, where, lazy, options.stream_bytes)
-            x = in_place[0] if in_place else archive["x"]
-            y = archive["y"]
-            class_names = archive["class_names"] if "class_names" in archive.files else None
-            groups = archive["groups"] if "groups" in archive.files else None
+            x = in_place[0] if in_place else _array(archive, "x", where)
+            y = _array(archive, "y", where)
+            class_names = _array(archive, "class_names", where) if "class_names" in archive.files else None
+            groups = _array(archive, "groups", where) if "groups" in archive.files else None
         except ValueError as exc:  # object arrays need pickle, which is refused
             raise DataError(f"{where}: cannot read arrays without pickle ({exc})") from None
     if len(y) == 0:

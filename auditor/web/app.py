@@ -54,25 +54,33 @@ class BodyLimit:
             return await JSONResponse({"detail": "malformed Content-Length"}, 400)(
                 scope, receive, send
             )
+        # The body is read here, before the app sees any of it: FastAPI answers any error raised
+        # while it reads a body with 400 "error parsing the body", so a body that outgrows the
+        # limit on the way (chunked, no Content-Length) must be stopped before the app reads.
+        # At most `limit` bytes are held, and only until the app has taken them.
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client left before its body ended
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                return await too_large(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await too_large(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()  # after the body: the disconnect, when it comes
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 # ---- errors: one line each ----------------------------------------------------------------------

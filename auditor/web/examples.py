@@ -73,13 +73,18 @@ class ExampleStore:
 
 
 def _single_file(root: Path, locator: str) -> bytes | None:
-    """The picture at root/locator re-encoded as PNG, or None (moved, unreadable, outside root)."""
+    """The picture at root/locator re-encoded as PNG, or None (moved, unreadable: the whole set
+    is read instead). A locator or link leading outside root is refused, naming the file, as the
+    loaders refuse it (`auditor.data.lazy.RootGuard`): the whole set would serve it anyway."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         path = (root / locator).resolve()
-        if not path.is_relative_to(root.resolve()):
-            return None
+    except (OSError, RuntimeError):  # a link loop: unreadable
+        return None
+    if not path.is_relative_to(root.resolve()):
+        raise DataError(f"{root / locator}: links to {path}, outside the data set folder {root.resolve()}")
+    try:
         with Image.open(path) as im:
             im.load()
             buf = io.BytesIO()

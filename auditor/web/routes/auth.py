@@ -11,6 +11,7 @@ from pydantic import Field
 
 from auditor import auth
 from auditor.web.deps import DB, Reader, Strict, wants_html
+from auditor.web.fields import UserName
 from auditor.web.security import check_csrf, csrf_token
 from auditor.web.templating import render
 
@@ -18,7 +19,7 @@ router = APIRouter()
 
 
 class TokenRequest(Strict):
-    username: str = Field(min_length=1, max_length=200)
+    username: UserName = Field(min_length=1, max_length=200)
     password: str = Field(min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)
 
 
@@ -50,7 +51,7 @@ def login_page(request: Request, next: str = "/") -> HTMLResponse:
 def login(
     request: Request,
     s: DB,
-    username: Annotated[str, Form(max_length=200)],
+    username: Annotated[UserName, Form(max_length=200)],
     password: Annotated[str, Form(max_length=auth.MAX_PASSWORD_LENGTH)],
     next: Annotated[str, Form(max_length=500)] = "/",
 ) -> Response:

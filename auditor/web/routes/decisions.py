@@ -13,30 +13,31 @@ from auditor import reviewing
 from auditor.findings_view import audit_context, decision_doc
 from auditor.store import findings as finding_store
 from auditor.web.deps import DB, MAX_ID, AuditId, Decider, FindingId, Strict
+from auditor.web.fields import ClassRef, Note, Whole
 
 router = APIRouter(prefix="/api", tags=["decisions"])
 
 
 class DecisionRequest(Strict):
     decision: Literal["confirmed", "relabelled", "dismissed"]
-    # a class index or, where the data set names its classes, a class name
-    new_label: int | str | None = Field(None, description="relabelled only: class index or name")
-    note: str | None = Field(None, max_length=2000)
-    expected_version: int | None = Field(
+    # a class index or, where the data set names its classes, a class name; never true/false
+    new_label: ClassRef | None = Field(None, description="relabelled only: class index or name")
+    note: Note | None = None
+    expected_version: Whole | None = Field(
         None, ge=1, le=2**31 - 1, description="version of the decision you saw; null: none yet"
     )
 
 
 class UndoRequest(Strict):
-    expected_version: int | None = Field(None, ge=1, le=2**31 - 1)
+    expected_version: Whole | None = Field(None, ge=1, le=2**31 - 1)
 
 
 class BulkAcceptRequest(Strict):
     """Confirm (accept the suggested label of) these findings, or the top K undecided ones."""
 
-    finding_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(None, max_length=1000)
-    top_k: int | None = Field(None, ge=1, le=10_000)
-    label: int | str | None = Field(None, description="with top_k: only examples given this class")
+    finding_ids: list[Annotated[Whole, Field(ge=1, le=MAX_ID)]] | None = Field(None, max_length=1000)
+    top_k: Whole | None = Field(None, ge=1, le=10_000)
+    label: ClassRef | None = Field(None, description="with top_k: only examples given this class")
 
 
 @router.post("/findings/{finding_id}/decision")

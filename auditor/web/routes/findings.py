@@ -26,7 +26,7 @@ def findings(
     audit_id: AuditId,
     user: Reader,
     s: DB,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = None,
     label: Annotated[str | None, Query(max_length=200, description="class index or name")] = None,
     decision: DecisionFilter | None = None,
     order: Order = "rank",

@@ -39,7 +39,7 @@ def queue_page(
     order: Annotated[str, Query(max_length=10)] = "rank",
     page: Annotated[int, Query(ge=1, le=10**6)] = 1,
     size: Annotated[int, Query(ge=1, le=500)] = 48,
-    kind: Annotated[str, Query(max_length=64)] = "",
+    kind: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")] = "",
 ) -> Response:
     user = page_user(request, s)
     a = audit_store.get_audit(s, audit_id)
