@@ -42,9 +42,13 @@ def test_one_solo_worker_per_gpu_on_the_right_device(monkeypatch: pytest.MonkeyP
     assert [s.name for s in specs] == ["auditor-gpu0", "auditor-gpu1"]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1"]
     argv = specs[1].argv
-    assert argv[argv.index("-P") + 1] == "solo" and argv[argv.index("-Q") + 1] == "gpu,default"
-    assert argv[argv.index("-n") + 1] == "auditor-gpu1@%h"
-    assert "workers.celery_app:app" in argv
+    assert argv[argv.index("--pool") + 1] == "solo"
+    assert argv[argv.index("--queues") + 1] == "gpu,default"
+    assert argv[argv.index("--hostname") + 1] == "auditor-gpu1@%h"
+    assert argv[0] == sys.executable and "-m" not in argv  # nothing imported from the cwd
+    assert (argv[1] == "-P") == (sys.version_info >= (3, 11))
+    code = argv[argv.index("-c") + 1]
+    assert code.endswith("from workers.celery_app import run_worker; run_worker()")
 
     cpu = plan_workers("gpu", "debug", gpus=0, concurrency=None)
     assert len(cpu) == 1 and "auditor@%h" in cpu[0].argv
@@ -169,7 +173,7 @@ def test_a_crashed_child_is_started_again(tmp_path, cleanup) -> None:
     proc, log = _supervisor(tmp_path, children=1, crash_once=True)
     cleanup(proc)
     _wait(lambda: len(_ready_pids(log)) == 2)  # the first one crashed, the second one runs
-    assert "c0 exited with code 3; starting it again" in log.read_text()
+    assert "exited with code 3; starting it again in 1 s" in log.read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
 
