@@ -35,6 +35,7 @@ AUDITOR = str(Path(sys.executable).with_name("auditor"))
 PLANTED_MODULES = (
     "celery", "kombu", "redis", "torch", "numpy", "sqlalchemy", "typer", "click",
     "uvicorn", "fastapi", "starlette", "uvloop", "httptools", "h11",
+    "proj",  # Celery's example app name, given as $APP below
 )  # fmt: skip
 PLANTED_PACKAGES = ("workers", "auditor")
 READY_TIMEOUT_S = 90.0  # two cores shared with other test runs: a worker can take a while
@@ -154,9 +155,7 @@ def test_auditor_worker_imports_nothing_from_its_current_directory(
 ) -> None:
     _, markers = planted
     # Celery's -A falls back to $APP, and imports what it names from the current directory.
-    worker = start(
-        "worker", "--queues", "gpu,default", "--concurrency", str(workers), APP="workers"
-    )
+    worker = start("worker", "--queues", "gpu,default", "--concurrency", str(workers), APP="proj")
     ready = worker.wait_for(lambda: worker.text().count(" ready.") >= workers)
     worker.stop()
     assert planted_imports(markers) == [], worker.text()[-3000:]

@@ -180,16 +180,20 @@ class Supervisor:
     SIGTERM and exits like a clean shutdown, so the exit code cannot tell "asked to stop" apart;
     only the supervisor's own stop signals mean "stop", and they stop every worker). The restart
     waits 1, 2, 4, 8 s (`backoff_s`) after that worker's recent exits; a worker that exits more
-    than MAX_RESTARTS times within RESTART_WINDOW_S is not started again: the supervisor stops
+    than `max_restarts` times within RESTART_WINDOW_S is not started again: the supervisor stops
     all workers and exits non-zero, so whatever runs it (systemd, Docker) sees the failure.
     Every exit is told to `say` (default: stderr) with the worker's name, pid, exit code or
     signal, and what happens next."""
 
     def __init__(
-        self, specs: Sequence[WorkerSpec], say: Callable[[str], None] = _stderr_line
+        self,
+        specs: Sequence[WorkerSpec],
+        say: Callable[[str], None] = _stderr_line,
+        max_restarts: int = MAX_RESTARTS,
     ) -> None:
         self.specs = list(specs)
         self.say = say
+        self.max_restarts = max_restarts
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.exits: dict[str, list[float]] = {s.name: [] for s in self.specs}
         self.restart_at: dict[str, float] = {}  # name -> monotonic time it is due to start
@@ -248,7 +252,7 @@ class Supervisor:
         now = time.monotonic()
         recent = [t for t in self.exits[spec.name] if now - t < RESTART_WINDOW_S] + [now]
         self.exits[spec.name] = recent
-        if len(recent) > MAX_RESTARTS:
+        if len(recent) > self.max_restarts:
             self.say(
                 f"{what}; it exited {len(recent)} times within {RESTART_WINDOW_S:g} s, so it is "
                 "not started again: stopping all workers"
@@ -259,7 +263,7 @@ class Supervisor:
         self.restart_at[spec.name] = now + delay
         self.say(
             f"{what}; starting it again in {delay:g} s "
-            f"(restart {len(recent)} of at most {MAX_RESTARTS} within {RESTART_WINDOW_S:g} s)"
+            f"(restart {len(recent)} of at most {self.max_restarts} within {RESTART_WINDOW_S:g} s)"
         )
         return 0
 
