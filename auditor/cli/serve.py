@@ -31,4 +31,6 @@ def serve_command(
                 "auditor user add alice --role admin", "yellow",
             )))  # fmt: skip
     err_console.print(f"review app on http://{host}:{port}/ (Ctrl+C stops it)")
+    # The app goes to uvicorn as an object, in this process: given a "module:app" name, uvicorn
+    # would import it with --app-dir (the current directory by default) first on sys.path.
     uvicorn.run(create_app(sessions, settings=settings), host=host, port=port, log_level="warning")
