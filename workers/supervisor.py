@@ -207,6 +207,8 @@ class Supervisor:
             preexec_fn=lambda: _die_with_parent(parent),
         )
         self.say(f"started {spec.name} (pid {self.procs[spec.name].pid}) {spec.env or ''}")
+        if self.stopping_since is not None:  # a stop signal came while it was being started
+            self.procs[spec.name].send_signal(signal.SIGTERM)
 
     def stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if self.stopping_since is None:
@@ -230,7 +232,7 @@ class Supervisor:
                     failure = self._exited(spec, proc) or failure
                 due = self.restart_at.get(spec.name)
                 if due is not None and time.monotonic() >= due and self.stopping_since is None:
-                    del self.restart_at[spec.name]
+                    self.restart_at.pop(spec.name, None)  # `stop` may have cleared it just now
                     self.start(spec)
             if not self.procs and not self.restart_at:
                 return failure
