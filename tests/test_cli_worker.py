@@ -30,6 +30,8 @@ CHILD = textwrap.dedent(
     if os.environ.get("CRASH_ONCE") and not os.path.exists(os.environ["CRASH_ONCE"]):
         open(os.environ["CRASH_ONCE"], "w").close()
         sys.exit(3)
+    if os.environ.get("ALWAYS_CRASH"):
+        sys.exit(3)
     time.sleep(60)
     """
 )
@@ -42,9 +44,13 @@ def test_one_solo_worker_per_gpu_on_the_right_device(monkeypatch: pytest.MonkeyP
     assert [s.name for s in specs] == ["auditor-gpu0", "auditor-gpu1"]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1"]
     argv = specs[1].argv
-    assert argv[argv.index("-P") + 1] == "solo" and argv[argv.index("-Q") + 1] == "gpu,default"
-    assert argv[argv.index("-n") + 1] == "auditor-gpu1@%h"
-    assert "workers.celery_app:app" in argv
+    assert argv[argv.index("--pool") + 1] == "solo"
+    assert argv[argv.index("--queues") + 1] == "gpu,default"
+    assert argv[argv.index("--hostname") + 1] == "auditor-gpu1@%h"
+    assert argv[0] == sys.executable and "-m" not in argv  # nothing imported from the cwd
+    assert (argv[1] == "-P") == (sys.version_info >= (3, 11))
+    code = argv[argv.index("-c") + 1]
+    assert code.endswith("from workers.celery_app import run_worker; run_worker()")
 
     cpu = plan_workers("gpu", "debug", gpus=0, concurrency=None)
     assert len(cpu) == 1 and "auditor@%h" in cpu[0].argv
@@ -86,20 +92,30 @@ def test_bad_options_and_a_missing_broker_are_one_line(monkeypatch: pytest.Monke
         assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
 
 
-def _supervisor(tmp_path: Path, children: int = 2, crash_once: bool = False):
-    """`Supervisor.run()` in its own process (and process group) over sleeping children."""
+def _supervisor(
+    tmp_path: Path,
+    children: int = 2,
+    crash_once: bool = False,
+    always_crash: bool = False,
+    max_restarts: int = 5,
+):
+    """`Supervisor.run()` in its own process (and process group) over sleeping children.
+
+    A child exits 0 on SIGTERM, as a real solo worker does (it stops at once and requeues)."""
     script = textwrap.dedent(
         f"""
         import sys
         from workers.supervisor import Supervisor, WorkerSpec
         specs = [WorkerSpec(f"c{{i}}", [sys.executable, "-c", {CHILD!r}]) for i in range({children})]
-        sys.exit(Supervisor(specs).run())
+        sys.exit(Supervisor(specs, max_restarts={max_restarts}).run())
         """
     )
     log = tmp_path / "supervisor.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if crash_once:
         env["CRASH_ONCE"] = str(tmp_path / "crashed")
+    if always_crash:
+        env["ALWAYS_CRASH"] = "1"
     out = log.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -169,9 +185,50 @@ def test_a_crashed_child_is_started_again(tmp_path, cleanup) -> None:
     proc, log = _supervisor(tmp_path, children=1, crash_once=True)
     cleanup(proc)
     _wait(lambda: len(_ready_pids(log)) == 2)  # the first one crashed, the second one runs
-    assert "c0 exited with code 3; starting it again" in log.read_text()
+    assert "exited with code 3; starting it again in 1 s" in log.read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
+
+
+def test_a_child_stopped_or_killed_from_outside_is_started_again_and_each_exit_is_logged(
+    tmp_path, cleanup
+) -> None:
+    """Issue 27: a worker sent SIGTERM alone exits 0 like a clean shutdown, and was not started
+    again (two workers became one, and nothing was logged)."""
+    proc, log = _supervisor(tmp_path, children=2)
+    cleanup(proc)
+    _wait(lambda: len(_ready_pids(log)) == 2)
+    first, second = _ready_pids(log)
+    os.kill(first, signal.SIGTERM)
+    _wait(lambda: len(_ready_pids(log)) == 3)
+    replacement = _ready_pids(log)[2]
+    assert replacement not in (first, second) and _alive(second)
+    restarted = f"(pid {first}) exited with code 0; starting it again in 1 s (restart 1 of at most"
+    assert restarted in log.read_text()
+
+    os.kill(second, signal.SIGKILL)
+    _wait(lambda: len(_ready_pids(log)) == 4)
+    assert f"(pid {second}) was killed by SIGKILL; starting it again in 1 s" in log.read_text()
+
+    running = _ready_pids(log)[2:]
+    proc.send_signal(signal.SIGTERM)  # stopping the supervisor still stops every child
+    assert proc.wait(timeout=20) == 0
+    text = log.read_text()
+    assert all(f"{pid} got SIGTERM" in text for pid in running)
+    assert not any(_alive(pid) for pid in running)
+    assert text.count("; stopping, ") == 2 and "still running" in text
+    assert len(_ready_pids(log)) == 4  # nothing started once stopping
+
+
+def test_a_child_that_keeps_exiting_stops_the_supervisor_after_its_restarts(
+    tmp_path, cleanup
+) -> None:
+    proc, log = _supervisor(tmp_path, children=2, always_crash=True, max_restarts=1)
+    cleanup(proc)
+    assert proc.wait(timeout=30) == 3  # 1 s back-off, one restart, then it gives up
+    text = log.read_text()
+    assert "exited with code 3; starting it again in 1 s (restart 1 of at most 1 within 60" in text
+    assert "exited 2 times within 60 s, so it is not started again: stopping all workers" in text
 
 
 def test_visibility_timeout_and_the_restore_sweep_that_follows_it(

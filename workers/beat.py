@@ -16,6 +16,10 @@ time-to-live of max(30 s, 6 intervals), renewed every tick. A second `auditor be
 with a one-line error naming the holder, or with `--standby` waits until the lock is free and
 then takes over (e.g. after the first one stopped or its lock expired). A beat that cannot renew
 its lock because another process owns it now stops, so two beats never both send ticks for long.
+
+Beat runs in the `auditor` process itself, not re-executed: the console script's `sys.path`
+starts with its own `bin/` directory, never the current one, and the app's loader imports the
+task modules without putting the current directory back (`workers.celery_app.CwdFreeLoader`).
 """
 
 from __future__ import annotations

@@ -16,21 +16,33 @@
   SIGINT and puts its running audit back on the queue, instead of Celery's warm shutdown that
   would wait hours for the audit (and be SIGKILLed by `docker stop` after 10 s anyway, leaving the
   message invisible for the whole visibility timeout);
-- heavy work goes to queue `gpu`, light work (schedule ticks) to `default`.
+- heavy work goes to queue `gpu`, light work (schedule ticks) to `default`;
+- nothing is imported from the current directory (issue 27): Celery imports the app named by
+  `-A` and the task modules in `include` with the current directory put first on `sys.path`
+  (`celery.utils.imports.import_from_cwd`), so `run_worker` hands Celery the app object rather
+  than its name, and `CwdFreeLoader` imports task modules as any other import. The worker
+  process itself starts with a safe path (`auditor.safepath`, `workers.supervisor`).
 Tasks are idempotent (findings are upserted on (audit, example_key, kind)), so redelivery is safe.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from celery import Celery
+from celery.loaders.app import AppLoader
 from celery.signals import worker_process_init, worker_ready
 
 from auditor.config import DEFAULT_VISIBILITY_TIMEOUT, get_settings
 
-__all__ = ["DEFAULT_VISIBILITY_TIMEOUT", "app", "make_app", "restore_interval", "visibility_timeout"]
+__all__ = [
+    "DEFAULT_VISIBILITY_TIMEOUT", "CwdFreeLoader", "app", "make_app", "restore_interval",
+    "run_worker", "visibility_timeout",
+]  # fmt: skip
 MAX_RESTORE_INTERVAL = 10  # seconds between sweeps for messages of dead workers
 SIGNAL_REPEAT_S = 3.0  # a second SIGTERM/SIGINT this soon after the first is the same request
 
@@ -46,11 +58,28 @@ def visibility_timeout() -> int:
     return get_settings().visibility_timeout
 
 
+class CwdFreeLoader(AppLoader):
+    """Celery's app loader, except that task modules (`include`, and those a worker reloads) are
+    imported as any import is, instead of with the current directory first on `sys.path`."""
+
+    def import_from_cwd(self, module: str, imp: Any = None, package: str | None = None) -> Any:
+        return (self.import_module if imp is None else imp)(module, package=package)
+
+
 def make_app() -> Celery:
     settings = get_settings()
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
     visibility = visibility_timeout()
-    app = Celery("auditor", broker=broker, backend=settings.result_backend, include=["workers.tasks", "workers.reconciler"])
+    app = Celery(
+        "auditor",
+        broker=broker,
+        backend=settings.result_backend,
+        include=["workers.tasks", "workers.reconciler"],
+        loader=CwdFreeLoader,  # a class, not a name: a name is looked up from the cwd too
+        # The one built-in fixup is Django's: with DJANGO_SETTINGS_MODULE set it puts the cwd on
+        # sys.path (and expects the loader as a name). There is no Django here.
+        fixups=[],
+    )
     transport = {"visibility_timeout": visibility}
     broker_transport = {
         **transport,
@@ -83,6 +112,18 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+
+def run_worker(argv: Sequence[str] | None = None) -> NoReturn:
+    """`celery worker ARGV...` on this app, in this process, then exit with the worker's code.
+
+    What `auditor worker` runs in each worker process (`workers.supervisor.celery_argv`), in place
+    of `python -m celery -A workers.celery_app:app worker`, which imports the app by name with the
+    current directory first on `sys.path`. Celery takes `-A` from $APP when it is not given, and
+    would import that name the same way, so $APP is dropped."""
+    os.environ.pop("APP", None)
+    code = app.start(["worker", *(sys.argv[1:] if argv is None else argv)])
+    sys.exit(code or 0)
 
 
 @worker_process_init.connect

@@ -1,15 +1,22 @@
 """The supervisor behind `auditor worker`: Celery workers for audits, one single-process worker
 per GPU.
 
-Each worker is `celery -A workers.celery_app:app worker -P solo`: the audit runs in the worker's
-main process, because torch and fork do not mix well (CUDA cannot be used in a forked child, and
-forked BLAS thread pools hang) and an audit is one long, single-process job anyway.
+Each worker is `celery worker --pool solo` on the app object (`workers.celery_app.run_worker`):
+the audit runs in the worker's main process, because torch and fork do not mix well (CUDA cannot
+be used in a forked child, and forked BLAS thread pools hang) and an audit is one long,
+single-process job anyway.
+
+No code from the current directory runs (issue 27): every Python this module starts, the
+workers and the GPU probe, is `python -P -c ...` with PYTHONSAFEPATH=1, or on Python 3.10 a `-c`
+that removes the directory from `sys.path` first (`auditor.safepath` says why not `-m` or `-I`),
+and the worker never names its app for Celery to import (`workers.celery_app`).
 
 - With GPUs (torch.cuda.device_count() > 0) this process supervises one worker per GPU, named
   auditor-gpu<i>@host and started with CUDA_VISIBLE_DEVICES=<i> (with one GPU, or one worker in
   all, it becomes that worker instead, as below). SIGTERM, SIGINT, SIGQUIT and SIGHUP
-  are passed on to the workers (as SIGTERM) and it waits for them to exit; a worker that crashes
-  is started again, and every worker gets SIGTERM from the kernel if this process dies.
+  are passed on to the workers (as SIGTERM) and it waits for them to exit; a worker that exits
+  for any other reason (a crash, a SIGTERM sent to it alone) is started again after a back-off,
+  each exit is logged, and every worker gets SIGTERM from the kernel if this process dies.
 - Without a GPU it becomes the one solo worker itself (exec), so signals reach Celery directly;
   `--concurrency N` runs N supervised CPU workers instead.
 
@@ -31,13 +38,15 @@ from dataclasses import dataclass, field
 
 from auditor.config import get_settings
 from auditor.errors import AuditorError
+from auditor.safepath import python_argv, python_env
 
-CELERY_APP = "workers.celery_app:app"
+RUN_WORKER = "from workers.celery_app import run_worker; run_worker()"
+TORCH_GPU_COUNT = "import torch; print(torch.cuda.device_count())"
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 STOP_TIMEOUT_S = 60.0  # then SIGKILL: a worker that ignores SIGTERM this long is stuck
 RESTART_WINDOW_S = 60.0
-MAX_RESTARTS = 5  # crashes of one worker within RESTART_WINDOW_S before giving up
+MAX_RESTARTS = 5  # restarts of one worker within RESTART_WINDOW_S before giving up
 PR_SET_PDEATHSIG = 1
 
 
@@ -51,13 +60,14 @@ class WorkerSpec:
 
 
 def celery_argv(queues: str, nodename: str, loglevel: str) -> list[str]:
+    """The command of one solo worker: this Python, with a safe path, running `run_worker`."""
     # No mingle/gossip: they sync revokes and clocks between workers, which we do not use
     # (cancels go through the database), and mingle adds a second to every start.
-    return [
-        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
-        "-P", "solo", "-c", "1", "-Q", queues, "-n", nodename, "--loglevel", loglevel,
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
+    return python_argv(
+        RUN_WORKER,
+        "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", nodename,
+        "--loglevel", loglevel, "--without-mingle", "--without-gossip",
+    )  # fmt: skip
 
 
 def visible_gpus(count: int, env: dict[str, str] | os._Environ[str] = os.environ) -> list[str]:
@@ -120,7 +130,8 @@ def gpu_count() -> int:
     # In a child process: the supervisor should hold no CUDA driver state or threads (it forks
     # the workers) and not the memory of an imported torch for as long as it runs.
     probe = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        python_argv(TORCH_GPU_COUNT),
+        env=python_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -151,31 +162,58 @@ def _stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def describe_exit(returncode: int) -> str:
+    """`exited with code 3` or `was killed by SIGTERM` (Popen's negative return codes)."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
 class Supervisor:
-    """Run several worker processes; pass stop signals on, restart crashed ones. What it does is
-    told, a line at a time, to `say` (default: stderr)."""
+    """Run several worker processes; pass stop signals on, start again any that exits.
+
+    A worker that exits while the supervisor is not stopping is started again, whatever ended
+    it: a crash, an out-of-memory kill, or a SIGTERM from outside (a solo worker stops at once on
+    SIGTERM and exits like a clean shutdown, so the exit code cannot tell "asked to stop" apart;
+    only the supervisor's own stop signals mean "stop", and they stop every worker). The restart
+    waits 1, 2, 4, 8 s (`backoff_s`) after that worker's recent exits; a worker that exits more
+    than `max_restarts` times within RESTART_WINDOW_S is not started again: the supervisor stops
+    all workers and exits non-zero, so whatever runs it (systemd, Docker) sees the failure.
+    Every exit is told to `say` (default: stderr) with the worker's name, pid, exit code or
+    signal, and what happens next."""
 
     def __init__(
-        self, specs: Sequence[WorkerSpec], say: Callable[[str], None] = _stderr_line
+        self,
+        specs: Sequence[WorkerSpec],
+        say: Callable[[str], None] = _stderr_line,
+        max_restarts: int = MAX_RESTARTS,
     ) -> None:
         self.specs = list(specs)
         self.say = say
+        self.max_restarts = max_restarts
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.crashes: dict[str, list[float]] = {s.name: [] for s in self.specs}
+        self.exits: dict[str, list[float]] = {s.name: [] for s in self.specs}
+        self.restart_at: dict[str, float] = {}  # name -> monotonic time it is due to start
         self.stopping_since: float | None = None
 
     def start(self, spec: WorkerSpec) -> None:
         parent = os.getpid()
         self.procs[spec.name] = subprocess.Popen(
             spec.argv,
-            env={**os.environ, **spec.env},
+            env=python_env(spec.env),
             preexec_fn=lambda: _die_with_parent(parent),
         )
         self.say(f"started {spec.name} (pid {self.procs[spec.name].pid}) {spec.env or ''}")
+        if self.stopping_since is not None:  # a stop signal came while it was being started
+            self.procs[spec.name].send_signal(signal.SIGTERM)
 
     def stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
+        self.restart_at.clear()
         for proc in list(self.procs.values()):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -189,23 +227,14 @@ class Supervisor:
         while True:
             for spec in self.specs:
                 proc = self.procs.get(spec.name)
-                if proc is None or proc.poll() is None:
-                    continue
-                code = proc.returncode
-                del self.procs[spec.name]
-                if self.stopping_since is not None or code == 0:  # asked to stop
-                    continue
-                restart = self._may_restart(spec.name)  # after a back-off
-                if self.stopping_since is not None:  # asked to stop during the back-off
-                    continue
-                if not restart:
-                    self.say(f"{spec.name} keeps exiting (code {code}); stopping all workers")
-                    failure = code or 1
-                    self.stop()
-                    continue
-                self.say(f"{spec.name} exited with code {code}; starting it again")
-                self.start(spec)
-            if not self.procs:
+                if proc is not None and proc.poll() is not None:
+                    del self.procs[spec.name]
+                    failure = self._exited(spec, proc) or failure
+                due = self.restart_at.get(spec.name)
+                if due is not None and time.monotonic() >= due and self.stopping_since is None:
+                    self.restart_at.pop(spec.name, None)  # `stop` may have cleared it just now
+                    self.start(spec)
+            if not self.procs and not self.restart_at:
                 return failure
             if (
                 self.stopping_since is not None
@@ -215,14 +244,35 @@ class Supervisor:
                     proc.kill()
             time.sleep(0.2)
 
-    def _may_restart(self, name: str) -> bool:
+    def _exited(self, spec: WorkerSpec, proc: subprocess.Popen[bytes]) -> int:
+        """Say what ended `proc` and what happens next; schedule its restart. Returns the exit
+        status the supervisor should end with because of it (0: none)."""
+        what = f"{spec.name} (pid {proc.pid}) {describe_exit(proc.returncode)}"
+        if self.stopping_since is not None:
+            self.say(f"{what}; stopping, {len(self.procs)} worker(s) still running")
+            return 0
         now = time.monotonic()
-        recent = [t for t in self.crashes[name] if now - t < RESTART_WINDOW_S] + [now]
-        self.crashes[name] = recent
-        if len(recent) > MAX_RESTARTS:
-            return False
-        time.sleep(min(2.0 ** (len(recent) - 1), 10.0))  # back off: 1, 2, 4, 8 s
-        return True
+        recent = [t for t in self.exits[spec.name] if now - t < RESTART_WINDOW_S] + [now]
+        self.exits[spec.name] = recent
+        if len(recent) > self.max_restarts:
+            self.say(
+                f"{what}; it exited {len(recent)} times within {RESTART_WINDOW_S:g} s, so it is "
+                "not started again: stopping all workers"
+            )
+            self.stop()
+            return proc.returncode if proc.returncode > 0 else 1
+        delay = backoff_s(len(recent))
+        self.restart_at[spec.name] = now + delay
+        self.say(
+            f"{what}; starting it again in {delay:g} s "
+            f"(restart {len(recent)} of at most {self.max_restarts} within {RESTART_WINDOW_S:g} s)"
+        )
+        return 0
+
+
+def backoff_s(exits: int) -> float:
+    """Seconds before starting a worker again after its `exits`-th exit within the window."""
+    return min(2.0 ** (exits - 1), 10.0)
 
 
 def preflight() -> None:
@@ -252,5 +302,5 @@ def run_workers(
     sys.stdout.flush()
     sys.stderr.flush()
     if len(specs) == 1:
-        os.execve(sys.executable, specs[0].argv, {**os.environ, **specs[0].env})
+        os.execve(sys.executable, specs[0].argv, python_env(specs[0].env))
     return Supervisor(specs, say).run()

@@ -31,5 +31,7 @@ def serve_command(
                 "auditor user add alice --role admin", "yellow",
             )))  # fmt: skip
     err_console.print(f"review app on http://{host}:{port}/ (Ctrl+C stops it)")
-    # one access-log line per request (method, path, status), as an operator expects to see
+    # The app goes to uvicorn as an object, in this process: given a "module:app" name, uvicorn
+    # would import it with --app-dir (the current directory by default) first on sys.path. One
+    # access-log line per request (method, path, status), as an operator expects to see.
     uvicorn.run(create_app(sessions, settings=settings), host=host, port=port, log_level="info", access_log=True)

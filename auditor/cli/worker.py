@@ -36,4 +36,10 @@ def worker_command(
     from workers.supervisor import run_workers
 
     queues = parse_queues(queues)
-    raise typer.Exit(run_workers(queues, loglevel, concurrency, say=err_console.print))
+    raise typer.Exit(run_workers(queues, loglevel, concurrency, say=log_line))
+
+
+def log_line(line: str) -> None:
+    """One supervisor line on stderr, never wrapped at the terminal's width: a log reader greps
+    for a whole "auditor-cpu1 (pid 123) exited with code 0; starting it again ..." line."""
+    err_console.print(line, soft_wrap=True)
