@@ -26,7 +26,7 @@ from auditor.errors import AuditorError, Conflict, NotFound
 from auditor.web.deps import wants_html
 from auditor.web.examples import ExampleStore
 from auditor.web.routes import routers
-from auditor.web.security import secret_key
+from auditor.web.security import SecurityHeaders, inline_handler_hashes, secret_key
 from auditor.web.templating import HERE, templates
 
 MAX_BODY_BYTES = 64 * 1024
@@ -113,10 +113,17 @@ async def domain_error(request: Request, exc: AuditorError) -> Response:
 
 # ---- app --------------------------------------------------------------------------------------
 def create_app(
-    sessions: sessionmaker[Session] | None = None, home: FsPath | None = None, *, settings: Settings | None = None
+    sessions: sessionmaker[Session] | None = None,
+    home: FsPath | None = None,
+    *,
+    settings: Settings | None = None,
+    secure_cookies: bool = False,
 ) -> FastAPI:
     """The app over `sessions` (default: the configured store, created or checked now), with
-    `settings` read once here (default: from the environment) and kept in `app.state.settings`."""
+    `settings` read once here (default: from the environment) and kept in `app.state.settings`.
+    `secure_cookies` marks the session cookie Secure (sent over HTTPS only; `auditor serve`
+    turns it on unless it listens on loopback)."""
+    from auditor.auth import LoginLimits
     from auditor.config import get_settings
     from auditor.data.options import DataOptions
     from auditor.store import open_store
@@ -129,16 +136,19 @@ def create_app(
         version="1",
     )
     app.state.sessions, app.state.settings = sessions, settings
+    app.state.login_limits = LoginLimits.from_settings(settings)
     app.state.examples = ExampleStore(DataOptions.from_settings(settings))
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(home or settings.home, settings.secret_key),
         session_cookie="auditor_session",
         same_site="strict",
-        https_only=False,
-        max_age=12 * 3600,
+        https_only=secure_cookies,
+        max_age=12 * 3600,  # the server-side session (auth.SESSION_TTL) ends it then too
     )
     app.add_middleware(BodyLimit)
+    # outermost: the headers go on every response, a 413 of BodyLimit's included
+    app.add_middleware(SecurityHeaders, handler_hashes=inline_handler_hashes(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
