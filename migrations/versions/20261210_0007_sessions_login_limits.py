@@ -41,7 +41,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_web_sessions_user_id_users"), ondelete="CASCADE"
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_web_sessions_user_id_users"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_web_sessions")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_web_sessions_key_hash")),
@@ -64,7 +67,9 @@ def upgrade() -> None:
 def _sqlite_users_autoincrement() -> None:
     """Rebuild `users` as AUTOINCREMENT, keeping every id, without touching any child row."""
     conn = op.get_bind()
-    ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'users'").scalar()
+    ddl = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'users'"
+    ).scalar()
     if ddl is not None and "AUTOINCREMENT" in ddl.upper():
         return  # rebuilt already (a run that stopped after this step's commit)
     # PRAGMA foreign_keys is a no-op inside a transaction: end the migration's transaction (the
@@ -85,7 +90,9 @@ def _sqlite_users_autoincrement() -> None:
                 "CONSTRAINT uq_users_name UNIQUE (name), "
                 "CONSTRAINT ck_users_role CHECK (role IN ('viewer', 'reviewer', 'admin')))"
             )
-            conn.exec_driver_sql(f"INSERT INTO users_new ({USER_COLUMNS}) SELECT {USER_COLUMNS} FROM users")
+            conn.exec_driver_sql(
+                f"INSERT INTO users_new ({USER_COLUMNS}) SELECT {USER_COLUMNS} FROM users"
+            )
             conn.exec_driver_sql("DROP TABLE users")
             conn.exec_driver_sql("ALTER TABLE users_new RENAME TO users")
             broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
