@@ -166,7 +166,8 @@ def _check_not_locked(
     by_name, by_address = user_store.failures_since(
         session, name, address, now - limits.window, limits.max_failures
     )
-    ends = [times[-1] + limits.window for times in (by_name, by_address) if len(times) >= limits.max_failures]
+    full = [times for times in (by_name, by_address) if len(times) >= limits.max_failures]
+    ends = [times[-1] + limits.window for times in full]
     if ends:
         raise SignInLocked(max(1, math.ceil((max(ends) - now).total_seconds())))
 
@@ -191,21 +192,19 @@ def sign_in(
     name, address = name[:MAX_NAME_LENGTH], address[:MAX_ADDRESS_LENGTH]
     with sessions() as s, s.begin():
         _check_not_locked(s, name, address, limits, utcnow())
-        user = user_store.find_user(s, name) if name else None
-        claimed = (user.id, user.password_hash) if user is not None else None
-    right = (
-        len(password) <= MAX_PASSWORD_LENGTH
-        and verify_password(password, claimed[1] if claimed else _dummy_hash())
-        and claimed is not None
-    )
+        found = user_store.find_user(s, name) if name else None
+        user_id, stored = (found.id, found.password_hash) if found is not None else (None, None)
+    # an unknown name is hashed too, so the response time does not tell which names exist
+    matches = verify_password(password, stored or _dummy_hash())
+    right = matches and user_id is not None and len(password) <= MAX_PASSWORD_LENGTH
     with sessions() as s, s.begin():
         now = utcnow()
-        if not right:
+        if not right or user_id is None:
             user_store.add_login_failure(s, name, address, now, now - limits.window)
             return None
         _check_not_locked(s, name, address, limits, now)
-        user = user_store.find_user_by_id(s, claimed[0])  # type: ignore[index]
-        if user is None or user.password_hash != claimed[1]:  # type: ignore[index]
+        user = user_store.find_user_by_id(s, user_id)
+        if user is None or user.password_hash != stored:
             return None  # removed, or given a new password, while we hashed
         return principal(user), issue(s, user)
 

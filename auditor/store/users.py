@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
 from auditor.errors import NotFound
@@ -122,18 +122,12 @@ def failures_since(
 ) -> tuple[list[datetime], list[datetime]]:
     """When the newest `limit` failed sign-ins after `since` happened, newest first: (those that
     tried `user_name`, those that came from `address`)."""
-    by_name = select(LoginFailure.failed_at).where(LoginFailure.user_name == user_name)
-    by_address = select(LoginFailure.failed_at).where(LoginFailure.address == address)
-    return tuple(  # type: ignore[return-value]
-        list(
-            session.scalars(
-                query.where(LoginFailure.failed_at > since)
-                .order_by(LoginFailure.failed_at.desc())
-                .limit(limit)
-            )
-        )
-        for query in (by_name, by_address)
-    )
+
+    def newest(match: ColumnElement[bool]) -> list[datetime]:
+        query = select(LoginFailure.failed_at).where(match, LoginFailure.failed_at > since)
+        return list(session.scalars(query.order_by(LoginFailure.failed_at.desc()).limit(limit)))
+
+    return newest(LoginFailure.user_name == user_name), newest(LoginFailure.address == address)
 
 
 def add_login_failure(

@@ -9,13 +9,16 @@ transaction (on SQLite that transaction would hold the write lock while the pass
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import Field
+from sqlalchemy.orm import Session
 
 from auditor import auth
+from auditor.store.models import User
 from auditor.web.deps import DB, Reader, Strict, wants_html
 from auditor.web.security import SESSION_KEY, check_csrf, check_same_origin, csrf_token
 from auditor.web.templating import render
@@ -34,7 +37,9 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _sign_in(request: Request, name: str, password: str, issue: Any) -> tuple[auth.Principal, str] | None:
+def _sign_in(
+    request: Request, name: str, password: str, issue: Callable[[Session, User], str]
+) -> tuple[auth.Principal, str] | None:
     state = request.app.state
     return auth.sign_in(state.sessions, name, password, client_address(request), state.login_limits, issue)
 
