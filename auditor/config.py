@@ -38,12 +38,16 @@ ENV_SECRET_KEY = "AUDITOR_SECRET_KEY"
 ENV_ARTIFACTS = "AUDITOR_ARTIFACTS"
 ENV_STREAM_BYTES = "AUDITOR_STREAM_BYTES"
 ENV_DATA_WORKERS = "AUDITOR_DATA_WORKERS"
+ENV_LOGIN_MAX_FAILURES = "AUDITOR_LOGIN_MAX_FAILURES"
+ENV_LOGIN_WINDOW = "AUDITOR_LOGIN_WINDOW"
 DEFAULT_LEASE = 120
 DEFAULT_MAX_DELIVERIES = 3
 
 DEFAULT_STREAM_BYTES = 256 * 2**20  # data sets larger than this (as stored) are read in batches
 DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds; the longest audit we expect is a few hours
 DEFAULT_BEAT_INTERVAL = 5.0
+DEFAULT_LOGIN_MAX_FAILURES = 10
+DEFAULT_LOGIN_WINDOW = 900.0  # seconds
 
 # Every variable with what it does (README's table lists the same, in this order).
 ENV: dict[str, str] = {
@@ -68,6 +72,9 @@ ENV: dict[str, str] = {
     ENV_STREAM_BYTES: "Image folders and .npz files larger than this many bytes (as stored) are read from disk a batch at a "
     f"time instead of loaded whole; 0 streams every one (default {DEFAULT_STREAM_BYTES})",
     ENV_DATA_WORKERS: "Processes that decode streamed images ahead of the model (default: up to 4, one core left free)",
+    ENV_LOGIN_MAX_FAILURES: "Failed sign-ins per user name, and per client address, within AUDITOR_LOGIN_WINDOW after "
+    f"which the review app answers 429 until the oldest is older than the window (default {DEFAULT_LOGIN_MAX_FAILURES})",
+    ENV_LOGIN_WINDOW: f"Seconds over which failed sign-ins are counted (default {DEFAULT_LOGIN_WINDOW:g})",
 }
 
 RUN_IN_PROCESS = "run audits in this process with `auditor audit run`"
@@ -98,6 +105,8 @@ class Settings:
     artifacts: Path | None = None  # None: home / "artifacts"
     stream_bytes: int = DEFAULT_STREAM_BYTES
     data_workers: int | None = None  # None: up to 4, leaving a core free
+    login_max_failures: int = DEFAULT_LOGIN_MAX_FAILURES
+    login_window: float = DEFAULT_LOGIN_WINDOW  # seconds
 
     @property
     def embedded(self) -> bool:
@@ -132,6 +141,19 @@ def _whole_seconds(name: str, default: int) -> int:
     if seconds <= 0:
         raise ServiceError(f"{name} must be a whole number of seconds, not {text!r}")
     return seconds
+
+
+def _positive_count(name: str, default: int) -> int:
+    text = _env(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ServiceError(f"{name} must be a whole number above 0, not {text!r}")
+    return value
 
 
 def _seconds(name: str, default: float) -> float:
@@ -182,6 +204,8 @@ def get_settings() -> Settings:
         artifacts=Path(_env(ENV_ARTIFACTS) or home / "artifacts").expanduser().resolve(),
         stream_bytes=c if (c := _count(ENV_STREAM_BYTES)) is not None else DEFAULT_STREAM_BYTES,
         data_workers=_count(ENV_DATA_WORKERS),
+        login_max_failures=_positive_count(ENV_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_MAX_FAILURES),
+        login_window=_seconds(ENV_LOGIN_WINDOW, DEFAULT_LOGIN_WINDOW),
     )
 
 

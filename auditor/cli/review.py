@@ -51,9 +51,16 @@ def _identity(sessions, name: str | None, password_file: Path | None) -> tuple[s
             return who, None
         recorded = auth.cli_reviewer(s, who)
     password = _password(who, password_file, settings.reviewer_password)  # no session held while asking
-    with sessions() as s:
-        if auth.authenticate(s, who, password) is None:
-            raise AuditorError(f"wrong password for reviewer {who!r}; nothing was decided")
+    # the web's sign-in: hashed with no transaction open, and failures count against the same
+    # limits (address "cli"), so the CLI is no way around them
+    try:
+        signed = auth.sign_in(
+            sessions, who, password, "cli", auth.LoginLimits.from_settings(settings), lambda s, u: ""
+        )
+    except auth.SignInLocked as exc:
+        raise AuditorError(f"{exc}; nothing was decided") from None
+    if signed is None:
+        raise AuditorError(f"wrong password for reviewer {who!r}; nothing was decided")
     return recorded
 
 

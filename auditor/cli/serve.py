@@ -13,6 +13,15 @@ from auditor.cli.common import err_console, styled, user_errors
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port")] = 8000,
+    secure_cookies: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure-cookies/--no-secure-cookies",
+            help="Mark the session cookie Secure (HTTPS only). Default: on unless --host is a loopback "
+            "address; --no-secure-cookies for plain HTTP on a trusted network.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the review app: audits with live progress, review queues, examples, decisions."""
     import uvicorn
@@ -21,6 +30,7 @@ def serve_command(
     from auditor.config import get_settings
     from auditor.store import open_store
     from auditor.web.app import create_app
+    from auditor.web.security import secure_cookies_default
 
     settings = get_settings()
     sessions = open_store(settings.database_url)  # a database that is down or behind is one line here, not a traceback
@@ -30,8 +40,12 @@ def serve_command(
                 "no users yet: nobody can sign in until you add one, e.g. "
                 "auditor user add alice --role admin", "yellow",
             )))  # fmt: skip
+    secure = secure_cookies_default(host) if secure_cookies is None else secure_cookies
+    if secure:
+        err_console.print("session cookies are Secure: serve it behind HTTPS (a TLS proxy), or pass --no-secure-cookies")
     err_console.print(f"review app on http://{host}:{port}/ (Ctrl+C stops it)")
     # The app goes to uvicorn as an object, in this process: given a "module:app" name, uvicorn
     # would import it with --app-dir (the current directory by default) first on sys.path. One
     # access-log line per request (method, path, status), as an operator expects to see.
-    uvicorn.run(create_app(sessions, settings=settings), host=host, port=port, log_level="info", access_log=True)
+    app = create_app(sessions, settings=settings, secure_cookies=secure)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from auditor.cli.common import out_console, print_json, user_errors
 
-app = typer.Typer(no_args_is_help=True, help="Users of the review app: add, list, passwd, remove.")
+app = typer.Typer(no_args_is_help=True, help="Users of the review app: add, list, passwd, role, remove.")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 RoleOption = Annotated[
     str, typer.Option("--role", help="viewer (reads) | reviewer (also decides) | admin (also manages users)")
@@ -72,7 +72,7 @@ def passwd(
     name: str,
     password: Annotated[str | None, typer.Option(help="New password (prompted when not given)")] = None,
 ) -> None:
-    """Set a user's password; the user's API tokens stop working."""
+    """Set a user's password; the user's API tokens and signed-in browsers stop working."""
     from auditor.auth import set_password
     from auditor.store import open_store
 
@@ -82,10 +82,28 @@ def passwd(
     out_console.print(f"password of {name!r} changed")
 
 
+@app.command("role")
+@user_errors
+def role(
+    name: str,
+    new_role: Annotated[str, typer.Argument(metavar="ROLE", help="viewer | reviewer | admin")],
+) -> None:
+    """Change a user's role; the user's API tokens and signed-in browsers stop working, so they
+    sign in again under the new role."""
+    from auditor.auth import check_role, set_role
+    from auditor.store import open_store
+
+    check_role(new_role)
+    with open_store()() as s, s.begin():
+        set_role(s, name, new_role)
+    out_console.print(f"{name!r} is now a {new_role}")
+
+
 @app.command("remove")
 @user_errors
 def remove(name: str) -> None:
-    """Remove a user; their past decisions stay in the history under their name."""
+    """Remove a user; their past decisions stay in the history under their name, their API
+    tokens and signed-in browsers stop working, and their id is never given to another user."""
     from auditor.auth import remove_user
     from auditor.store import open_store
 

@@ -308,6 +308,10 @@ class User(Base):
 
     Roles: a viewer reads; a reviewer also decides; an admin also manages users. Passwords are
     stored as PBKDF2-SHA256 hashes (`auditor.auth`), never in clear.
+
+    An id is never given to a second user: on SQLite the table is AUTOINCREMENT (without it
+    SQLite hands a removed user's id, the largest, to the next user added, and anything still
+    naming the old id would name the new user); PostgreSQL's sequence never goes back anyway.
     """
 
     __tablename__ = "users"
@@ -318,7 +322,10 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (CheckConstraint("role IN ('viewer', 'reviewer', 'admin')", name="role"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'reviewer', 'admin')", name="role"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class ApiToken(Base):
@@ -333,6 +340,39 @@ class ApiToken(Base):
     expires_at: Mapped[datetime]
 
     user: Mapped[User] = relationship()
+
+
+class WebSession(Base):
+    """A signed-in browser (`POST /login`), kept on the server so that it can be ended: the
+    cookie holds a random session key, this row only its SHA-256. Signing out deletes the row;
+    a new password, a new role or removing the user deletes all of the user's rows (removal
+    also by the foreign key's cascade), so a copied cookie stops working at once."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class LoginFailure(Base):
+    """One failed sign-in (`POST /login` or `POST /api/token`), by the user name it tried and the
+    client address it came from. Kept in the database so that every app server behind one
+    address counts the same failures; rows older than the window are deleted as new ones come."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(BigIdType, primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (
+        Index("ix_login_failures_user_name", "user_name", "failed_at"),
+        Index("ix_login_failures_address", "address", "failed_at"),
+    )
 
 
 class Artifact(Base):

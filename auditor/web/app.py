@@ -28,7 +28,7 @@ from auditor.errors import AuditorError, Conflict, NotFound
 from auditor.web.deps import wants_html
 from auditor.web.examples import ExampleStore
 from auditor.web.routes import routers
-from auditor.web.security import secret_key
+from auditor.web.security import SecurityHeaders, inline_handler_hashes, secret_key
 from auditor.web.templating import HERE, templates
 
 MAX_BODY_BYTES = 64 * 1024
@@ -178,10 +178,17 @@ def api_docs() -> HTMLResponse:
 
 # ---- app --------------------------------------------------------------------------------------
 def create_app(
-    sessions: sessionmaker[Session] | None = None, home: FsPath | None = None, *, settings: Settings | None = None
+    sessions: sessionmaker[Session] | None = None,
+    home: FsPath | None = None,
+    *,
+    settings: Settings | None = None,
+    secure_cookies: bool = False,
 ) -> FastAPI:
     """The app over `sessions` (default: the configured store, created or checked now), with
-    `settings` read once here (default: from the environment) and kept in `app.state.settings`."""
+    `settings` read once here (default: from the environment) and kept in `app.state.settings`.
+    `secure_cookies` marks the session cookie Secure (sent over HTTPS only; `auditor serve`
+    turns it on unless it listens on loopback)."""
+    from auditor.auth import LoginLimits
     from auditor.config import get_settings
     from auditor.data.options import DataOptions
     from auditor.store import open_store
@@ -197,20 +204,23 @@ def create_app(
     )
     app.openapi = lambda: openapi_with_security(app)  # type: ignore[method-assign]
     app.state.sessions, app.state.settings = sessions, settings
+    app.state.login_limits = LoginLimits.from_settings(settings)
     app.state.examples = ExampleStore(DataOptions.from_settings(settings))
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(home or settings.home, settings.secret_key),
         session_cookie="auditor_session",
         same_site="strict",
-        https_only=False,
-        max_age=12 * 3600,
+        https_only=secure_cookies,
+        max_age=12 * 3600,  # the server-side session (auth.SESSION_TTL) ends it then too
     )
     app.add_middleware(BodyLimit)
     swagger = swagger_assets()
     if swagger is not None:
         app.mount("/static/swagger", StaticFiles(directory=swagger), name="swagger")
         app.add_api_route("/docs", api_docs, include_in_schema=False, response_class=HTMLResponse)
+    # outermost: the headers go on every response, a 413 of BodyLimit's included
+    app.add_middleware(SecurityHeaders, handler_hashes=inline_handler_hashes(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
