@@ -146,7 +146,7 @@ def _create_audit(
             check_data(train, test)
         model = getattr(settings, "model", None)
         if local and model is not None:  # the run is here and now: build the model first
-            from auditor.analyses.common import build_module
+            from auditor.analyses.fitting import build_module
             from auditor.factories import local_models
 
             with local_models():

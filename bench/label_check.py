@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from auditor.analyses.base import no_progress
-from auditor.analyses.common import ModelSpec, SolverSpec, fit_model
+from auditor.analyses.fitting import fit_model
 from auditor.analyses.label_check import (
     RANK_BY,
     LabelCheckConfig,
@@ -30,6 +30,7 @@ from auditor.analyses.label_check import (
     recall_at_budgets,
     score_examples,
 )
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples
 from auditor.data.bundled import breast_cancer, digits, flip_labels, wine
 

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 
-from auditor.analyses.common import ModelSpec, SolverSpec
 from auditor.analyses.label_check import (
     LabelCheckConfig,
     choose_ranking,
@@ -24,6 +23,7 @@ from auditor.analyses.label_check import (
     recall_at_budgets,
     score_examples,
 )
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, flip_labels
 from auditor.data.keys import example_keys

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from auditor.analyses.common import fit_model  # noqa: E402
+from auditor.analyses.fitting import fit_model  # noqa: E402
 from auditor.analyses.lds import lds_per_test, subset_masks, subset_outcomes  # noqa: E402
 from auditor.analyses.settings import ModelSpec, SolverSpec  # noqa: E402
 from auditor.analyses.validate import split_holdout  # noqa: E402

@@ -151,7 +151,7 @@ def oof_probs_cnn(case: Case, epochs: int) -> np.ndarray:
 
 def oof_probs_builtin(case: Case, params: dict) -> np.ndarray:
     """auditor's own training of the built-in model (the audit's recipe and settings) per fold."""
-    from auditor.analyses.common import fit_model
+    from auditor.analyses.fitting import fit_model
     from auditor.analyses.registry import LabelCheckConfig
     from auditor.data.load import load_examples
 

@@ -28,7 +28,7 @@ def one(n: int, mode: str, weights: str) -> dict:
     import numpy as np
     import torch
 
-    from auditor.analyses import common
+    from auditor.analyses import fitting
     from auditor.analyses.base import AnalysisInput
     from auditor.analyses.label_check import run
     from auditor.data.base import Examples
@@ -45,7 +45,7 @@ def one(n: int, mode: str, weights: str) -> dict:
     y = d.y[idx]
     ex = Examples(x, y, example_keys(x, y), is_image=True)
     if mode == "in-memory":
-        common.rows_of = lambda e, dtype, device: common.as_tensors(e, dtype, device)
+        fitting.rows_of = lambda e, dtype, device: fitting.as_tensors(e, dtype, device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     params = {"model": {"name": "user_models:small_cnn", "weights": weights, "train": False},
               "solver": {"name": "ekfac"}, "why_top": 0}  # fmt: skip

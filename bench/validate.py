@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from auditor.analyses.common import ModelSpec, SolverSpec
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.analyses.validate import ValidationConfig, validate
 from auditor.data.base import Examples
 from auditor.data.bundled import digits

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
-from auditor.analyses.common import ModelSpec, as_tensors, choose_solver, fit_model
 from auditor.analyses.explain import ROW_PAYLOAD, ExplainConfig
 from auditor.analyses.explain import run as explain
-from auditor.analyses.settings import parse_specs
+from auditor.analyses.fitting import as_tensors, fit_model
+from auditor.analyses.settings import ModelSpec, parse_specs
+from auditor.analyses.solver_choice import choose_solver
 from auditor.data.base import Examples
 from auditor.data.bundled import breast_cancer, digits
 from auditor.data.keys import example_keys

@@ -14,9 +14,10 @@ import torch
 from scipy.stats import pearsonr
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult
-from auditor.analyses.common import ModelSpec, SolverSpec, as_tensors, fit_model
+from auditor.analyses.fitting import as_tensors, fit_model
 from auditor.analyses.fix_value import HELD_OUT_MIN, Valuation, held_out_evaluation, on_test_set
 from auditor.analyses.label_check import run
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, flip_labels, write_npz
 from auditor.models import TrainConfig, train

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from auditor.analyses.common import fit_model
+from auditor.analyses.fitting import fit_model
 from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.data.base import Examples
 from auditor.data.bundled import digits, write_npz

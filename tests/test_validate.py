@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from auditor.analyses.common import ModelSpec, SolverSpec
+from auditor.analyses.settings import ModelSpec, SolverSpec
 from auditor.analyses.validate import ValidationConfig, validate
 from auditor.cli.main import app
 from auditor.data.bundled import write_npz

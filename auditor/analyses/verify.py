@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from auditor.analyses.base import AnalysisInput, AnalysisResult, Progress
-from auditor.analyses.common import fit_model
+from auditor.analyses.fitting import fit_model
 from auditor.analyses.registry import VerifyConfig, check_verify
 from auditor.analyses.settings import ModelSpec
 from auditor.data.base import MAX_CLASSES, Examples, check_test_set
