@@ -35,7 +35,7 @@ from workers.beat import LOCK_KEY
 
 pytestmark = pytest.mark.services
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = "redis://127.0.0.1:6379/14"  # this file's own database (test_bad_input has 12)
 ROOT = Path(__file__).resolve().parents[1]
 AUDITOR = str(Path(sys.executable).with_name("auditor"))
 runner = CliRunner()
