@@ -8,7 +8,10 @@ The rules kept here:
 - confirming where the standing decision is already a confirm of the same label records
   nothing new and answers the standing decision (idempotent);
 - a decision on a stale version is a `Conflict` (`review_store.decide` / `review_store.undo`: optimistic
-  versions), never an overwrite.
+  versions), never an overwrite;
+- reviewers colliding wait for each other briefly, never for long: a bulk accept decides in the
+  order of the examples' keys (so two bulk accepts never deadlock), and a lock wait past the
+  front door's lock timeout is `review_store.Busy` (a `Conflict`: try again).
 
 Each function takes the caller's `Session` and never commits: the front door owns the unit of
 work, as with `auditor.store.repo`.
@@ -152,19 +155,32 @@ def accept_suggested(
             session, audit_id, label=wanted, decision="undecided", limit=top_k
         )
         targets = [f for f, _ in page.rows]
-    done = BulkAccept()
-    for f in targets:
+    skipped: dict[int, str] = {}
+    decisions: dict[int, Review] = {}
+    # Decide in one fixed order, that of the key each decision locks (the example's), whatever
+    # order the caller gave: two bulk accepts of overlapping findings then wait for each other
+    # instead of each holding what the other needs (a deadlock). The answer keeps the caller's.
+    for f in sorted(targets, key=lambda f: (f.example_key, f.id)):
         if suggested_label(f) is None:
-            done.skipped.append({"finding_id": f.id, "reason": "suggests no label"})
+            skipped[f.id] = "suggests no label"
             continue
         try:
             review = review_store.decide(session, f.id, "confirmed", None, reviewer, None, user_id=user_id)
             session.flush()
+        except review_store.Busy as exc:
+            # another bulk accept holds these examples: wait for it once, not once a finding
+            raise review_store.Busy(f"{exc}; nothing of this bulk accept was stored") from None
         except Conflict as exc:
-            done.skipped.append({"finding_id": f.id, "reason": str(exc)})
+            skipped[f.id] = str(exc)
             continue
-        done.confirmed.append(f.id)
-        done.decisions[f.id] = review
+        decisions[f.id] = review
+    done = BulkAccept()
+    for f in targets:
+        if f.id in decisions:
+            done.confirmed.append(f.id)
+            done.decisions[f.id] = decisions[f.id]
+        else:
+            done.skipped.append({"finding_id": f.id, "reason": skipped[f.id]})
     if done.confirmed:
         maybe_rerank(session, audit_id)  # once for the batch, not once a finding
     return done

@@ -10,12 +10,13 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from sqlalchemy import exists, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from auditor.errors import AuditorError, Conflict
 from auditor.store._sql import in_chunks
+from auditor.store.db import lock_race
 from auditor.store.findings import get_finding
 from auditor.store.models import (
     DECISIONS,
@@ -55,6 +56,16 @@ def _check_decision(decision: str, new_label: int | None) -> None:
         raise AuditorError(f"a {decision} decision takes no new label")
 
 
+class Busy(Conflict):
+    """Another reviewer's transaction holds this example's decision longer than the lock wait
+    allowed (PostgreSQL's lock_timeout): nothing was stored, trying again will do."""
+
+
+def _about(finding: Finding) -> str:
+    """How every refusal names what it is about: the finding and its example."""
+    return f"finding {finding.id} (example {finding.example_key})"
+
+
 def decide(
     session: Session,
     finding_id: int,
@@ -70,7 +81,9 @@ def decide(
     `expected_version` is the version of the decision the reviewer saw: None means "no decision
     yet" (a first decision), an integer means "change decision version N". Anything else, or a
     concurrent reviewer winning the race (the unique (dataset, example_key) insert or the
-    optimistic version check on update), raises `Conflict` naming what is there now.
+    optimistic version check on update), raises `Conflict` naming what is there now; a lock
+    wait past the transaction's lock_timeout (a concurrent decision that has not committed in
+    time) raises `Busy`. Every message names the finding and its example.
     """
     _check_decision(decision, new_label)
     finding = get_finding(session, finding_id)
@@ -85,8 +98,7 @@ def decide(
     if review is None:
         if expected_version is not None:
             raise Conflict(
-                f"example {finding.example_key} has no decision yet, "
-                f"but version {expected_version} was expected"
+                f"{_about(finding)} has no decision yet, but version {expected_version} was expected"
             )
         review = Review(
             finding_id=finding.id,
@@ -103,14 +115,16 @@ def decide(
                 session.add(review)
                 session.add(event)
         except IntegrityError:
-            raise Conflict(
-                f"example {finding.example_key} was decided by another reviewer just now"
-            ) from None
+            raise Conflict(f"{_about(finding)} was decided by another reviewer just now") from None
+        except DBAPIError as exc:
+            if lock_race(exc):
+                raise Busy(f"someone else is deciding {_about(finding)}; try again") from None
+            raise
         return review
 
     if expected_version is None or review.version != expected_version:
         raise Conflict(
-            f"example {finding.example_key} was already decided: {review.decision} by "
+            f"{_about(finding)} was already decided: {review.decision} by "
             f"{review.reviewer or 'someone'} at {review.decided_at:%Y-%m-%d %H:%M} UTC "
             f"(version {review.version})"
         )
@@ -125,9 +139,11 @@ def decide(
             session.flush()  # the version check happens here, before the event is added
             session.add(event)
     except StaleDataError:
-        raise Conflict(
-            f"example {finding.example_key} was changed by another reviewer just now"
-        ) from None
+        raise Conflict(f"{_about(finding)} was changed by another reviewer just now") from None
+    except DBAPIError as exc:
+        if lock_race(exc):
+            raise Busy(f"someone else is deciding {_about(finding)}; try again") from None
+        raise
     return review
 
 
@@ -183,10 +199,10 @@ def undo(
     assert dataset_id is not None
     review = get_review(session, dataset_id, finding.example_key)
     if review is None:
-        raise Conflict(f"example {finding.example_key} has no decision to undo")
+        raise Conflict(f"{_about(finding)} has no decision to undo")
     if expected_version is not None and review.version != expected_version:
         raise Conflict(
-            f"example {finding.example_key} was changed by {review.reviewer or 'someone'} "
+            f"{_about(finding)} was changed by {review.reviewer or 'someone'} "
             f"since (now version {review.version}); reload before undoing"
         )
     history = review_history(session, dataset_id, finding.example_key)
@@ -211,9 +227,11 @@ def undo(
             session.flush()
             session.add(event)
     except StaleDataError:
-        raise Conflict(
-            f"example {finding.example_key} was changed by another reviewer just now"
-        ) from None
+        raise Conflict(f"{_about(finding)} was changed by another reviewer just now") from None
+    except DBAPIError as exc:
+        if lock_race(exc):
+            raise Busy(f"someone else is deciding {_about(finding)}; try again") from None
+        raise
     return None if before is None else review
 
 
