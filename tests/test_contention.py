@@ -259,3 +259,76 @@ def test_twenty_readers_of_a_queue_page_while_reviewers_decide_see_no_5xx(
     slowest = max(a.seconds for a in reads + writes)
     assert slowest < BOUND_S, f"slowest answer took {slowest:.1f} s"
     assert sorted((e.finding_id, e.decision) for e in stored_events(server)) == sorted(wrote)
+
+
+def test_a_decision_waits_at_most_the_lock_timeout_for_another_reviewers_transaction(
+    server: Server, template: Template
+) -> None:
+    """A reviewer whose transaction holds the example's decision (here: an open transaction
+    of the test's own) makes the next decision on it a one-line 409 within about the lock
+    timeout on PostgreSQL; on SQLite the next one waits for the write lock and then is refused
+    as already decided. Reads go on meanwhile, never waiting for the writer."""
+    f = queue(server, template.audit_id)[0]
+    answers: list[Answer] = []
+    with server.sessions() as s, s.begin():
+        review_store.decide(s, f["id"], "dismissed", reviewer="holder")
+        s.flush()  # the example's decision row is written and locked, not committed
+        read = call(httpx.Client(base_url=server.base, timeout=60), "GET", f"/audits/{template.audit_id}",
+                    headers={**server.headers(0), "Accept": "text/html"})  # fmt: skip
+        assert read.status == 200 and read.seconds < 1.5, (read.status, read.seconds)
+        t = threading.Thread(target=lambda: answers.append(call(
+            httpx.Client(base_url=server.base, timeout=60), "POST", f"/api/findings/{f['id']}/decision",
+            headers=server.headers(1), json={"decision": "dismissed"})))  # fmt: skip
+        t.start()
+        t.join(timeout=4.0 if template.kind == "postgres" else 1.0)
+        if template.kind == "postgres":
+            assert answers and answers[0].status == 409, answers
+            message = one_line(answers[0])
+            assert message.startswith(f"someone else is deciding finding {f['id']} (example {f['example_key']})")
+            assert answers[0].seconds < BOUND_S
+        else:
+            assert not answers, "the decision did not wait for the write lock"
+    t.join(timeout=30)
+    if template.kind == "sqlite":
+        assert answers[0].status == 409 and "already decided" in one_line(answers[0]), answers
+    assert [(e.reviewer, e.finding_id) for e in stored_events(server)] == [("holder", f["id"])]
+
+
+def test_nothing_unexpected_escapes_as_a_plain_text_500(
+    template: Template, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """An error nobody planned for is a one-line JSON 500 for the API and the error page for a
+    page, with the traceback in the log; the next request is served as usual."""
+    from fastapi.testclient import TestClient
+
+    from auditor import reviewing
+    from auditor.web.app import create_app
+
+    url = template.copy(tmp_path)
+    try:
+        sessions = open_store(url)
+        with sessions() as s, s.begin():
+            token = auth.issue_token(s, auth.add_user(s, "ana", "reviewer", PASSWORD))
+        h = {"Authorization": f"Bearer {token}"}
+        app = create_app(sessions, home=tmp_path / "home")
+        with TestClient(app, raise_server_exceptions=False) as client:
+            f = client.get(f"/api/audits/{template.audit_id}/findings", headers=h).json()["items"][0]
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("a bug\nover two lines")
+
+            monkeypatch.setattr(reviewing, "decide", broken)
+            monkeypatch.setattr(reviewing, "finding_detail", broken)
+            r = client.post(f"/api/findings/{f['id']}/decision", headers=h, json={"decision": "dismissed"})
+            assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+            assert r.json() == {"detail": "internal error (RuntimeError); the server's log has the details"}
+            page = client.get(f"/findings/{f['id']}", headers={**h, "Accept": "text/html"})
+            assert page.status_code == 500 and "text/html" in page.headers["content-type"]
+            assert "internal error (RuntimeError)" in page.text and "Traceback" not in page.text
+            assert "RuntimeError: a bug" in caplog.text and "Traceback" in caplog.text
+            monkeypatch.undo()
+            assert client.get(f"/findings/{f['id']}", headers={**h, "Accept": "text/html"}).status_code == 200
+        with sessions() as s:
+            assert review_store.list_review_events(s) == []
+    finally:
+        drop(url)
