@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -131,9 +131,28 @@ def begin_unit(session: Session, *, writes: bool, lock_timeout_ms: int | None = 
 
 def lock_race(exc: BaseException) -> bool:
     """Whether a database error says the transaction lost a race for a lock (a lock wait ran
-    past lock_timeout, a deadlock was broken): the other side goes on, this one may try again."""
-    orig = getattr(exc, "orig", None)
+    past lock_timeout, a deadlock was broken): the other side goes on, this one may try again.
+    Takes SQLAlchemy's wrapped errors and the driver's own (raised by raw-cursor paths such as
+    COPY)."""
+    orig = getattr(exc, "orig", None) or exc
     return getattr(orig, "sqlstate", None) in _LOCK_RACES
+
+
+def transaction_lock(session: Session, key: str | tuple[int, str], *, wait: bool) -> bool:
+    """Take the lock called `key` until this transaction ends: with `wait`, wait for it (as long
+    as the transaction's lock_timeout allows: past it, the driver's lock-not-available error,
+    `lock_race`), else only if it is free. Returns whether it was taken.
+
+    PostgreSQL: an advisory transaction lock (a name, or an id with a name, hashed; a collision
+    only makes two unrelated units of work take turns). SQLite: True at once, since its writers
+    hold the database's one write lock anyway.
+    """
+    if session.connection().dialect.name != "postgresql":
+        return True
+    fn = func.pg_advisory_xact_lock if wait else func.pg_try_advisory_xact_lock
+    args = (func.hashtext(key),) if isinstance(key, str) else (key[0], func.hashtext(key[1]))
+    taken = session.scalar(select(fn(*args)))
+    return True if wait else bool(taken)
 
 
 def session_factory(url_or_engine: str | Engine) -> sessionmaker[Session]:

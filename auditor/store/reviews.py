@@ -16,7 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from auditor.errors import AuditorError, Conflict
 from auditor.store._sql import in_chunks
-from auditor.store.db import lock_race
+from auditor.store.db import lock_race, transaction_lock
 from auditor.store.findings import get_finding
 from auditor.store.models import (
     DECISIONS,
@@ -57,13 +57,26 @@ def _check_decision(decision: str, new_label: int | None) -> None:
 
 
 class Busy(Conflict):
-    """Another reviewer's transaction holds this example's decision longer than the lock wait
-    allowed (PostgreSQL's lock_timeout): nothing was stored, trying again will do."""
+    """Another reviewer's transaction is deciding this example and did not finish within the
+    lock wait allowed (PostgreSQL's lock_timeout), or at all when not waiting: nothing was
+    stored, trying again will do."""
 
 
 def _about(finding: Finding) -> str:
     """How every refusal names what it is about: the finding and its example."""
     return f"finding {finding.id} (example {finding.example_key})"
+
+
+def _claim(session: Session, dataset_id: int, finding: Finding) -> None:
+    """Hold the example for this transaction, or raise `Busy` at once when another holds it.
+
+    Bulk accepts take these claims (`decide(wait=False)`): one that finds an example claimed by
+    another passes over it instead of queueing behind it, so bulk accepts never wait for each
+    other, and with no wait there is no deadlock. A single decision does not claim: it waits on
+    the row (the unique key, the version), as long as the transaction's lock_timeout allows.
+    """
+    if not transaction_lock(session, (dataset_id, finding.example_key), wait=False):
+        raise Busy(f"someone else is deciding {_about(finding)}; try again")
 
 
 def decide(
@@ -75,6 +88,8 @@ def decide(
     note: str | None = None,
     expected_version: int | None = None,
     user_id: int | None = None,
+    *,
+    wait: bool = True,
 ) -> Review:
     """Record a reviewer's decision about the example behind a finding.
 
@@ -83,12 +98,15 @@ def decide(
     concurrent reviewer winning the race (the unique (dataset, example_key) insert or the
     optimistic version check on update), raises `Conflict` naming what is there now; a lock
     wait past the transaction's lock_timeout (a concurrent decision that has not committed in
-    time) raises `Busy`. Every message names the finding and its example.
+    time) raises `Busy`, and so does, at once, an example another bulk accept holds when
+    `wait` is False (`_claim`). Every message names the finding and its example.
     """
     _check_decision(decision, new_label)
     finding = get_finding(session, finding_id)
     dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
     assert dataset_id is not None
+    if not wait:
+        _claim(session, dataset_id, finding)
     review = get_review(session, dataset_id, finding.example_key)
     event = ReviewEvent(
         dataset_id=dataset_id, example_key=finding.example_key, decision=decision,

@@ -125,6 +125,8 @@ async def pool_exhausted(request: Request, exc: PoolTimeout) -> Response:
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
+    if lock_race(exc):  # the driver's own error, from a raw-cursor path (COPY)
+        return await database_down(request, exc)  # type: ignore[arg-type]
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error(
         request, 500, f"internal error ({type(exc).__name__}); the server's log has the details"
