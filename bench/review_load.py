@@ -5,8 +5,9 @@
 
 For each database (a scratch PostgreSQL database, or a SQLite file) and each number of
 reviewers: one succeeded label-check audit with `--findings` constructed findings (10 named
-classes, a payload like a real label check's) is stored, one user and bearer token per
-reviewer is made, and `auditor serve` is started. Every reviewer then loops for `--seconds`,
+classes, a payload like a real label check's, the top tenth flagged) is stored, the tables are
+analysed (as autovacuum would), one user and bearer token per reviewer is made, and
+`auditor serve` is started. Every reviewer then loops for `--seconds`,
 picking each step at random:
 
 - 35% the audit's queue page (HTML, a random page of 48) and 15% a page of the API's queue;
@@ -62,7 +63,7 @@ def records(n: int) -> list[FindingRecord]:
     return [
         FindingRecord(
             example_index=i, example_key=f"{i:032x}", kind="label", score=float(n - i), rank=i + 1,
-            label=i % CLASSES,
+            label=i % CLASSES, flagged=i < n // 10,
             payload={"self_influence": 1.0 + (i % 7), "loss": 0.5 + (i % 5) / 10, "margin": 0.1 * (i % 3),
                      "loo_margin": 0.2, "predicted": (i + 1) % CLASSES, "suggested_label": (i + 1) % CLASSES,
                      "prob_label": 0.3, "loo_prob_label": 0.2},
@@ -103,10 +104,29 @@ def populate(url: str, n: int, reviewers: int) -> Store:
             user = user_store.create_user(s, f"reviewer{r:03d}", "reviewer", password_hash)
             s.flush()
             tokens.append((user.name, auth.issue_token(s, user)))
-        ids = list(s.scalars(select(Finding.id).where(Finding.audit_id == audit.id).order_by(Finding.rank)))
+        ids = list(
+            s.scalars(select(Finding.id).where(Finding.audit_id == audit.id).order_by(Finding.rank))
+        )
         audit_id = audit.id
     dispose_engines()
+    analyze(url)
     return Store(url, audit_id, ids, tokens)
+
+
+def analyze(url: str) -> None:
+    """Table statistics, as autovacuum (PostgreSQL) would gather within a minute of the load:
+    before them the planner takes the fresh tables for empty, and the queue page's review count
+    was a nested loop of 80-220 ms at 3,000 findings."""
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
+            c.execute("ANALYZE")
+    else:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as c:
+            c.execute("ANALYZE")
 
 
 def free_port() -> int:
@@ -169,7 +189,9 @@ async def reviewer(
         start = time.perf_counter()
         error = ""
         try:
-            r = await client.request(method, path, headers={**h, **kwargs.pop("headers", {})}, **kwargs)
+            r = await client.request(
+                method, path, headers={**h, **kwargs.pop("headers", {})}, **kwargs
+            )
         except httpx.HTTPError as exc:
             r, error = None, f"{type(exc).__name__}: {exc}"
         tally.add(kind, r, time.perf_counter() - start, error)
@@ -193,12 +215,18 @@ async def reviewer(
             if step < 0.80:
                 body = {"decision": "dismissed", "expected_version": version}
                 if rng.random() < 0.5:
-                    body = {"decision": "relabelled", "new_label": rng.randrange(CLASSES), "expected_version": version}
+                    body = {
+                        "decision": "relabelled",
+                        "new_label": rng.randrange(CLASSES),
+                        "expected_version": version,
+                    }
                 r = await timed("decision", "POST", f"/api/findings/{fid}/decision", json=body)
                 if r is not None and r.status_code == 200:
                     tally.said[(fid, body["decision"], name)] += 1
             elif version is not None:
-                r = await timed("undo", "POST", f"/api/findings/{fid}/undo", json={"expected_version": version})
+                r = await timed(
+                    "undo", "POST", f"/api/findings/{fid}/undo", json={"expected_version": version}
+                )
                 if r is not None and r.status_code == 200:
                     tally.said[(fid, "undone", name)] += 1
         else:
@@ -210,7 +238,9 @@ async def reviewer(
                     tally.said[(fid, "confirmed", name)] += 1
 
 
-async def load(base: str, store: Store, reviewers: int, seconds: float, hot: int, seed: int) -> tuple[Tally, float]:
+async def load(
+    base: str, store: Store, reviewers: int, seconds: float, hot: int, seed: int
+) -> tuple[Tally, float]:
     tally = Tally()
     limits = httpx.Limits(max_connections=reviewers, max_keepalive_connections=reviewers)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
@@ -228,11 +258,17 @@ async def load(base: str, store: Store, reviewers: int, seconds: float, hot: int
 def events_match(url: str, tally: Tally) -> tuple[bool, str]:
     sessions = open_store(url)
     with sessions() as s:
-        stored = Counter((e.finding_id, e.decision, e.reviewer) for e in review_store.list_review_events(s))
+        stored = Counter(
+            (e.finding_id, e.decision, e.reviewer) for e in review_store.list_review_events(s)
+        )
     dispose_engines()
     extra, missing = stored - tally.said, tally.said - stored
     ok = not extra and not missing
-    return ok, f"{sum(stored.values())} events, " + ("= 2xx answers" if ok else f"{sum(extra.values())} unanswered, {sum(missing.values())} missing")
+    return ok, f"{sum(stored.values())} events, " + (
+        "= 2xx answers"
+        if ok
+        else f"{sum(extra.values())} unanswered, {sum(missing.values())} missing"
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -251,7 +287,9 @@ def run(backend: str, reviewers: int, args: argparse.Namespace) -> dict:
         store = populate(url, args.findings, reviewers)
         with serving(url, Path(tmp) / "home") as (base, log, pid):
             cpu = cpu_seconds(pid)
-            tally, elapsed = asyncio.run(load(base, store, reviewers, args.seconds, args.hot, args.seed))
+            tally, elapsed = asyncio.run(
+                load(base, store, reviewers, args.seconds, args.hot, args.seed)
+            )
             cpu = cpu_seconds(pid) - cpu
             tracebacks = log.read_text().count("Traceback")
         ok, check = events_match(url, tally)
@@ -265,7 +303,9 @@ def run(backend: str, reviewers: int, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backends", default="postgres,sqlite")
     ap.add_argument("--reviewers", default="20,100", help="comma-separated counts")
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -276,7 +316,11 @@ def main() -> None:
     rows = []
     for backend in args.backends.split(","):
         for reviewers in (int(r) for r in args.reviewers.split(",")):
-            print(f"{backend}, {reviewers} reviewers, {args.seconds:.0f} s ...", file=sys.stderr, flush=True)
+            print(
+                f"{backend}, {reviewers} reviewers, {args.seconds:.0f} s ...",
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(run(backend, reviewers, args))
     print(f"\n{args.findings:,} findings, hot set {args.hot}, {args.seconds:.0f} s per run\n")
     print("| database | reviewers | requests | req/s | server CPU ms/request | p50 ms | p95 ms | max ms "
@@ -286,11 +330,15 @@ def main() -> None:
         codes = ", ".join(f"{c}: {n}" for c, n in sorted(r["codes"].items()))
         print(f"| {r['backend']} | {r['reviewers']} | {r['requests']} | {r['rps']:.1f} | {r['cpu_ms']:.0f} | {r['p50']:.0f} | "
               f"{r['p95']:.0f} | {r['max']:.0f} | {codes} | {r['fivexx']} | {r['check']} | {r['tracebacks']} |")  # fmt: skip
-    print("\n| database | reviewers | kind | requests | p50 ms | p95 ms | max ms | answers by code |")
+    print(
+        "\n| database | reviewers | kind | requests | p50 ms | p95 ms | max ms | answers by code |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         for kind, values in sorted(r["tally"].latencies.items()):
-            codes = ", ".join(f"{c}: {n}" for c, n in sorted(r["tally"].codes_by_kind[kind].items()))
+            codes = ", ".join(
+                f"{c}: {n}" for c, n in sorted(r["tally"].codes_by_kind[kind].items())
+            )
             print(f"| {r['backend']} | {r['reviewers']} | {kind} | {len(values)} | {pct(values, 50):.0f} | "
                   f"{pct(values, 95):.0f} | {pct(values, 100):.0f} | {codes} |")  # fmt: skip
     for r in rows:

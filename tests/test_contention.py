@@ -42,7 +42,9 @@ REVIEWERS = ("ana", "bob", "cyd", "dee", "eve")
 BOUND_S = 5.0
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)]
+)
 def template(request, tmp_path_factory) -> Iterator[Template]:
     t = build_template(request.param, tmp_path_factory.mktemp(f"contention-{request.param}"))
     yield t
@@ -173,7 +175,10 @@ def test_fifty_reviewers_deciding_one_finding_get_one_200_and_one_line_409s_quic
                           json={"decision": "dismissed", "note": f"reviewer {i}"}),
     )  # fmt: skip
     statuses = Counter(a.status for a in answers)
-    assert statuses == {200: 1, 409: 49}, (statuses, [a.text[:200] for a in answers if a.status >= 500][:3])
+    assert statuses == {200: 1, 409: 49}, (
+        statuses,
+        [a.text[:200] for a in answers if a.status >= 500][:3],
+    )
     for a in answers:
         if a.status == 409:
             message = one_line(a)
@@ -190,7 +195,9 @@ def test_fifty_reviewers_deciding_one_finding_get_one_200_and_one_line_409s_quic
 def test_bulk_accepts_of_overlapping_findings_in_opposite_orders_never_deadlock(
     server: Server, template: Template
 ) -> None:
-    ids = [f["id"] for f in queue(server, template.audit_id) if f["suggested_label_name"] is not None]
+    ids = [
+        f["id"] for f in queue(server, template.audit_id) if f["suggested_label_name"] is not None
+    ]
     rounds, width, overlap = 4, 40, 20
     assert len(ids) >= rounds * width
     for r in range(rounds):
@@ -198,8 +205,8 @@ def test_bulk_accepts_of_overlapping_findings_in_opposite_orders_never_deadlock(
         orders = [window[: width - (width - overlap) // 2], window[(width - overlap) // 2 :][::-1]]
         answers = at_once(
             2, server,
-            lambda c, i: call(c, "POST", f"/api/audits/{template.audit_id}/accept-suggested",
-                              headers=server.headers(i), json={"finding_ids": orders[i]}),
+            lambda c, i, orders=orders: call(c, "POST", f"/api/audits/{template.audit_id}/accept-suggested",
+                                             headers=server.headers(i), json={"finding_ids": orders[i]}),
         )  # fmt: skip
         assert [a.status for a in answers] == [200, 200], [a.text[:300] for a in answers]
         assert max(a.seconds for a in answers) < BOUND_S, [a.seconds for a in answers]
@@ -255,7 +262,9 @@ def test_twenty_readers_of_a_queue_page_while_reviewers_decide_see_no_5xx(
     reads, writes = results["read"], results["write"]
     assert reads and writes
     assert Counter(a.status for a in reads) == {200: len(reads)}, Counter(a.status for a in reads)
-    assert not [a for a in writes if a.status >= 500], [a.text[:200] for a in writes if a.status >= 500][:3]
+    assert not [a for a in writes if a.status >= 500], [
+        a.text[:200] for a in writes if a.status >= 500
+    ][:3]
     slowest = max(a.seconds for a in reads + writes)
     assert slowest < BOUND_S, f"slowest answer took {slowest:.1f} s"
     assert sorted((e.finding_id, e.decision) for e in stored_events(server)) == sorted(wrote)
@@ -284,7 +293,9 @@ def test_a_decision_waits_at_most_the_lock_timeout_for_another_reviewers_transac
         if template.kind == "postgres":
             assert answers and answers[0].status == 409, answers
             message = one_line(answers[0])
-            assert message.startswith(f"someone else is deciding finding {f['id']} (example {f['example_key']})")
+            assert message.startswith(
+                f"someone else is deciding finding {f['id']} (example {f['example_key']})"
+            )
             assert answers[0].seconds < BOUND_S
         else:
             assert not answers, "the decision did not wait for the write lock"
@@ -312,22 +323,31 @@ def test_nothing_unexpected_escapes_as_a_plain_text_500(
         h = {"Authorization": f"Bearer {token}"}
         app = create_app(sessions, home=tmp_path / "home")
         with TestClient(app, raise_server_exceptions=False) as client:
-            f = client.get(f"/api/audits/{template.audit_id}/findings", headers=h).json()["items"][0]
+            f = client.get(f"/api/audits/{template.audit_id}/findings", headers=h).json()["items"][
+                0
+            ]
 
             def broken(*args, **kwargs):
                 raise RuntimeError("a bug\nover two lines")
 
             monkeypatch.setattr(reviewing, "decide", broken)
             monkeypatch.setattr(reviewing, "finding_detail", broken)
-            r = client.post(f"/api/findings/{f['id']}/decision", headers=h, json={"decision": "dismissed"})
+            r = client.post(
+                f"/api/findings/{f['id']}/decision", headers=h, json={"decision": "dismissed"}
+            )
             assert r.status_code == 500 and r.headers["content-type"] == "application/json"
-            assert r.json() == {"detail": "internal error (RuntimeError); the server's log has the details"}
+            assert r.json() == {
+                "detail": "internal error (RuntimeError); the server's log has the details"
+            }
             page = client.get(f"/findings/{f['id']}", headers={**h, "Accept": "text/html"})
             assert page.status_code == 500 and "text/html" in page.headers["content-type"]
             assert "internal error (RuntimeError)" in page.text and "Traceback" not in page.text
             assert "RuntimeError: a bug" in caplog.text and "Traceback" in caplog.text
             monkeypatch.undo()
-            assert client.get(f"/findings/{f['id']}", headers={**h, "Accept": "text/html"}).status_code == 200
+            assert (
+                client.get(f"/findings/{f['id']}", headers={**h, "Accept": "text/html"}).status_code
+                == 200
+            )
         with sessions() as s:
             assert review_store.list_review_events(s) == []
     finally:
