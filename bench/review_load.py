@@ -242,7 +242,11 @@ async def load(
     base: str, store: Store, reviewers: int, seconds: float, hot: int, seed: int
 ) -> tuple[Tally, float]:
     tally = Tally()
-    limits = httpx.Limits(max_connections=reviewers, max_keepalive_connections=reviewers)
+    # idle connections are dropped before the server (uvicorn: 5 s) would close them: a request
+    # sent on a connection the server is closing at that moment is lost in transit (ReadError)
+    limits = httpx.Limits(
+        max_connections=reviewers, max_keepalive_connections=reviewers, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         start = time.monotonic()
         stop = start + seconds
@@ -291,14 +295,15 @@ def run(backend: str, reviewers: int, args: argparse.Namespace) -> dict:
                 load(base, store, reviewers, args.seconds, args.hot, args.seed)
             )
             cpu = cpu_seconds(pid) - cpu
-            tracebacks = log.read_text().count("Traceback")
+            log_text = log.read_text()
+            tracebacks = log_text.count("Traceback")
         ok, check = events_match(url, tally)
     every = [x for xs in tally.latencies.values() for x in xs]
     return {
         "backend": backend, "reviewers": reviewers, "seconds": elapsed, "requests": len(every),
         "rps": len(every) / elapsed, "cpu_ms": cpu * 1000 / max(1, len(every)), "p50": pct(every, 50), "p95": pct(every, 95), "max": pct(every, 100),
         "codes": tally.codes, "fivexx": sum(c for code, c in tally.codes.items() if code >= 500 or code == 0),
-        "check": check, "ok": ok, "tracebacks": tracebacks, "tally": tally,
+        "check": check, "ok": ok, "tracebacks": tracebacks, "tally": tally, "log": log_text,
     }  # fmt: skip
 
 
@@ -344,6 +349,9 @@ def main() -> None:
     for r in rows:
         for code, text in sorted(r["tally"].samples.items()):
             print(f"\n{r['backend']} {r['reviewers']}: {code}: {text}", file=sys.stderr)
+        if r["fivexx"] or r["tracebacks"]:
+            print(f"\n{r['backend']} {r['reviewers']}: the server's log ends:", file=sys.stderr)
+            print("\n".join(r["log"].splitlines()[-30:]), file=sys.stderr)
     if any(r["fivexx"] or not r["ok"] for r in rows):
         sys.exit(1)
 
