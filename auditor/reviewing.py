@@ -34,7 +34,7 @@ from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store
 from auditor.store import reviews as review_store
-from auditor.store.db import lock_race, transaction_lock
+from auditor.store.db import lock_race, try_transaction_lock
 from auditor.store.models import Audit, Finding, Review
 
 
@@ -196,7 +196,7 @@ def _rerank_when_due(session: Session, audit_id: int) -> None:
     to that one (the next decision checks again). A re-ranking that still loses a lock wait is
     rolled back on its own and the decision stands.
     """
-    if not transaction_lock(session, f"rerank audit {audit_id}", wait=False):
+    if not try_transaction_lock(session, f"rerank audit {audit_id}"):
         return
     try:
         with session.begin_nested():

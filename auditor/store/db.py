@@ -138,21 +138,18 @@ def lock_race(exc: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in _LOCK_RACES
 
 
-def transaction_lock(session: Session, key: str | tuple[int, str], *, wait: bool) -> bool:
-    """Take the lock called `key` until this transaction ends: with `wait`, wait for it (as long
-    as the transaction's lock_timeout allows: past it, the driver's lock-not-available error,
-    `lock_race`), else only if it is free. Returns whether it was taken.
+def try_transaction_lock(session: Session, key: str | tuple[int, str]) -> bool:
+    """Take the lock called `key` until this transaction ends if it is free, without waiting;
+    False when another transaction holds it.
 
     PostgreSQL: an advisory transaction lock (a name, or an id with a name, hashed; a collision
-    only makes two unrelated units of work take turns). SQLite: True at once, since its writers
-    hold the database's one write lock anyway.
+    only makes two unrelated units of work pass each other over). SQLite: True, since its
+    writers hold the database's one write lock anyway.
     """
     if session.connection().dialect.name != "postgresql":
         return True
-    fn = func.pg_advisory_xact_lock if wait else func.pg_try_advisory_xact_lock
     args = (func.hashtext(key),) if isinstance(key, str) else (key[0], func.hashtext(key[1]))
-    taken = session.scalar(select(fn(*args)))
-    return True if wait else bool(taken)
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(*args))))
 
 
 def session_factory(url_or_engine: str | Engine) -> sessionmaker[Session]:

@@ -16,7 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from auditor.errors import AuditorError, Conflict
 from auditor.store._sql import in_chunks
-from auditor.store.db import lock_race, transaction_lock
+from auditor.store.db import lock_race, try_transaction_lock
 from auditor.store.findings import get_finding
 from auditor.store.models import (
     DECISIONS,
@@ -75,7 +75,7 @@ def _claim(session: Session, dataset_id: int, finding: Finding) -> None:
     other, and with no wait there is no deadlock. A single decision does not claim: it waits on
     the row (the unique key, the version), as long as the transaction's lock_timeout allows.
     """
-    if not transaction_lock(session, (dataset_id, finding.example_key), wait=False):
+    if not try_transaction_lock(session, (dataset_id, finding.example_key)):
         raise Busy(f"someone else is deciding {_about(finding)}; try again")
 
 
