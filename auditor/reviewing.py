@@ -8,7 +8,11 @@ The rules kept here:
 - confirming where the standing decision is already a confirm of the same label records
   nothing new and answers the standing decision (idempotent);
 - a decision on a stale version is a `Conflict` (`review_store.decide` / `review_store.undo`: optimistic
-  versions), never an overwrite.
+  versions), never an overwrite;
+- reviewers colliding take turns on an example, briefly: a decision waits for another one on
+  the same example at most the front door's lock timeout, then is `review_store.Busy` (a
+  `Conflict`: try again); a bulk accept passes over examples being decided right now (skipped,
+  with the reason) and goes in the order of their keys, so two never deadlock.
 
 Each function takes the caller's `Session` and never commits: the front door owns the unit of
 work, as with `auditor.store.repo`.
@@ -30,6 +34,7 @@ from auditor.store import audits as audit_store
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store
 from auditor.store import reviews as review_store
+from auditor.store.db import lock_race, try_transaction_lock
 from auditor.store.models import Audit, Finding, Review
 
 
@@ -93,7 +98,7 @@ def decide(
         expected_version=expected_version, user_id=user_id,
     )  # fmt: skip
     session.flush()
-    maybe_rerank(session, finding.audit_id)  # decisions feed the queue (auditor.rerank)
+    _rerank_when_due(session, finding.audit_id)  # decisions feed the queue (auditor.rerank)
     return review
 
 
@@ -152,22 +157,53 @@ def accept_suggested(
             session, audit_id, label=wanted, decision="undecided", limit=top_k
         )
         targets = [f for f, _ in page.rows]
-    done = BulkAccept()
-    for f in targets:
+    skipped: dict[int, str] = {}
+    decisions: dict[int, Review] = {}
+    # Decide in one fixed order, that of the key each decision holds (the example's), whatever
+    # order the caller gave, and pass over an example someone else is deciding right now rather
+    # than wait for them: two bulk accepts of overlapping findings never deadlock, and never
+    # queue behind each other. The answer keeps the caller's order.
+    for f in sorted(targets, key=lambda f: (f.example_key, f.id)):
         if suggested_label(f) is None:
-            done.skipped.append({"finding_id": f.id, "reason": "suggests no label"})
+            skipped[f.id] = "suggests no label"
             continue
         try:
-            review = review_store.decide(session, f.id, "confirmed", None, reviewer, None, user_id=user_id)
+            review = review_store.decide(
+                session, f.id, "confirmed", None, reviewer, None, user_id=user_id, wait=False
+            )
             session.flush()
-        except Conflict as exc:
-            done.skipped.append({"finding_id": f.id, "reason": str(exc)})
+        except Conflict as exc:  # decided already, or being decided (review_store.Busy)
+            skipped[f.id] = str(exc)
             continue
-        done.confirmed.append(f.id)
-        done.decisions[f.id] = review
+        decisions[f.id] = review
+    done = BulkAccept()
+    for f in targets:
+        if f.id in decisions:
+            done.confirmed.append(f.id)
+            done.decisions[f.id] = decisions[f.id]
+        else:
+            done.skipped.append({"finding_id": f.id, "reason": skipped[f.id]})
     if done.confirmed:
-        maybe_rerank(session, audit_id)  # once for the batch, not once a finding
+        _rerank_when_due(session, audit_id)  # once for the batch, not once a finding
     return done
+
+
+def _rerank_when_due(session: Session, audit_id: int) -> None:
+    """`maybe_rerank`, by one transaction at a time and never at the cost of the decision.
+
+    Concurrent decisions can all find a re-ranking due; each would rewrite the same queue ranks
+    and lock the same rows. One takes the audit's re-rank lock and does it; the others leave it
+    to that one (the next decision checks again). A re-ranking that still loses a lock wait is
+    rolled back on its own and the decision stands.
+    """
+    if not try_transaction_lock(session, f"rerank audit {audit_id}"):
+        return
+    try:
+        with session.begin_nested():
+            maybe_rerank(session, audit_id)
+    except Exception as exc:  # the driver's own errors too: queue ranks are written by COPY
+        if not lock_race(exc):
+            raise
 
 
 def next_to_review(

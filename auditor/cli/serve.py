@@ -8,6 +8,18 @@ import typer
 
 from auditor.cli.common import err_console, styled, user_errors
 
+# The pool and the request threads, sized together. Requests take one of DB_CONNECTIONS slots
+# before their transaction (auditor.web.deps), so a request thread never waits for a connection;
+# the overflow is for the few routes that open sessions of their own, and a wait for it is a
+# one-line 503 after POOL_TIMEOUT_S. Sync routes run on anyio's threads (40 by default, raised
+# to the slots plus headroom if ever fewer).
+DB_CONNECTIONS = 10
+DB_OVERFLOW = 5
+POOL_TIMEOUT_S = 5
+# A writing request on SQLite waits this long for another process's write (a worker's, the
+# CLI's); requests of this server queue for the write lock among themselves without polling.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
 
 @user_errors
 def serve_command(
@@ -33,7 +45,10 @@ def serve_command(
     from auditor.web.security import secure_cookies_default
 
     settings = get_settings()
-    sessions = open_store(settings.database_url)  # a database that is down or behind is one line here, not a traceback
+    sessions = open_store(  # a database that is down or behind is one line here, not a traceback
+        settings.database_url, pool_size=DB_CONNECTIONS, max_overflow=DB_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT_S, sqlite_busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+    )  # fmt: skip
     with sessions() as s:
         if not has_users(s):
             err_console.print(styled((

@@ -10,13 +10,14 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from sqlalchemy import exists, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from auditor.errors import AuditorError, Conflict
 from auditor.store._sql import in_chunks
 from auditor.store.datasets import locators
+from auditor.store.db import lock_race, try_transaction_lock
 from auditor.store.findings import get_finding
 from auditor.store.models import (
     DECISIONS,
@@ -67,6 +68,24 @@ def _check_decision(decision: str, new_label: int | None) -> None:
         raise AuditorError(f"a {decision} decision takes no new label")
 
 
+class Busy(Conflict):
+    """Another reviewer's transaction is deciding this example and did not finish within the
+    lock wait allowed (PostgreSQL's lock_timeout), or at all when not waiting: nothing was
+    stored, trying again will do."""
+
+
+def _claim(session: Session, dataset_id: int, finding: Finding) -> None:
+    """Hold the example for this transaction, or raise `Busy` at once when another holds it.
+
+    Bulk accepts take these claims (`decide(wait=False)`): one that finds an example claimed by
+    another passes over it instead of queueing behind it, so bulk accepts never wait for each
+    other, and with no wait there is no deadlock. A single decision does not claim: it waits on
+    the row (the unique key, the version), as long as the transaction's lock_timeout allows.
+    """
+    if not try_transaction_lock(session, (dataset_id, finding.example_key)):
+        raise Busy(f"someone else is deciding {_example_name(session, finding)}; try again")
+
+
 def decide(
     session: Session,
     finding_id: int,
@@ -76,18 +95,25 @@ def decide(
     note: str | None = None,
     expected_version: int | None = None,
     user_id: int | None = None,
+    *,
+    wait: bool = True,
 ) -> Review:
     """Record a reviewer's decision about the example behind a finding.
 
     `expected_version` is the version of the decision the reviewer saw: None means "no decision
     yet" (a first decision), an integer means "change decision version N". Anything else, or a
     concurrent reviewer winning the race (the unique (dataset, example_key) insert or the
-    optimistic version check on update), raises `Conflict` naming what is there now.
+    optimistic version check on update), raises `Conflict` naming what is there now; a lock
+    wait past the transaction's lock_timeout (a concurrent decision that has not committed in
+    time) raises `Busy`, and so does, at once, an example another bulk accept holds when
+    `wait` is False (`_claim`). Every message names the finding and its example.
     """
     _check_decision(decision, new_label)
     finding = get_finding(session, finding_id)
     dataset_id = session.scalar(select(Audit.dataset_id).where(Audit.id == finding.audit_id))
     assert dataset_id is not None
+    if not wait:
+        _claim(session, dataset_id, finding)
     review = get_review(session, dataset_id, finding.example_key)
     name = _example_name(session, finding)  # read before a lost race can spoil the session
     event = ReviewEvent(
@@ -98,8 +124,7 @@ def decide(
     if review is None:
         if expected_version is not None:
             raise Conflict(
-                f"{name} has no decision yet, "
-                f"but version {expected_version} was expected"
+                f"{name} has no decision yet, but version {expected_version} was expected"
             )
         review = Review(
             finding_id=finding.id,
@@ -116,9 +141,11 @@ def decide(
                 session.add(review)
                 session.add(event)
         except IntegrityError:
-            raise Conflict(
-                f"{name} was decided by another reviewer just now"
-            ) from None
+            raise Conflict(f"{name} was decided by another reviewer just now") from None
+        except DBAPIError as exc:
+            if lock_race(exc):
+                raise Busy(f"someone else is deciding {name}; try again") from None
+            raise
         return review
 
     if expected_version is None or review.version != expected_version:
@@ -138,9 +165,11 @@ def decide(
             session.flush()  # the version check happens here, before the event is added
             session.add(event)
     except StaleDataError:
-        raise Conflict(
-            f"{name} was changed by another reviewer just now"
-        ) from None
+        raise Conflict(f"{name} was changed by another reviewer just now") from None
+    except DBAPIError as exc:
+        if lock_race(exc):
+            raise Busy(f"someone else is deciding {name}; try again") from None
+        raise
     return review
 
 
@@ -225,9 +254,11 @@ def undo(
             session.flush()
             session.add(event)
     except StaleDataError:
-        raise Conflict(
-            f"{name} was changed by another reviewer just now"
-        ) from None
+        raise Conflict(f"{name} was changed by another reviewer just now") from None
+    except DBAPIError as exc:
+        if lock_race(exc):
+            raise Busy(f"someone else is deciding {name}; try again") from None
+        raise
     return None if before is None else review
 
 

@@ -6,10 +6,13 @@ dependencies of `auditor.web.deps`). Every route is thin: it identifies the user
 same service and store functions as the CLI (`auditor.reviewing`, `auditor.store.repo`,
 `auditor.findings_view`), inside one transaction per request. Errors are one line:
 `{"detail": "..."}` with the HTTP status that says what kind (400 bad value, 401 who are you,
-403 not allowed, 404 no such thing, 409 someone else decided first, 413 body too large, 422
-malformed request).
+403 not allowed, 404 no such thing, 409 someone else decided first or is deciding now, 413 body
+too large, 422 malformed request, 503 the database is down or busy). Anything unexpected is a
+one-line 500 too (the error page for pages), with its traceback in the server's log: a
+plain-text 500 never escapes.
 """
 
+import logging
 from pathlib import Path as FsPath
 
 from fastapi import FastAPI, HTTPException, Request
@@ -19,12 +22,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auditor.config import Settings
 from auditor.errors import AuditorError, Conflict, NotFound
+from auditor.store.db import lock_race
 from auditor.web.deps import wants_html
 from auditor.web.examples import ExampleStore
 from auditor.web.routes import routers
@@ -32,6 +37,7 @@ from auditor.web.security import SecurityHeaders, inline_handler_hashes, secret_
 from auditor.web.templating import HERE, templates
 
 MAX_BODY_BYTES = 64 * 1024
+log = logging.getLogger("auditor.web")
 
 
 # ---- body size limit ------------------------------------------------------------------------
@@ -108,11 +114,32 @@ async def invalid(request: Request, exc: RequestValidationError) -> Response:
 
 
 async def database_down(request: Request, exc: DBAPIError) -> Response:
+    if lock_race(exc):  # a lock wait past lock_timeout, or a broken deadlock: the other side won
+        return _error(
+            request, 409, "someone else is changing this right now; nothing was stored, try again"
+        )
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return _error(
         request,
         503,
         f"database error, nothing was stored: {reason[0] if reason else type(exc).__name__}",
+    )
+
+
+async def pool_exhausted(request: Request, exc: PoolTimeout) -> Response:
+    # the last resort: requests are gated to the pool's size (auditor.web.deps), so only routes
+    # that open sessions of their own can find every connection taken
+    return _error(
+        request, 503, "the database is busy: no connection came free; nothing was stored, try again"
+    )
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    if lock_race(exc):  # the driver's own error, from a raw-cursor path (COPY)
+        return await database_down(request, exc)  # type: ignore[arg-type]
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(
+        request, 500, f"internal error ({type(exc).__name__}); the server's log has the details"
     )
 
 
@@ -225,6 +252,8 @@ def create_app(
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(DBAPIError, database_down)
+    app.add_exception_handler(PoolTimeout, pool_exhausted)
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(AuditorError, domain_error)
     for router in routers:
         app.include_router(router)
