@@ -19,4 +19,8 @@ fi
 # Two cores: one BLAS/OpenMP thread per process keeps the worker subprocesses from fighting the
 # test process (oversubscription made small L-BFGS fits ~100x slower here).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
-exec .venv/bin/python -m pytest "$@"
+# Two processes (pytest-xdist), each test file whole in one of them: the integration files each
+# own a Redis database number and their files' fixtures, and most of a run waits on worker
+# processes, servers and the databases rather than on the CPU. TEST_PROCESSES=1 runs
+# it in one process.
+exec .venv/bin/python -m pytest -n "${TEST_PROCESSES:-2}" --dist loadfile "$@"
