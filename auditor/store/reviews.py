@@ -6,7 +6,8 @@ Missing rows raise `NotFound`, lost races raise `Conflict`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from sqlalchemy import exists, select
@@ -74,6 +75,22 @@ class Busy(Conflict):
     stored, trying again will do."""
 
 
+@contextmanager
+def _written_alone(session: Session, name: str, lost: type[Exception], why: str) -> Iterator[None]:
+    """Run a write in a savepoint; a race it lost is one line naming the finding: `lost` (a
+    unique key taken, a version moved on) is a `Conflict` saying `why`, a lock wait that timed
+    out or a deadlock (`store.db.lock_race`) is `Busy`."""
+    try:
+        with session.begin_nested():
+            yield
+    except lost:
+        raise Conflict(f"{name} {why}") from None
+    except DBAPIError as exc:
+        if lock_race(exc):
+            raise Busy(f"someone else is deciding {name}; try again") from None
+        raise
+
+
 def _claim(session: Session, dataset_id: int, finding: Finding) -> None:
     """Hold the example for this transaction, or raise `Busy` at once when another holds it.
 
@@ -136,16 +153,9 @@ def decide(
             note=note,
             decided_at=event.created_at,
         )
-        try:
-            with session.begin_nested():
-                session.add(review)
-                session.add(event)
-        except IntegrityError:
-            raise Conflict(f"{name} was decided by another reviewer just now") from None
-        except DBAPIError as exc:
-            if lock_race(exc):
-                raise Busy(f"someone else is deciding {name}; try again") from None
-            raise
+        with _written_alone(session, name, IntegrityError, "was decided by another reviewer just now"):
+            session.add(review)
+            session.add(event)
         return review
 
     if expected_version is None or review.version != expected_version:
@@ -154,22 +164,15 @@ def decide(
             f"{review.reviewer or 'someone'} at {review.decided_at:%Y-%m-%d %H:%M} UTC "
             f"(version {review.version})"
         )
-    try:
-        with session.begin_nested():
-            review.finding_id = finding.id
-            review.decision = decision
-            review.new_label = new_label
-            review.reviewer = reviewer
-            review.note = note
-            review.decided_at = event.created_at
-            session.flush()  # the version check happens here, before the event is added
-            session.add(event)
-    except StaleDataError:
-        raise Conflict(f"{name} was changed by another reviewer just now") from None
-    except DBAPIError as exc:
-        if lock_race(exc):
-            raise Busy(f"someone else is deciding {name}; try again") from None
-        raise
+    with _written_alone(session, name, StaleDataError, "was changed by another reviewer just now"):
+        review.finding_id = finding.id
+        review.decision = decision
+        review.new_label = new_label
+        review.reviewer = reviewer
+        review.note = note
+        review.decided_at = event.created_at
+        session.flush()  # the version check happens here, before the event is added
+        session.add(event)
     return review
 
 
@@ -240,25 +243,18 @@ def undo(
         audit_id=finding.audit_id, undoes_id=standing.id if standing else None, created_at=utcnow(),
     )  # fmt: skip
     before = standing_decision([*history, event])
-    try:
-        with session.begin_nested():
-            if before is None:
-                session.delete(review)
-            else:
-                review.finding_id = before.finding_id
-                review.decision = before.decision
-                review.new_label = before.new_label
-                review.reviewer = before.reviewer
-                review.note = before.note
-                review.decided_at = before.created_at
-            session.flush()
-            session.add(event)
-    except StaleDataError:
-        raise Conflict(f"{name} was changed by another reviewer just now") from None
-    except DBAPIError as exc:
-        if lock_race(exc):
-            raise Busy(f"someone else is deciding {name}; try again") from None
-        raise
+    with _written_alone(session, name, StaleDataError, "was changed by another reviewer just now"):
+        if before is None:
+            session.delete(review)
+        else:
+            review.finding_id = before.finding_id
+            review.decision = before.decision
+            review.new_label = before.new_label
+            review.reviewer = before.reviewer
+            review.note = before.note
+            review.decided_at = before.created_at
+        session.flush()
+        session.add(event)
     return None if before is None else review
 
 
