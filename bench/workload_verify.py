@@ -15,6 +15,7 @@ Prints one markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ def verify_after_accepting(
     sessions,
     audit_id: int,
     *,
+    settings,
     train_fn: str | None = None,
     truth: np.ndarray | None = None,
     budget: int | None = None,
@@ -72,8 +74,10 @@ def verify_after_accepting(
             review_store.decide(s, fid, "confirmed", reviewer="bench")
     start = time.perf_counter()
     with local_models():  # a team's factory and training run here, as with `audit verify` embedded
-        verify_id = request_verification(sessions, audit_id, train_fn=train_fn, local=True)
-        outcome = execute_audit(sessions, verify_id, local=True)
+        verify_id = request_verification(
+            sessions, audit_id, settings=settings, train_fn=train_fn, local=True
+        )
+        outcome = execute_audit(sessions, verify_id, settings=settings, local=True)
     seconds = time.perf_counter() - start
     with sessions() as s:
         a = audit_store.get_audit(s, verify_id)
@@ -155,8 +159,10 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from auditor.audits import create_audit
+    from auditor.config import get_settings
     from auditor.data.base import Examples
     from auditor.data.bundled import write_npz
+    from auditor.data.options import DataOptions
     from auditor.datasets import register_dataset
     from auditor.factories import local_models
     from auditor.runner import execute_audit
@@ -171,16 +177,24 @@ def main() -> None:
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
+            os.environ["AUDITOR_HOME"] = str(tmp)  # artifacts go to the scratch folder
+            for name in ("AUDITOR_DATABASE_URL", "AUDITOR_BROKER_URL"):
+                os.environ.pop(name, None)
+            settings = get_settings()
             sessions = open_store(f"sqlite:///{tmp / 'a.db'}")
             register_dataset(
                 sessions,
                 "train",
                 write_npz(Examples(x, given, [], is_image=True), tmp / "train.npz"),
+                data=DataOptions(),
             )
             register_dataset(
-                sessions, "test", write_npz(Examples(xt, yt, [], is_image=True), tmp / "test.npz")
+                sessions,
+                "test",
+                write_npz(Examples(xt, yt, [], is_image=True), tmp / "test.npz"),
+                data=DataOptions(),
             )
-            params: dict[str, Any] = {"model": {"name": "logreg", "device": "cpu"}, "why_top": 0}
+            params: dict[str, Any] = {"model": {"name": "logreg", "device": "cpu"}, "why_top": 2000}
             train_fn = None
             if model == "team-cnn":
                 import user_models
@@ -200,11 +214,15 @@ def main() -> None:
             print(f"{model}: label check of {args.n} images ...", file=sys.stderr, flush=True)
             with local_models():
                 audit_id = create_audit(
-                    sessions, "label-check", "train", params, test_name="test", local=True
-                )
-                assert execute_audit(sessions, audit_id, local=True).status == "succeeded"
+                    sessions, "label-check", "train", params, test_name="test",
+                    settings=settings, local=True,
+                )  # fmt: skip
+                outcome = execute_audit(sessions, audit_id, settings=settings, local=True)
+                assert outcome.status == "succeeded", outcome
             print(f"{model}: verify ...", file=sys.stderr, flush=True)
-            r = verify_after_accepting(sessions, audit_id, train_fn=train_fn, truth=truth)
+            r = verify_after_accepting(
+                sessions, audit_id, settings=settings, train_fn=train_fn, truth=truth
+            )
             print_row(f"{model} (n={args.n:,}, {args.flip:.0%} flipped, test {args.test:,})", r)
             if r.get("predicted_note"):
                 print(f"predicted: {r['predicted_note']}", file=sys.stderr)
