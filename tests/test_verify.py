@@ -237,12 +237,17 @@ def test_the_predicted_change_sums_the_fix_values_of_the_labels_changed_to_the_s
     assert c.labels == {"0": 2, "1": 3, "2": 4}
     assert c.applied() == {"relabelled": 2, "confirmed": 1, "dismissed": 1, "unchanged": 1}
     p = c.predicted_change()
-    assert p["test_loss"] == pytest.approx(-0.03) and p["test_accuracy"] == pytest.approx(0.006)
+    # the loss changes add (first order); the accuracy changes of single fixes do not
+    assert p["test_loss"] == pytest.approx(-0.03) and p["test_accuracy"] is None
     assert (
         p["from_findings"] == 2
         and p["evaluated_on"] == "test set t"
         and "1 of 3 changed labels" in p["note"]
+        and "do not add up" in p["note"]
     )
+    one = Corrections()
+    one.apply(_finding(0, 1, 2, fix(-0.01, 0.002)), Review(decision="confirmed"))
+    assert one.predicted_change()["test_accuracy"] == pytest.approx(0.002)
     plain = Corrections()
     plain.apply(_finding(0, 1, 2, None), Review(decision="confirmed"))
     assert plain.predicted_change() is None

@@ -102,3 +102,10 @@ def test_an_admin_verifies_the_decisions_and_reads_the_report(app_db) -> None:
     assert set(report["before"]) == set(report["after"]) == {"test_loss", "test_accuracy"}
     assert report["evaluated_on"].startswith("held-out rows (40 of 200 training rows")
     assert client.get(f"{url}/verification").status_code == 401
+    # the audit's page shows the verification, and the button to ask for one to admins only
+    html = {"Accept": "text/html"}
+    page = client.get(f"/audits/{t.audit_id}", headers={**root, **html})
+    assert page.status_code == 200
+    assert f'href="/audits/{verify_id}"' in page.text and "Verified by retraining" in page.text
+    assert 'data-testid="verify"' in page.text
+    assert 'data-testid="verify"' not in client.get(f"/audits/{t.audit_id}", headers={**ana, **html}).text

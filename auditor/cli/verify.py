@@ -117,7 +117,9 @@ def print_report(doc: dict[str, Any]) -> None:
         out_console.print(f"predicted: {r['predicted_note']}", markup=False)
 
 
-def _num(value: float, signed: bool, pct: bool = False) -> str:
+def _num(value: float | None, signed: bool, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
     if pct:
         return f"{value * 100:+.2f} pts" if signed else f"{value:.2%}"
     return f"{value:+.4f}" if signed else f"{value:.4f}"

@@ -14,6 +14,7 @@ from auditor.records import finite_json
 from auditor.store import datasets as dataset_store
 from auditor.store import findings as finding_store
 from auditor.store.models import Audit
+from auditor.verification import latest_verification
 from auditor.workload import audit_review
 
 
@@ -31,6 +32,8 @@ def audit_listing(s: Session, a: Audit, full: bool = False) -> dict[str, Any]:
         doc["class_names"] = dataset_store.get_dataset_by_id(s, a.dataset_id).class_names
         doc["facts"] = summary_facts(doc)
         doc["estimate_line"] = estimate_line(doc.get("summary"))
+        # the newest succeeded `audit verify` of a label check: before/after next to predicted
+        doc["verification"] = latest_verification(s, a.id) if a.kind == "label-check" else None
     else:
         doc.pop("summary"), doc.pop("params")
     return doc

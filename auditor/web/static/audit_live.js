@@ -27,3 +27,26 @@
   }
   const timer = setInterval(refresh, 2000);
 })();
+
+
+// Admins: "Verify by retraining" asks for an `audit verify` of this audit (POST /api/audits/{id}/verify)
+// and links to the verify audit, whose page follows its progress.
+(function () {
+  const button = document.getElementById("verify");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const doc = await api("POST", `/api/audits/${button.dataset.audit}/verify`, {});
+      toast(`verify audit ${doc.id} ${doc.status}: retraining with the decisions applied`);
+      const link = document.createElement("a");
+      link.href = `/audits/${doc.id}`;
+      link.textContent = ` follow audit ${doc.id}`;
+      link.dataset.testid = "verify-link";
+      button.after(link);
+    } catch (err) {
+      toast(err.message, true);
+      button.disabled = false;
+    }
+  });
+})();
