@@ -34,6 +34,29 @@ def _suggested() -> Any:
     return Finding.payload["suggested_label"].as_integer()
 
 
+def _label_findings(audit_id: int, *, flagged_only: bool = False) -> Any:
+    """The condition selecting the audit's label findings (its review workload with
+    `flagged_only`)."""
+    cond = (Finding.audit_id == audit_id) & (Finding.kind == LABEL)
+    return cond & (Finding.flagged == true()) if flagged_only else cond
+
+
+def _decided(audit_id: int, dataset_id: int | None, *, flagged_only: bool = False) -> Any:
+    """Standing decisions joined to the audit's label findings of the same example: from the
+    reviews' side, since a data set's decisions are far fewer than an audit's findings and each
+    is looked up in the findings' (audit, example_key, kind) unique index."""
+    return (
+        select()
+        .select_from(Review)
+        .join(
+            Finding,
+            _label_findings(audit_id, flagged_only=flagged_only)
+            & (Finding.example_key == Review.example_key),
+        )
+        .where(Review.dataset_id == dataset_id)
+    )
+
+
 def flagged_pair_counts(
     session: Session, audit_id: int
 ) -> list[tuple[int | None, int | None, int]]:
@@ -41,7 +64,7 @@ def flagged_pair_counts(
     suggested = _suggested()
     rows = session.execute(
         select(Finding.label, suggested, func.count())
-        .where(Finding.audit_id == audit_id, Finding.flagged == true(), Finding.kind == LABEL)
+        .where(_label_findings(audit_id, flagged_only=True))
         .group_by(Finding.label, suggested)
     )
     return [(given, sugg, int(n)) for given, sugg, n in rows]
@@ -57,15 +80,8 @@ def decided_pair_counts(
         return []
     suggested = _suggested()
     rows = session.execute(
-        select(Finding.flagged, Finding.label, suggested, Review.decision, func.count())
-        .select_from(Review)
-        .join(
-            Finding,
-            (Finding.audit_id == audit_id)
-            & (Finding.example_key == Review.example_key)
-            & (Finding.kind == LABEL),
-        )
-        .where(Review.dataset_id == dataset_id)
+        _decided(audit_id, dataset_id)
+        .add_columns(Finding.flagged, Finding.label, suggested, Review.decision, func.count())
         .group_by(Finding.flagged, Finding.label, suggested, Review.decision)
     )
     return [(bool(f), given, sugg, decision, int(n)) for f, given, sugg, decision, n in rows]
@@ -75,13 +91,13 @@ def flagged_counts(session: Session, audit_id: int) -> tuple[int, int]:
     """(flagged, reviewed): the audit's flagged label findings, and those of them whose example
     has a standing decision (what a list of audits shows; no payload is read)."""
     dataset_id = _dataset_of(session, audit_id)
-    flagged = (Finding.audit_id == audit_id) & (Finding.flagged == true()) & (Finding.kind == LABEL)
-    total = session.scalar(select(func.count()).select_from(Finding).where(flagged))
-    reviewed = session.scalar(
+    total = session.scalar(
         select(func.count())
-        .select_from(Review)
-        .join(Finding, flagged & (Finding.example_key == Review.example_key))
-        .where(Review.dataset_id == dataset_id)
+        .select_from(Finding)
+        .where(_label_findings(audit_id, flagged_only=True))
+    )
+    reviewed = session.scalar(
+        _decided(audit_id, dataset_id, flagged_only=True).add_columns(func.count())
     )
     return int(total or 0), int(reviewed or 0)
 
@@ -90,15 +106,8 @@ def flagged_decisions_in_order(session: Session, audit_id: int) -> list[str]:
     """The standing decisions on the audit's flagged label findings, in the order they were
     made (precision so far, decision by decision)."""
     dataset_id = _dataset_of(session, audit_id)
-    flagged = (Finding.audit_id == audit_id) & (Finding.flagged == true()) & (Finding.kind == LABEL)
-    return list(
-        session.scalars(
-            select(Review.decision)
-            .join(Finding, flagged & (Finding.example_key == Review.example_key))
-            .where(Review.dataset_id == dataset_id)
-            .order_by(Review.decided_at, Review.id)
-        )
-    )
+    query = _decided(audit_id, dataset_id, flagged_only=True).add_columns(Review.decision)
+    return list(session.scalars(query.order_by(Review.decided_at, Review.id)))
 
 
 def decision_count(session: Session, audit_id: int) -> int:
@@ -106,20 +115,7 @@ def decision_count(session: Session, audit_id: int) -> int:
     dataset_id = _dataset_of(session, audit_id)
     if dataset_id is None:
         return 0
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Review)
-            .join(
-                Finding,
-                (Finding.audit_id == audit_id)
-                & (Finding.example_key == Review.example_key)
-                & (Finding.kind == LABEL),
-            )
-            .where(Review.dataset_id == dataset_id)
-        )
-        or 0
-    )
+    return int(session.scalar(_decided(audit_id, dataset_id).add_columns(func.count())) or 0)
 
 
 def decision_times(session: Session, audit_id: int) -> list[datetime]:
