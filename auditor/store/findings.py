@@ -346,9 +346,9 @@ def findings_for_example(session: Session, audit_id: int, example_index: int) ->
     return sorted(rows, key=lambda f: (f.kind != "label", f.kind, f.rank))
 
 
-def decided_and_flagged(session: Session, audit_id: int) -> tuple[int, int]:
-    """(examples of the audit's findings with a standing decision, flagged findings): the two
-    counts an audit list shows beside its findings count."""
+def decided_examples(session: Session, audit_id: int) -> int:
+    """Examples of the audit's findings (any kind) with a standing decision: what an audit list
+    shows beside its findings count."""
     audit = get_audit(session, audit_id)
     # from the reviews' side: an audit list polls this for every audit, and the decisions of a
     # data set are far fewer than its findings; each review is looked up in the findings'
@@ -359,12 +359,17 @@ def decided_and_flagged(session: Session, audit_id: int) -> tuple[int, int]:
         .join(Finding, (Finding.audit_id == audit_id) & (Finding.example_key == Review.example_key))
         .where(Review.dataset_id == audit.dataset_id)
     )
-    flagged = session.scalar(
-        select(func.count())
-        .select_from(Finding)
-        .where(Finding.audit_id == audit_id, Finding.flagged.is_(True))
+    return int(decided or 0)
+
+
+def count_flagged(session: Session, audit_id: int) -> int:
+    """The audit's flagged findings (its review workload)."""
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Finding).where(Finding.audit_id == audit_id, Finding.flagged.is_(True))
+        )
+        or 0
     )
-    return int(decided or 0), int(flagged or 0)
 
 
 def flagged_example_indices(session: Session, audit_id: int, indices: Iterable[int]) -> set[int]:

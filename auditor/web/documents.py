@@ -25,9 +25,13 @@ def audit_listing(s: Session, a: Audit, full: bool = False) -> dict[str, Any]:
     from another audit of its data set (`model`, `solver`, `label`); `full` adds the summary,
     params, class names and the summary in words (`facts`, `estimate_line`)."""
     doc = {**audit_doc(a, summary=True), "findings": finding_store.count_findings(s, a.id)}
-    doc["decided"], doc["flagged"] = finding_store.decided_and_flagged(s, a.id)
+    review = audit_review(s, a, full=full)
+    doc["review"] = finite_json(review)
+    doc["decided"] = finding_store.decided_examples(s, a.id)
+    # a label check's review counts already hold its flagged findings (an audit list polls
+    # this for every audit): counted again only for an audit that has no review
+    doc["flagged"] = review["flagged"] if review else finding_store.count_flagged(s, a.id)
     doc.update(model=model_name(doc), solver=solver_name(doc), label=audit_label(doc))
-    doc["review"] = finite_json(audit_review(s, a, full=full))
     if full:
         doc["class_names"] = dataset_store.get_dataset_by_id(s, a.dataset_id).class_names
         doc["facts"] = summary_facts(doc)
