@@ -157,7 +157,8 @@ def summary_facts(doc: dict[str, Any]) -> list[dict[str, str]]:
     elif isinstance(rerank, str):
         add("re-ranking", rerank)
     if summary.get("why_top") is not None:
-        add("why lists", f"for {summary['why_top']:,} findings, best-ranked first")
+        n = int(summary["why_top"])
+        add("why lists", f"for {n:,} finding{'s' * (n != 1)}, best-ranked first")
     known = {"estimate", "model", "training", "curvature", "solver", "rank_by", "rank_by_requested", "rank_by_reason",
              "train_agreement", "rerank", "why_top", "n", "train_disagreements", "phase"}  # fmt: skip
     for key, value in summary.items():  # other kinds (verify, explain, ...): their plain numbers

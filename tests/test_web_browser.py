@@ -112,6 +112,11 @@ def test_a_reviewer_triages_by_keyboard_undoes_bulk_accepts_and_filters(server, 
     sign_in(page, base, "ana", f"/audits/{template.audit_id}")
     cards = page.locator("[data-testid=card]")
     expect(cards.first).to_be_visible()
+    # the first row's thumbnails have loaded (lazy images), so the screenshot shows pictures
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.card img')].slice(0, 8).every(i => i.complete && i.naturalWidth > 0)",
+        timeout=10_000,
+    )
     page.screenshot(path=str(ARTIFACTS / "queue.png"), full_page=False)
     with sessions() as s:
         classes = dataset_store.get_dataset(s, template.dataset).class_names
